@@ -1,0 +1,113 @@
+"""Shared fixtures: a real byte-level BPE tokenizer with a ChatML template, and tiny Llama models.
+
+Nothing here touches the network: the tokenizer is trained in milliseconds on a few sentences and
+saved as an ordinary Hugging Face tokenizer folder; models are built from config with random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+CORPUS = [
+    "Hello world, how are you today? I am fine, thank you very much.",
+    "The cat sat on the mat and the dog slept by the door.",
+    "Alice has 3 apples and buys 2 more, then eats 1. How many apples does she have?",
+    "What is the capital of France? The capital of France is Paris.",
+    "Distillation trains a small student to imitate a large teacher.",
+    '{"answer": "yes", "reason": "because"} 0 1 2 3 4 5 6 7 8 9',
+]
+
+
+def build_tiny_tokenizer(path: Path, vocab_size: int = 320):
+    """Train a byte-level BPE tokenizer and save it to `path`; returns the loaded HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tk.train_from_iterator(CORPUS * 4, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tok.chat_template = CHATML
+    tok.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_tokenizer")
+    build_tiny_tokenizer(path)
+    return path
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+def make_tiny_llama(
+    vocab_size: int,
+    *,
+    num_layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    kv_heads: int = 2,
+    tie: bool = False,
+    seed: int = 0,
+):
+    """A random Llama causal LM small enough for a unit test (fp32, eval-free, no dropout)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture
+def tiny_llama():
+    """Factory: `tiny_llama(vocab_size, num_layers=2, hidden=32, ...)`."""
+    return make_tiny_llama
+
+
+@pytest.fixture
+def tiny_model_dirs(tmp_path, tiny_tokenizer_dir):
+    """A saved teacher (4 layers) and student (2 layers) sharing the tiny tokenizer; returns (teacher, student)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    out = []
+    for name, layers, seed in (("teacher", 4, 1), ("student", 2, 2)):
+        d = tmp_path / name
+        make_tiny_llama(len(tok), num_layers=layers, seed=seed).save_pretrained(d)
+        tok.save_pretrained(d)
+        out.append(d)
+    return tuple(out)
