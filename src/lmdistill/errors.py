@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message must say what is wrong and, where it helps, what to do instead.
     """
+
+
+class TrainingDiverged(UserError):
+    """Training stopped because the loss stayed non-finite; the message says how often and where."""

@@ -1,0 +1,44 @@
+"""Batch padding for tokenized features (see `lmdistill.data.tokenize`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmdistill.data.tokenize import IGNORE_INDEX
+
+
+@dataclass
+class DistillCollator:
+    """Right-pad a list of features into a batch of LongTensors.
+
+    Call on ``[{"input_ids": list[int], "labels": list[int], "attention_mask": list[int]}, ...]``
+    (B features) to get ``{"input_ids": [B, S], "attention_mask": [B, S], "labels": [B, S]}``
+    where S is the longest feature, rounded up to a multiple of `pad_to_multiple_of` if set.
+    Padding uses `pad_token_id` in input_ids, 0 in attention_mask and -100 in labels.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        seq = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            seq = -(-seq // m) * m
+        batch = {
+            "input_ids": torch.full((len(features), seq), self.pad_token_id, dtype=torch.long),
+            "attention_mask": torch.zeros((len(features), seq), dtype=torch.long),
+            "labels": torch.full((len(features), seq), IGNORE_INDEX, dtype=torch.long),
+        }
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            batch["input_ids"][i, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            mask = f.get("attention_mask")
+            batch["attention_mask"][i, :n] = 1 if mask is None else torch.as_tensor(mask, dtype=torch.long)
+            batch["labels"][i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+        return batch

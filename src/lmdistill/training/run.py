@@ -1,0 +1,184 @@
+"""The logits-KD recipe: config in, trained student folder out. `lmdistill train` is a thin call to `run`.
+
+Steps: load the teacher (frozen); build the student (a model of its own, or the teacher shrunk to
+fewer layers); check that both share a tokenizer and find the shared real vocabulary; tokenize the
+data with completion-only labels; train with `DistillTrainer`; save the student atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from lmdistill.chunked import LossSpec
+from lmdistill.config import RunConfig, TrainConfig, save_config
+from lmdistill.data import DistillCollator, load_records, tokenize_records
+from lmdistill.models import (
+    check_vocab,
+    describe_sizes,
+    load_model,
+    load_teacher,
+    load_tokenizer,
+    shrink_model,
+)
+from lmdistill.training.trainer import DistillTrainer
+
+STUDENT_DIR = "student"
+CONFIG_FILE = "lmdistill_config.yaml"
+
+
+@dataclass
+class Models:
+    """What a run trains with: the frozen teacher, the student, their shared tokenizer and vocab size."""
+
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    tokenizer: object
+    vocab: int
+
+
+def build_models(cfg: RunConfig, log=print) -> Models:
+    """Load the teacher, build the student, check the vocabularies; print sizes."""
+    teacher_tok = load_tokenizer(cfg.teacher.name)
+    teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
+    if cfg.student.name:
+        student = load_model(cfg.student.name, dtype=cfg.student.dtype)
+        student_tok = load_tokenizer(cfg.student.name)
+    else:
+        student = shrink_model(teacher, num_layers=cfg.student.num_layers, layers=cfg.student.layers)
+        student = student.to(_dtype(cfg.student.dtype))
+        student_tok = teacher_tok
+    student.requires_grad_(True).train()
+    vocab = check_vocab(
+        teacher_tok,
+        student_tok,
+        teacher,
+        student,
+        teacher_name=cfg.teacher.name,
+        student_name=cfg.student.name or f"{cfg.teacher.name} shrunk",
+    )
+    log(describe_sizes(teacher, student))
+    return Models(teacher, student, student_tok, vocab)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        name, torch.float32
+    )
+
+
+def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> TrainingArguments:
+    """TrainingArguments from our TrainConfig; `t.extra` passes any other field through."""
+    args = dict(
+        output_dir=t.output_dir,
+        max_steps=t.max_steps if t.max_steps > 0 else -1,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        report_to=t.report_to,
+        remove_unused_columns=False,
+        eval_strategy="steps" if eval_enabled else "no",
+        eval_steps=t.save_steps if eval_enabled else None,
+        disable_tqdm=False,
+    )
+    args.update(t.extra)
+    return TrainingArguments(**args)
+
+
+def load_features(path: str, tokenizer, max_length: int, max_examples: int | None = None) -> list[dict]:
+    records = load_records(path)
+    if max_examples is not None:
+        records = records[:max_examples]
+    features, _ = tokenize_records(records, tokenizer, max_length, source=path)
+    return features
+
+
+def save_student(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """save_pretrained into a temporary sibling, then rename: a half-written folder never looks finished."""
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def make_trainer(cfg: RunConfig, models: Models, train_features, eval_features=None) -> DistillTrainer:
+    return DistillTrainer(
+        model=models.student,
+        teacher=models.teacher if cfg.distill.kd_ratio > 0 else None,
+        spec=LossSpec.from_config(cfg.distill, models.vocab),
+        max_nonfinite=cfg.distill.max_nonfinite,
+        args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
+        train_dataset=train_features,
+        eval_dataset=eval_features,
+        data_collator=DistillCollator(pad_token_id=_pad_id(models.tokenizer)),
+    )
+
+
+def _pad_id(tokenizer) -> int:
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if tid is not None:
+            return tid
+    return 0
+
+
+def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """`latest` -> the newest checkpoint-N in output_dir (None if there is none); a path is checked."""
+    from lmdistill.errors import UserError
+
+    if value is None:
+        return None
+    if value == "latest":
+        ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        return str(ckpts[-1]) if ckpts else None
+    if not Path(value).is_dir():
+        raise UserError(f"train.resume_from_checkpoint: no checkpoint folder at {value}")
+    return value
+
+
+def run(cfg: RunConfig, log=print) -> Path:
+    """Train a student as `cfg` says; returns the saved student folder (output_dir/student)."""
+    from lmdistill.errors import UserError
+
+    if not cfg.data.train:
+        raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
+    set_seed(cfg.train.seed)
+    out = Path(cfg.train.output_dir)
+    save_config(cfg, out / CONFIG_FILE)
+    models = build_models(cfg, log)
+    train = load_features(cfg.data.train, models.tokenizer, cfg.data.max_length, cfg.data.max_examples)
+    evalf = load_features(cfg.data.eval, models.tokenizer, cfg.data.max_length) if cfg.data.eval else None
+    log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
+    trainer = make_trainer(cfg, models, train, evalf)
+    trainer.train(
+        resume_from_checkpoint=resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir)
+    )
+    if trainer.is_world_process_zero():
+        path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR)
+        log(f"student saved to {path}")
+    return out / STUDENT_DIR

@@ -1,0 +1,149 @@
+"""DistillTrainer on tiny real models: hidden states feed the head, accumulation equals a larger batch,
+resume continues the same run, non-finite micro-batches are skipped, then the run stops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+from lmdistill.chunked import Head, LossSpec
+from lmdistill.data import DistillCollator
+from lmdistill.errors import TrainingDiverged
+from lmdistill.training.trainer import DistillTrainer, final_hidden
+
+VOCAB = 96
+
+
+def _features(n=8, seed=0):
+    """Examples of different lengths and target counts, so per-token normalisation matters."""
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for i in range(n):
+        length = 6 + (i * 5) % 13
+        ids = torch.randint(3, VOCAB, (length,), generator=g).tolist()
+        prompt = 2 + i % 4
+        labels = [-100] * prompt + ids[prompt:]
+        feats.append({"input_ids": ids, "labels": labels, "attention_mask": [1] * length})
+    return feats
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=0.05,
+        max_steps=2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _trainer(tiny_llama, tmp_path, feats, *, teacher_seed=1, spec=None, **kw):
+    student = tiny_llama(VOCAB, num_layers=2, seed=0)
+    teacher = tiny_llama(VOCAB, num_layers=3, hidden=48, heads=4, kv_heads=2, seed=teacher_seed)
+    return DistillTrainer(
+        model=student,
+        teacher=teacher,
+        spec=spec or LossSpec(loss="forward_kl", ce_weight=0.4, kd_weight=0.6, vocab=VOCAB, chunk_size=5),
+        args=_args(tmp_path, **kw),
+        train_dataset=feats,
+        data_collator=DistillCollator(pad_token_id=0),
+    )
+
+
+def test_final_hidden_feeds_the_head(tiny_llama):
+    ids = torch.randint(0, VOCAB, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64))
+    for model in (tiny_llama(VOCAB, tie=True), gpt2):
+        model.eval()
+        hidden = final_hidden(model, ids, mask)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(Head.of(model).logits(hidden, VOCAB), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tiny_llama, tmp_path):
+    feats = _features(8)
+    params = []
+    for bs, ga in ((4, 1), (2, 2), (1, 4)):
+        trainer = _trainer(
+            tiny_llama,
+            tmp_path / f"{bs}x{ga}",
+            feats,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+        )
+        trainer.train()
+        params.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
+    moved = (
+        params[0] - torch.cat([p.detach().flatten() for p in tiny_llama(VOCAB, seed=0).parameters()])
+    ).abs()
+    assert moved.max() > 1e-3  # the steps did something
+    torch.testing.assert_close(params[1], params[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(params[2], params[0], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_continues_the_same_run(tiny_llama, tmp_path):
+    feats = _features(16)
+    kw = dict(max_steps=6, per_device_train_batch_size=2, optim="adamw_torch", lr_scheduler_type="cosine")
+    straight = _trainer(tiny_llama, tmp_path / "straight", feats, **kw)
+    straight.train()
+
+    first = _trainer(tiny_llama, tmp_path / "resumed", feats, save_strategy="steps", save_steps=3, **kw)
+    first.args.max_steps = 6
+    first.train()  # saves checkpoint-3 and checkpoint-6; resume from 3 below
+    second = _trainer(tiny_llama, tmp_path / "resumed", feats, **kw)
+    second.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    for a, b in zip(straight.model.parameters(), second.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    losses = [h["loss"] for h in straight.state.log_history if "loss" in h]
+    resumed = [h["loss"] for h in second.state.log_history if "loss" in h]
+    assert resumed[-3:] == pytest.approx(losses[-3:], rel=1e-5)
+
+
+def test_logs_ce_and_kd_separately(tiny_llama, tmp_path):
+    trainer = _trainer(tiny_llama, tmp_path, _features(8))
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(h["ce"] > 0 and h["kd"] > 0 and h["target_tokens"] > 0 for h in logged)
+
+
+def _poison(trainer, token: int):
+    """Make the teacher produce NaN wherever `token` appears (a real non-finite forward)."""
+    with torch.no_grad():
+        trainer.teacher.get_input_embeddings().weight[token] = float("nan")
+
+
+def test_nonfinite_microbatch_is_skipped_and_counted(tiny_llama, tmp_path):
+    feats = _features(8)
+    feats[0]["input_ids"][1] = 95  # only the first example holds token 95
+    for f in feats[1:]:
+        f["input_ids"] = [t if t != 95 else 94 for t in f["input_ids"]]
+    trainer = _trainer(tiny_llama, tmp_path, feats, per_device_train_batch_size=1, max_steps=8)
+    _poison(trainer, 95)
+    trainer.train()
+    assert trainer.nonfinite_skipped == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_run_stops_after_nonfinite_streak(tiny_llama, tmp_path):
+    feats = _features(8)
+    trainer = _trainer(tiny_llama, tmp_path, feats, max_steps=8)
+    trainer.max_nonfinite = 3
+    with torch.no_grad():
+        trainer.teacher.get_input_embeddings().weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="3 micro-batches in a row"):
+        trainer.train()
