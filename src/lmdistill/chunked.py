@@ -69,7 +69,7 @@ class LossSpec:
     beta: float = 0.5
     alpha: float = 0.1
     vocab: int | None = None
-    chunk_size: int = 1024
+    chunk_size: int = 256
 
     @classmethod
     def from_config(cls, distill, vocab: int | None) -> LossSpec:

@@ -68,7 +68,8 @@ class DistillConfig:
     beta: float = _f(0.5, "jsd only: weight of the teacher in the mixture, strictly between 0 and 1.")
     alpha: float = _f(0.1, "skew losses only: skew weight in [0, 1].")
     chunk_size: int = _f(
-        1024, "Tokens per chunk when computing head + loss (no full [tokens, vocab] logits)."
+        256,
+        "Tokens per chunk through the heads (no full [tokens, vocab] logits); 256 keeps 5x under naive memory at vocab 49152.",
     )
     max_nonfinite: int = _f(
         5, "Stop after this many non-finite micro-batch losses in a row (each is skipped)."

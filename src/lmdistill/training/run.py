@@ -51,7 +51,8 @@ def build_models(cfg: RunConfig, log=print) -> Models:
         student = load_model(cfg.student.name, dtype=cfg.student.dtype)
         student_tok = load_tokenizer(cfg.student.name)
     else:
-        student = shrink_model(teacher, num_layers=cfg.student.num_layers, layers=cfg.student.layers)
+        layers = cfg.student.layers
+        student = shrink_model(teacher, num_layers=None if layers else cfg.student.num_layers, layers=layers)
         student = student.to(_dtype(cfg.student.dtype))
         student_tok = teacher_tok
     student.requires_grad_(True).train()
@@ -92,23 +93,21 @@ def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> Trainin
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         bf16=t.bf16,
-        gradient_checkpointing=t.gradient_checkpointing,
         report_to=t.report_to,
         remove_unused_columns=False,
         eval_strategy="steps" if eval_enabled else "no",
         eval_steps=t.save_steps if eval_enabled else None,
         disable_tqdm=False,
     )
+    if t.gradient_checkpointing:  # only when asked: the name is deprecated in newer transformers
+        args["gradient_checkpointing"] = True
     args.update(t.extra)
     return TrainingArguments(**args)
 
 
-def load_features(path: str, tokenizer, max_length: int, max_examples: int | None = None) -> list[dict]:
+def read_data(path: str, max_examples: int | None = None) -> list[dict]:
     records = load_records(path)
-    if max_examples is not None:
-        records = records[:max_examples]
-    features, _ = tokenize_records(records, tokenizer, max_length, source=path)
-    return features
+    return records[:max_examples] if max_examples is not None else records
 
 
 def save_student(model, tokenizer, out_dir: str | os.PathLike) -> Path:
@@ -170,9 +169,13 @@ def run(cfg: RunConfig, log=print) -> Path:
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     save_config(cfg, out / CONFIG_FILE)
+    # Data is read before any model is loaded: a bad file fails in a second, not after a minute.
+    train_rows = read_data(cfg.data.train, cfg.data.max_examples)
+    eval_rows = read_data(cfg.data.eval) if cfg.data.eval else None
     models = build_models(cfg, log)
-    train = load_features(cfg.data.train, models.tokenizer, cfg.data.max_length, cfg.data.max_examples)
-    evalf = load_features(cfg.data.eval, models.tokenizer, cfg.data.max_length) if cfg.data.eval else None
+    n = cfg.data.max_length
+    train, _ = tokenize_records(train_rows, models.tokenizer, n, source=cfg.data.train)
+    evalf = tokenize_records(eval_rows, models.tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
     trainer = make_trainer(cfg, models, train, evalf)
     trainer.train(

@@ -1,0 +1,296 @@
+"""Divergences between teacher and student next-token distributions, for knowledge distillation.
+
+Every loss compares p = softmax(teacher_logits / T) with q = softmax(student_logits / T) per token,
+over the last (vocabulary) axis, then reduces over tokens. Common arguments:
+
+- ``student_logits``, ``teacher_logits``: [..., V], the same shape (e.g. [batch, seq, vocab]).
+- ``temperature``: T > 0.
+- ``mask``: bool [...] (the logits' shape without V), True = the token counts. None counts every token.
+- ``reduction``: "mean" over counted tokens (0.0 when none counts), "sum" over counted tokens, or
+  "none" for per-token values [...] with uncounted tokens set to 0.
+
+The result is the plain divergence of the softened distributions: there is NO T² factor here. The
+trainer multiplies by T² once, to keep gradient scale comparable across temperatures; applying it here
+as well would apply it twice.
+
+Arithmetic runs in float32, or in the inputs' dtype where that is wider ("float32 or wider": float64
+keeps float64, which gradcheck needs). bf16/fp16 logits are upcast and give a float32 result.
+
+-inf logits (vocabulary entries a model cannot emit, in either or both models) are supported: a term
+whose outer distribution is 0 there contributes exactly 0, in value and in gradient. Where the inner
+distribution is 0 but the outer is not, the divergence is truly infinite and the result is huge or inf
+(reverse_kl when only the teacher masks an entry, say); the skewed losses with alpha > 0 and jsd stay
+finite there, which is much of their point.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+# --- per-token cores: float32 (or wider) log-probs [..., V] -> values [...] ---------------------------
+
+
+def _finite(logp: torch.Tensor) -> torch.Tensor:
+    # -inf - (-inf) is NaN, so log-probs are clamped before any difference. Half the most negative float
+    # leaves room to add a log-weight or subtract another clamped value without overflowing. clamp sends
+    # no gradient to clamped entries, so autograd never multiplies a 0 by an inf.
+    return logp.clamp(min=torch.finfo(logp.dtype).min / 2)
+
+
+def _kl_tokens(logp_outer: torch.Tensor, logp_inner: torch.Tensor) -> torch.Tensor:
+    """KL(outer ‖ inner) per token from log-probs: [..., V], [..., V] -> [...]."""
+    # exp of the raw log-prob is exactly 0 where the outer is -inf, which zeroes that term and its gradient.
+    return (logp_outer.exp() * (_finite(logp_outer) - _finite(logp_inner))).sum(-1)
+
+
+def _log_mixture(logp_a: torch.Tensor, logp_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w·a + (1 - w)·b) computed in log space: [..., V], [..., V] -> [..., V]."""
+    # A zero weight gives a -inf log-weight; the other argument is then finite (clamped), so logaddexp
+    # always has a finite argument and a finite gradient, even where both log-probs are -inf.
+    log_wa = math.log(weight_a) if weight_a > 0 else -math.inf
+    log_wb = math.log1p(-weight_a) if weight_a < 1 else -math.inf
+    return torch.logaddexp(_finite(logp_a) + log_wa, _finite(logp_b) + log_wb)
+
+
+def _forward_kl_tokens(logp_s: torch.Tensor, logp_t: torch.Tensor) -> torch.Tensor:
+    return _kl_tokens(logp_t, logp_s)
+
+
+def _reverse_kl_tokens(logp_s: torch.Tensor, logp_t: torch.Tensor) -> torch.Tensor:
+    return _kl_tokens(logp_s, logp_t)
+
+
+def _jsd_tokens(logp_s: torch.Tensor, logp_t: torch.Tensor, beta: float) -> torch.Tensor:
+    log_m = _log_mixture(logp_t, logp_s, beta)
+    return beta * _kl_tokens(logp_t, log_m) + (1 - beta) * _kl_tokens(logp_s, log_m)
+
+
+def _skew_forward_kl_tokens(logp_s: torch.Tensor, logp_t: torch.Tensor, alpha: float) -> torch.Tensor:
+    return _kl_tokens(logp_t, _log_mixture(logp_t, logp_s, alpha))
+
+
+def _skew_reverse_kl_tokens(logp_s: torch.Tensor, logp_t: torch.Tensor, alpha: float) -> torch.Tensor:
+    return _kl_tokens(logp_s, _log_mixture(logp_s, logp_t, alpha))
+
+
+def _tvd_tokens(logp_s: torch.Tensor, logp_t: torch.Tensor) -> torch.Tensor:
+    # abs has gradient 0 at p == q, and exp of -inf is 0 with gradient 0: finite everywhere.
+    return 0.5 * (logp_t.exp() - logp_s.exp()).abs().sum(-1)
+
+
+# --- shared plumbing -----------------------------------------------------------------------------------
+
+
+def _log_probs(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    mask: torch.Tensor | None,
+    reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate the common arguments; return (log q, log p) at temperature, [..., V] each, float32+."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits must have the same shape, got student {tuple(student_logits.shape)}"
+            f" and teacher {tuple(teacher_logits.shape)} (different vocabularies? slice or pad both to the"
+            " shared vocabulary first)"
+        )
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(_REDUCTIONS)}; got {reduction!r}")
+    if mask is not None and mask.shape != student_logits.shape[:-1]:
+        raise ValueError(
+            f"mask must have the logits' shape without the vocabulary axis, {tuple(student_logits.shape[:-1])};"
+            f" got {tuple(mask.shape)}"
+        )
+    # Half precision loses too much in log-softmax differences; float64 is kept for gradcheck.
+    dtype = torch.promote_types(
+        torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32
+    )
+    logp_s = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    logp_t = torch.log_softmax(teacher_logits.to(dtype) / temperature, dim=-1)
+    return logp_s, logp_t
+
+
+def _reduce(values: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Per-token values [...] -> scalar ("mean", "sum") or [...] ("none")."""
+    if mask is not None:
+        mask = mask.bool()
+        # masked_fill, not multiplication: uncounted tokens may hold inf/NaN (fully masked rows).
+        values = values.masked_fill(~mask, 0.0)
+    if reduction == "none":
+        return values
+    total = values.sum()
+    if reduction == "sum":
+        return total
+    # At least 1 in the denominator: no counted token gives 0 / 1 = 0, not NaN.
+    if mask is None:
+        return total / max(values.numel(), 1)
+    return total / mask.sum().clamp(min=1)
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+# --- public losses ----------------------------------------------------------------------------------------
+
+
+def forward_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """KL(p ‖ q) = Σ p (log p − log q): mean-seeking, the classic distillation loss.
+
+    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
+    """
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+    return _reduce(_forward_kl_tokens(logp_s, logp_t), mask, reduction)
+
+
+def reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """KL(q ‖ p) = Σ q (log q − log p): mode-seeking (MiniLLM).
+
+    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
+    """
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+    return _reduce(_reverse_kl_tokens(logp_s, logp_t), mask, reduction)
+
+
+def jsd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Generalized Jensen-Shannon: β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q.
+
+    Matches TRL GKD's generalized_jsd_loss (β weights the teacher); bounded by the entropy of (β, 1−β),
+    log 2 at β = 0.5. Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
+    """
+    if not 0.0 < beta < 1.0:
+        raise ValueError(
+            f"jsd needs beta strictly between 0 and 1, got {beta}: as beta -> 0 or 1 the JSD tends to 0,"
+            " not to a KL. For the endpoints use forward_kl (TRL's beta=0) or reverse_kl (TRL's beta=1)."
+        )
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+    return _reduce(_jsd_tokens(logp_s, logp_t, beta), mask, reduction)
+
+
+def skew_forward_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    alpha: float = 0.1,
+) -> torch.Tensor:
+    """KL(p ‖ α p + (1−α) q) (DistiLLM): forward_kl at α = 0, zero at α = 1.
+
+    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
+    """
+    _check_alpha(alpha)
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+    return _reduce(_skew_forward_kl_tokens(logp_s, logp_t, alpha), mask, reduction)
+
+
+def skew_reverse_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    alpha: float = 0.1,
+) -> torch.Tensor:
+    """KL(q ‖ (1−α) p + α q) (DistiLLM): reverse_kl at α = 0, zero at α = 1.
+
+    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
+    """
+    _check_alpha(alpha)
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+    return _reduce(_skew_reverse_kl_tokens(logp_s, logp_t, alpha), mask, reduction)
+
+
+def tvd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+) -> torch.Tensor:
+    """Total variation distance ½ Σ |p − q|, in [0, 1] and symmetric.
+
+    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
+    """
+    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+    return _reduce(_tvd_tokens(logp_s, logp_t), mask, reduction)
+
+
+# --- registry ---------------------------------------------------------------------------------------------
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "forward_kl": forward_kl,
+    "reverse_kl": reverse_kl,
+    "jsd": jsd,
+    "skew_forward_kl": skew_forward_kl,
+    "skew_reverse_kl": skew_reverse_kl,
+    "tvd": tvd,
+}
+
+
+def get_loss(name: str) -> Callable[..., torch.Tensor]:
+    """The loss function registered under `name`; ValueError listing the valid names otherwise."""
+    try:
+        return LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}") from None
+
+
+def divergence(
+    name: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: torch.Tensor | None = None,
+    reduction: Reduction = "mean",
+    beta: float = 0.5,
+    alpha: float = 0.1,
+) -> torch.Tensor:
+    """Call the loss `name`, passing `beta` only to jsd and `alpha` only to the skewed KLs."""
+    fn = get_loss(name)
+    extra: dict[str, float] = {}
+    if name == "jsd":
+        extra["beta"] = beta
+    elif name in ("skew_forward_kl", "skew_reverse_kl"):
+        extra["alpha"] = alpha
+    return fn(
+        student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction, **extra
+    )

@@ -1,0 +1,97 @@
+"""Check that teacher and student share a tokenizer before distilling on logits.
+
+Logits KD compares the two models' distributions token id by token id, so both must map every token
+to the same id. Output heads may be padded past the real vocabulary (Qwen2.5 has 151936 head rows
+for 151665 tokens); the logits are then sliced to the shared real vocabulary size this module returns.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lmdistill.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
+
+BLACK_BOX_HINT = (
+    "Logits KD needs the same tokenizer; for different tokenizers use black-box KD "
+    "(`lmdistill generate`, teacher outputs as text)"
+)
+
+
+def check_vocab(
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase,
+    teacher_model: nn.Module,
+    student_model: nn.Module,
+    *,
+    teacher_name: str = "teacher",
+    student_name: str = "student",
+) -> int:
+    """Return the shared real vocabulary size V to slice both models' logits to (`logits[..., :V]`).
+
+    Raises UserError when the tokenizers differ (any token with another id, or added only to one),
+    or when a model's output head has fewer rows than the tokenizer has tokens.
+    """
+    teacher_vocab = teacher_tokenizer.get_vocab()
+    student_vocab = student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        raise UserError(
+            f"{_label('teacher', teacher_name)} and {_label('student', student_name)} use different tokenizers: "
+            f"{describe_vocab_difference(teacher_vocab, student_vocab)}. {BLACK_BOX_HINT}"
+        )
+    # len(tokenizer) is the real vocabulary; the max() guards against ids with gaps.
+    size = max(len(teacher_tokenizer), len(student_tokenizer), max(teacher_vocab.values(), default=-1) + 1)
+    for role, name, model in (
+        ("teacher", teacher_name, teacher_model),
+        ("student", student_name, student_model),
+    ):
+        rows = head_rows(model)
+        if rows < size:
+            raise UserError(
+                f"{_label(role, name)}: its output head has {rows} rows but the tokenizer has {size} tokens; "
+                "resize it first (model.resize_token_embeddings(len(tokenizer)))"
+            )
+    return size
+
+
+def head_rows(model: nn.Module) -> int:
+    """Number of rows (output logits) of a model's output head; falls back to `config.vocab_size`."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(head, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if not isinstance(size, int):
+        raise UserError(f"cannot tell the output vocabulary size of {type(model).__name__}")
+    return size
+
+
+def describe_vocab_difference(
+    teacher_vocab: dict[str, int], student_vocab: dict[str, int], limit: int = 3
+) -> str:
+    """A one-line account of how two token->id mappings differ: sizes and a few example tokens."""
+    parts = [f"teacher has {len(teacher_vocab)} tokens, student has {len(student_vocab)}"]
+    moved = [
+        f"{token!r} is id {teacher_vocab[token]} in the teacher but {student_vocab[token]} in the student"
+        for token in sorted(teacher_vocab.keys() & student_vocab.keys(), key=teacher_vocab.__getitem__)
+        if teacher_vocab[token] != student_vocab[token]
+    ]
+    if moved:
+        parts.append(f"{len(moved)} shared tokens have different ids, e.g. " + "; ".join(moved[:limit]))
+    for role, mine, other in (
+        ("teacher", teacher_vocab, student_vocab),
+        ("student", student_vocab, teacher_vocab),
+    ):
+        only = sorted(mine.keys() - other.keys(), key=mine.__getitem__)
+        if only:
+            examples = ", ".join(repr(token) for token in only[:limit])
+            parts.append(f"{len(only)} tokens only in the {role}, e.g. {examples}")
+    return "; ".join(parts)
+
+
+def _label(role: str, name: str) -> str:
+    """'teacher' or 'teacher <name>' (without repeating the role when no name was given)."""
+    return role if not name or name == role else f"{role} {name}"
