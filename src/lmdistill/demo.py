@@ -59,7 +59,7 @@ class DemoConfig:
         return c
 
 
-def teacher_responses(teacher, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16):
+def teacher_responses(teacher, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32):
     """Greedy teacher answers, cached on disk one batch at a time (a rerun generates only what is missing).
 
     Returns a list of dicts {prompt, response, finished} in the order of `prompts`; `finished` is False
@@ -157,14 +157,16 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     train_p, held_p = split_train_heldout(prompts, heldout_fraction=0.2, seed=c.seed)
     train_p, held_p = train_p[: c.train_prompts], held_p[: c.heldout_prompts]
     answers = teacher_responses(teacher, tokenizer, train_p + held_p, max_new_tokens=c.max_new_tokens)
-    kept = [a for a in answers if a["finished"] and a["response"]]
+    # Answers cut at max_new_tokens are kept: they are real teacher text, and KD learns from every token.
+    kept = [a for a in answers if a["response"]]
+    cut = sum(not a["finished"] for a in kept)
     train_rows = _as_messages(a for a in kept if a["prompt"] in set(train_p))
     held_rows = _as_messages(a for a in kept if a["prompt"] in set(held_p))
     _write_jsonl(out / "data" / "train.jsonl", train_rows)
     _write_jsonl(out / "data" / "heldout.jsonl", held_rows)
     log(
-        f"      {len(answers)} answers, {len(answers) - len(kept)} dropped (cut at {c.max_new_tokens} "
-        f"tokens or empty); train {len(train_rows)}, held-out {len(held_rows)}"
+        f"      {len(answers)} answers ({cut} cut at {c.max_new_tokens} tokens, {len(answers) - len(kept)} "
+        f"empty and dropped); train {len(train_rows)}, held-out {len(held_rows)}"
     )
     train_f, _ = tokenize_records(train_rows, tokenizer, 256, source="demo train")
     held_f, _ = tokenize_records(held_rows, tokenizer, 256, source="demo held-out")

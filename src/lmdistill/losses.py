@@ -5,7 +5,8 @@ over the last (vocabulary) axis, then reduces over tokens. Common arguments:
 
 - ``student_logits``, ``teacher_logits``: [..., V], the same shape (e.g. [batch, seq, vocab]).
 - ``temperature``: T > 0.
-- ``mask``: bool [...] (the logits' shape without V), True = the token counts. None counts every token.
+- ``mask``: bool [...] (the logits' shape without V; 0/1 integers work too), True = the token counts.
+  None counts every token.
 - ``reduction``: "mean" over counted tokens (0.0 when none counts), "sum" over counted tokens, or
   "none" for per-token values [...] with uncounted tokens set to 0.
 
