@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from lmdistill.cli import main
@@ -148,3 +149,15 @@ def test_config_command_prints_fields(capsys):
     assert main(["config"]) == 0
     text = capsys.readouterr().out
     assert "kd_ratio: 0.5" in text and "chunk_size" in text
+
+
+def test_lora_student_trains_adapters_and_ships_a_merged_folder(run_files):
+    from transformers import AutoModelForCausalLM
+
+    config, out = run_files
+    before = AutoModelForCausalLM.from_pretrained(yaml.safe_load(config.read_text())["student"]["name"])
+    assert main(["train", str(config), "student.lora_r=4", "train.max_steps=2"]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert not any("lora" in k for k in merged.state_dict())
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert changed and all("proj" in k for k in changed), changed  # only adapted linears moved

@@ -44,6 +44,11 @@ class StudentConfig:
         None, "Shrinking: the exact teacher layer indices to copy (overrides num_layers)."
     )
     dtype: str = _f("float32", "Student weights dtype (the trained copy): float32, bfloat16, float16.")
+    lora_r: int = _f(0, "LoRA rank (needs `pip install lmdistill[lora]`); 0 trains every weight.")
+    lora_alpha: int = _f(16, "LoRA scaling alpha.")
+    lora_target_modules: str = _f(
+        "all-linear", "peft target modules: `all-linear` (not lm_head) or a comma list."
+    )
 
 
 @dataclass
@@ -136,6 +141,8 @@ class RunConfig:
             raise UserError(
                 "student: give student.name, or student.num_layers > 0 / student.layers to shrink"
             )
+        if s.lora_r < 0:
+            raise UserError(f"student.lora_r must be >= 0, got {s.lora_r}")
         t = self.train
         if t.per_device_train_batch_size <= 0 or t.gradient_accumulation_steps <= 0:
             raise UserError(

@@ -41,12 +41,12 @@ class DemoConfig:
     output_dir: str = "runs/demo"
     steps: int | None = None  # optimizer steps per training run (default 40; --fast: 4)
     fast: bool = False  # smoke test: few prompts, few steps
-    train_prompts: int = 256
-    heldout_prompts: int = 48
+    train_prompts: int = 224
+    heldout_prompts: int = 40
     max_new_tokens: int = 40
     student_layers: int = 10
     batch_size: int = 8
-    learning_rate: float = 2e-4
+    learning_rate: float = 6e-4
     kd_ratio: float = 0.9
     seed: int = 0
 

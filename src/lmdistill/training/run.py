@@ -56,6 +56,8 @@ def build_models(cfg: RunConfig, log=print) -> Models:
         student = student.to(_dtype(cfg.student.dtype))
         student_tok = teacher_tok
     student.requires_grad_(True).train()
+    if cfg.student.lora_r:
+        student = add_lora(student, cfg.student)
     vocab = check_vocab(
         teacher_tok,
         student_tok,
@@ -66,6 +68,21 @@ def build_models(cfg: RunConfig, log=print) -> Models:
     )
     log(describe_sizes(teacher, student))
     return Models(teacher, student, student_tok, vocab)
+
+
+def add_lora(student, s) -> torch.nn.Module:
+    """Wrap the student in peft LoRA adapters; the head stays a plain Linear (chunked KD reads it)."""
+    from lmdistill.errors import UserError
+
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise UserError("student.lora_r > 0 needs peft: pip install 'lmdistill[lora]'") from None
+    targets = s.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(student, config)
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -115,6 +132,8 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    if hasattr(model, "merge_and_unload"):  # LoRA: ship one ordinary model folder
+        model = model.merge_and_unload()
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
