@@ -69,28 +69,12 @@ def main() -> None:
     if a.case:
         print(json.dumps(_case(a.case, *shape)))
         return
+    names = ("tokens", "hidden", "vocab", "chunk", "loss", "repeats")
+    flags = [x for name, value in zip(names, shape, strict=True) for x in (f"--{name}", str(value))]
     rows = []
     for kind in ("naive", "chunked"):
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--case",
-                kind,
-                *sum(
-                    (
-                        [f"--{k}", str(v)]
-                        for k, v in zip(
-                            ("tokens", "hidden", "vocab", "chunk", "loss", "repeats"), shape, strict=True
-                        )
-                    ),
-                    [],
-                ),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        cmd = [sys.executable, __file__, "--case", kind, *flags]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     naive, chunked = rows
     import torch

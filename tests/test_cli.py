@@ -161,3 +161,12 @@ def test_lora_student_trains_adapters_and_ships_a_merged_folder(run_files):
     assert not any("lora" in k for k in merged.state_dict())
     changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
     assert changed and all("proj" in k for k in changed), changed  # only adapted linears moved
+
+
+def test_eval_data_gives_agreement_report(run_files, capsys):
+    config, out = run_files
+    data = yaml.safe_load(config.read_text())["data"]["train"]
+    assert main(["train", str(config), f"data.eval={data}", "train.max_steps=2"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert 0.0 <= report["top1"] <= 1.0 and report["kl"] > 0 and report["tokens"] > 0
+    assert "top-1 agreement with teacher" in capsys.readouterr().out

@@ -115,6 +115,7 @@ def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> Trainin
         eval_strategy="steps" if eval_enabled else "no",
         eval_steps=t.save_steps if eval_enabled else None,
         disable_tqdm=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     if t.gradient_checkpointing:  # only when asked: the name is deprecated in newer transformers
         args["gradient_checkpointing"] = True
@@ -201,6 +202,25 @@ def run(cfg: RunConfig, log=print) -> Path:
         resume_from_checkpoint=resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir)
     )
     if trainer.is_world_process_zero():
+        if evalf:
+            report_agreement(trainer.model, models, evalf, out / "eval.json", log)
         path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR)
         log(f"student saved to {path}")
     return out / STUDENT_DIR
+
+
+def report_agreement(student, models: Models, features, path: Path, log=print) -> dict:
+    """Held-out top-1 agreement, KL to the teacher and perplexity; printed and written to `path`."""
+    import json
+
+    from lmdistill.evaluation import compare_to_teacher
+
+    result = compare_to_teacher(
+        student, models.teacher, features, vocab=models.vocab, pad_token_id=_pad_id(models.tokenizer)
+    ).as_dict()
+    path.write_text(json.dumps(result, indent=2))
+    log(
+        f"held-out ({result['tokens']} target tokens): top-1 agreement with teacher {result['top1']:.1%}, "
+        f"KL(teacher || student) {result['kl']:.3f} nats/token, perplexity {result['perplexity']:.2f}"
+    )
+    return result
