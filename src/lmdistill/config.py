@@ -43,6 +43,19 @@ class StudentConfig:
     layers: list[int] | None = _f(
         None, "Shrinking: the exact teacher layer indices to copy (overrides num_layers)."
     )
+    hidden_size: int | None = _f(
+        None,
+        "Shrinking narrower: student width (heads follow at the teacher's head_dim); null keeps the teacher's.",
+    )
+    num_attention_heads: int | None = _f(
+        None, "Shrinking narrower: query heads (default hidden_size / head_dim)."
+    )
+    num_key_value_heads: int | None = _f(
+        None, "Shrinking narrower: KV heads (default the largest divisor of the heads <= the teacher's)."
+    )
+    intermediate_size: int | None = _f(
+        None, "Shrinking narrower: MLP width (default scaled with hidden_size)."
+    )
     dtype: str = _f("float32", "Student weights dtype (the trained copy): float32, bfloat16, float16.")
     lora_r: int = _f(0, "LoRA rank (needs `pip install lmdistill[lora]`); 0 trains every weight.")
     lora_alpha: int = _f(16, "LoRA scaling alpha.")
@@ -82,6 +95,39 @@ class DistillConfig:
 
 
 @dataclass
+class HintConfig:
+    hidden_weight: float = _f(
+        0.0, "Weight of hidden-state matching (teacher layer j vs phi(student layer i)); 0 = off."
+    )
+    layers: str | list[list[int]] = _f(
+        "uniform",
+        "Layer pairs: uniform, last, first_last, copied (the teacher layers a shrunk student was copied from), "
+        "or a list of [student, teacher] pairs; layer i is the output of decoder layer i (0-based).",
+    )
+    metric: str = _f(
+        "mse", "Hidden-state metric H: mse, cosine (1 - cos), ln_mse (mse of layer-normed features)."
+    )
+    projection: str = _f(
+        "linear", "phi where widths differ: linear (learned, trained with the student) or none."
+    )
+    relation_weight: float = _f(0.0, "Weight of MiniLMv2 q-q/k-k/v-v attention-relation KL; 0 = off.")
+    relation_layers: str | list[list[int]] = _f(
+        "last", "Layer pairs for relations, same choices as `layers`."
+    )
+    relation_heads: int = _f(0, "Relation heads R (0 = the largest R <= 12 dividing every q/k/v width).")
+    attention_weight: float = _f(
+        0.0, "Weight of attention-map KL per head (needs eager attention, set automatically); 0 = off."
+    )
+    attention_layers: str | list[list[int]] = _f(
+        "last", "Layer pairs for attention maps, same choices as `layers`."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.hidden_weight or self.relation_weight or self.attention_weight)
+
+
+@dataclass
 class TrainConfig:
     output_dir: str = _f("runs/distill", "Checkpoints, logs, the resolved config and the final student.")
     max_steps: int = _f(100, "Optimizer steps; <= 0 means train for num_train_epochs.")
@@ -112,6 +158,7 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    hints: HintConfig = field(default_factory=HintConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> RunConfig:
@@ -134,6 +181,14 @@ class RunConfig:
             raise UserError(f"distill.alpha must be in [0, 1], got {d.alpha}")
         if d.chunk_size <= 0:
             raise UserError(f"distill.chunk_size must be positive, got {d.chunk_size}")
+        h = self.hints
+        for key in ("hidden_weight", "relation_weight", "attention_weight"):
+            if getattr(h, key) < 0:
+                raise UserError(f"hints.{key} must be >= 0, got {getattr(h, key)}")
+        if h.projection not in ("linear", "none"):
+            raise UserError(f"hints.projection: choose linear or none, got {h.projection!r}")
+        if h.relation_heads < 0:
+            raise UserError(f"hints.relation_heads must be >= 0, got {h.relation_heads}")
         if self.data.max_length < 2:
             raise UserError(f"data.max_length must be at least 2, got {self.data.max_length}")
         s = self.student
@@ -161,13 +216,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        for arg in options:
             try:
                 return _coerce(value, arg, key)
-            except UserError as e:
-                errors.append(str(e))
-        raise UserError(errors[0])
+            except UserError:
+                continue
+        if len(options) == 1:
+            return _coerce(value, options[0], key)  # raises with the precise message
+        names = " or ".join(_type_name(a) for a in args)
+        raise UserError(f"{key}: expected {names}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"{key}: expected a list, got {value!r}")
@@ -180,8 +238,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    name = getattr(tp, "__name__", str(tp))
-    raise UserError(f"{key}: expected {name}, got {value!r}")
+    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]" if typing.get_args(tp) else "list"
+    return getattr(tp, "__name__", str(tp))
 
 
 def _build(raw: dict, source: str) -> RunConfig:

@@ -18,7 +18,13 @@ from lmdistill.models.loading import (
     resolve_device,
     resolve_dtype,
 )
-from lmdistill.models.shrink import describe_sizes, evenly_spaced_layers, find_decoder_layers, shrink_model
+from lmdistill.models.shrink import (
+    describe_sizes,
+    evenly_spaced_layers,
+    find_decoder_layers,
+    narrow_defaults,
+    shrink_model,
+)
 from lmdistill.models.vocab import check_vocab, head_rows
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "load_model",
     "load_teacher",
     "load_tokenizer",
+    "narrow_defaults",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",

@@ -27,6 +27,7 @@ from lmdistill.models import (
     load_tokenizer,
     shrink_model,
 )
+from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
 
 STUDENT_DIR = "student"
@@ -51,8 +52,16 @@ def build_models(cfg: RunConfig, log=print) -> Models:
         student = load_model(cfg.student.name, dtype=cfg.student.dtype)
         student_tok = load_tokenizer(cfg.student.name)
     else:
-        layers = cfg.student.layers
-        student = shrink_model(teacher, num_layers=None if layers else cfg.student.num_layers, layers=layers)
+        s = cfg.student
+        student = shrink_model(
+            teacher,
+            num_layers=None if s.layers else s.num_layers,
+            layers=s.layers,
+            hidden_size=s.hidden_size,
+            num_attention_heads=s.num_attention_heads,
+            num_key_value_heads=s.num_key_value_heads,
+            intermediate_size=s.intermediate_size,
+        )
         student = student.to(_dtype(cfg.student.dtype))
         student_tok = teacher_tok
     student.requires_grad_(True).train()
@@ -146,10 +155,14 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def make_trainer(cfg: RunConfig, models: Models, train_features, eval_features=None) -> DistillTrainer:
+def make_trainer(
+    cfg: RunConfig, models: Models, train_features, eval_features=None, log=print
+) -> DistillTrainer:
+    hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
     return DistillTrainer(
         model=models.student,
-        teacher=models.teacher if cfg.distill.kd_ratio > 0 else None,
+        teacher=models.teacher if cfg.distill.kd_ratio > 0 or hints else None,
+        hints=hints,
         spec=LossSpec.from_config(cfg.distill, models.vocab),
         max_nonfinite=cfg.distill.max_nonfinite,
         args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
@@ -197,7 +210,7 @@ def run(cfg: RunConfig, log=print) -> Path:
     train, _ = tokenize_records(train_rows, models.tokenizer, n, source=cfg.data.train)
     evalf = tokenize_records(eval_rows, models.tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
-    trainer = make_trainer(cfg, models, train, evalf)
+    trainer = make_trainer(cfg, models, train, evalf, log)
     trainer.train(
         resume_from_checkpoint=resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir)
     )
@@ -206,6 +219,9 @@ def run(cfg: RunConfig, log=print) -> Path:
             report_agreement(trainer.model, models, evalf, out / "eval.json", log)
         path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR)
         log(f"student saved to {path}")
+        if trainer.hints is not None and trainer.hints.projections is not None:
+            trainer.hints.save(out)  # training-only: kept apart from the student folder
+            log(f"hint projections saved to {out / PROJECTIONS_FILE}")
     return out / STUDENT_DIR
 
 

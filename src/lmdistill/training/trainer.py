@@ -11,28 +11,40 @@ with the plain Trainer. What this class adds:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lmdistill.chunked import Head, LossSpec, chunked_loss
 from lmdistill.errors import TrainingDiverged
 
 
+def forward_states(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, attentions: bool = False
+):
+    """Run a causal LM for its hidden states (and attention maps if asked), not its logits.
+
+    Runs the full model (so DDP/FSDP wrappers see a forward) but asks for the logits of the last
+    position only. `out.hidden_states[i + 1]` is decoder layer i's output; `hidden_states[-1]` is the
+    input of the head (after the final norm) in transformers 5.
+    """
+    kwargs = {"output_hidden_states": True, "use_cache": False}
+    if attentions:
+        kwargs["output_attentions"] = True
+    if "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters:
+        kwargs["logits_to_keep"] = 1
+    return model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
 def final_hidden(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """[B, S] ids -> [B, S, H] hidden states that the model's head turns into logits.
-
-    Runs the full model (so DDP/FSDP wrappers see a forward) but asks for logits of the last position
-    only; `hidden_states[-1]` is the input of the head (after the final norm) in transformers 5.
-    """
-    kwargs = {"output_hidden_states": True, "use_cache": False}
-    if "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters:
-        kwargs["logits_to_keep"] = 1
-    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-    return out.hidden_states[-1]
+    """[B, S] ids -> [B, S, H] hidden states that the model's head turns into logits."""
+    return forward_states(model, input_ids, attention_mask).hidden_states[-1]
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -45,11 +57,13 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class DistillTrainer(Trainer):
-    """Trainer for logits KD. `model` is the student; `teacher` is frozen and never saved.
+    """Trainer for logits and hint KD. `model` is the student; `teacher` is frozen and never saved.
 
     Args:
         teacher: the teacher causal LM, or None for CE only (then `spec.kd_weight` is ignored).
         spec: what to compute per token (`LossSpec.from_config(distill_config, vocab)`).
+        hints: resolved hint terms (`HintTerms`), or None for logits KD only. Their projections are
+            optimised with the student and saved in each checkpoint as `hint_projections.safetensors`.
         max_nonfinite: stop after this many non-finite micro-batch losses in a row.
         **kwargs: everything `transformers.Trainer` takes (args, train_dataset, data_collator, ...).
     """
@@ -57,40 +71,64 @@ class DistillTrainer(Trainer):
     # compute_loss normalises by the step's target-token count itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher=None, spec: LossSpec, max_nonfinite: int = 5, **kwargs):
+    def __init__(self, *args, teacher=None, spec: LossSpec, hints=None, max_nonfinite: int = 5, **kwargs):
         super().__init__(*args, **kwargs)
         # Makes Trainer count target tokens over the whole accumulated step (num_items_in_batch) and
         # not divide our already-normalised loss by the accumulation steps (transformers 5.x).
         self.model_accepts_loss_kwargs = True
         self.spec = spec
+        self.hints = hints
         self.max_nonfinite = max_nonfinite
         self.teacher = teacher
         if teacher is not None:
             teacher.requires_grad_(False).eval()
             if next(teacher.parameters()).device != self.args.device:
                 teacher.to(self.args.device)
+        if hints is not None:
+            if teacher is None:
+                raise ValueError("hint terms need a teacher")
+            if hints.projections is not None:
+                hints.projections.to(self.args.device)
+            self.add_callback(_ProjectionCallback(self))
         self.nonfinite_skipped = 0
         self._nonfinite_streak = 0
-        self._log_sums = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+        self._log_sums: dict[str, float] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]
-        targets = labels[:, 1:]
-        mask = targets != -100  # [B, S-1]
-        s_hidden = final_hidden(model, inputs["input_ids"], inputs["attention_mask"])[:, :-1][
-            mask
-        ]  # [N, H_s]
-        t_hidden, t_head = None, None
-        if self.teacher is not None and self.spec.kd_weight != 0.0:
-            with torch.no_grad():
-                t_hidden = final_hidden(self.teacher, inputs["input_ids"], inputs["attention_mask"])
-            t_hidden, t_head = t_hidden[:, :-1][mask], Head.of(self.teacher)
-        s_head = Head.of(unwrap(model))
-        sums = chunked_loss(s_hidden, s_head, targets[mask], self.spec, t_hidden, t_head)
+        ids, attn = inputs["input_ids"], inputs["attention_mask"]
+        targets = inputs["labels"][:, 1:]
+        mask = targets != -100  # [B, S-1]: position t predicts token t+1
+        hints = self.hints
+        use_kd = self.teacher is not None and self.spec.kd_weight != 0.0
+        need_teacher = use_kd or hints is not None
+        with hints.capture(unwrap(model), "student") if hints else contextlib.nullcontext() as s_cap:
+            s_out = forward_states(model, ids, attn, attentions=bool(hints and hints.needs_attentions))
+        t_out = t_cap = None
+        if need_teacher:
+            with (
+                torch.no_grad(),
+                hints.capture(self.teacher, "teacher") if hints else contextlib.nullcontext() as t_cap,
+            ):
+                t_out = forward_states(
+                    self.teacher, ids, attn, attentions=bool(hints and hints.needs_attentions)
+                )
+        s_hidden = s_out.hidden_states[-1][:, :-1][mask]  # [N, H_s]
+        t_hidden = t_out.hidden_states[-1][:, :-1][mask] if use_kd else None  # [N, H_t]
+        t_head = Head.of(self.teacher) if use_kd else None
+        sums = chunked_loss(s_hidden, Head.of(unwrap(model)), targets[mask], self.spec, t_hidden, t_head)
+        total = sums.total
+        parts = {"ce": sums.ce, "kd": sums.kd}
+        if hints is not None:
+            positions = torch.zeros_like(attn, dtype=torch.bool)
+            positions[:, :-1] = mask  # the same positions, hence the same token count, as the logits terms
+            extra = hints.sums(s_out, t_out, s_cap, t_cap, attn, positions)
+            weights = hints.weights()
+            for name, value in extra.items():
+                total = total + weights[name] * value
+                parts[name] = value.detach()
 
-        local = max(sums.tokens, 1)
-        denom = num_items_in_batch if num_items_in_batch is not None else local
-        loss = sums.total / denom
+        denom = num_items_in_batch if num_items_in_batch is not None else max(sums.tokens, 1)
+        loss = total / denom
         if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
             # num_items_in_batch counts every process's tokens; DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
@@ -99,9 +137,9 @@ class DistillTrainer(Trainer):
             loss = self._skip_nonfinite(loss)
         elif model.training:
             self._nonfinite_streak = 0
-            self._log_sums["ce"] += sums.ce.item()
-            self._log_sums["kd"] += sums.kd.item()
-            self._log_sums["tokens"] += sums.tokens
+            for name, value in parts.items():
+                self._log_sums[name] = self._log_sums.get(name, 0.0) + value.item()
+            self._log_sums["tokens"] = self._log_sums.get("tokens", 0) + sums.tokens
         return (loss, None) if return_outputs else loss
 
     def _skip_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
@@ -115,6 +153,23 @@ class DistillTrainer(Trainer):
             )
         return torch.zeros((), device=loss.device, requires_grad=True)
 
+    def create_optimizer(self, model=None):
+        """The student's optimizer, plus a parameter group for the hint projections (no weight decay)."""
+        optimizer = super().create_optimizer(model)
+        params = self.hints.parameters() if self.hints is not None else []
+        known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if params and not known.intersection(map(id, params)):
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
+        return optimizer
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """As Trainer.train; on resume the hint projections are restored from the checkpoint too."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint and self.hints is not None:
+            self.hints.load(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
@@ -122,12 +177,38 @@ class DistillTrainer(Trainer):
         return loss.detach(), None, None
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        tokens = self._log_sums["tokens"]
+        tokens = self._log_sums.pop("tokens", 0)
         if tokens and "loss" in logs:
-            logs["ce"] = round(self._log_sums["ce"] / tokens, 6)
-            logs["kd"] = round(self._log_sums["kd"] / tokens, 6)
+            for name, value in self._log_sums.items():
+                logs[name] = round(value / tokens, 6)  # per target token
             logs["target_tokens"] = tokens
-            self._log_sums = {"ce": 0.0, "kd": 0.0, "tokens": 0}
+            self._log_sums = {}
+        elif tokens:
+            self._log_sums["tokens"] = tokens
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, *args, **kwargs)
+
+
+class _ProjectionCallback(TrainerCallback):
+    """Trainer only clips, zeroes and saves `model`'s parameters; this does the same for the projections.
+
+    Clipping uses the same max_grad_norm on the projections' own gradient norm.
+    """
+
+    def __init__(self, trainer: DistillTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        params = [p for p in self.trainer.hints.parameters() if p.grad is not None]
+        if params and args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        for p in self.trainer.hints.parameters():
+            p.grad = None
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.trainer.hints.save(folder)
