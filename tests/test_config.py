@@ -10,10 +10,10 @@ from lmdistill.config import (
     RunConfig,
     describe_fields,
     load_config,
-    parse_overrides,
     save_config,
 )
 from lmdistill.errors import UserError
+from lmdistill.yamlconfig import parse_overrides
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -66,7 +66,8 @@ def test_yaml_then_overrides_and_roundtrip(tmp_path):
         (["train.max_steps=2.5"], "train.max_steps: expected int"),
         (["distill.nope=1"], "unknown key distill.nope"),
         (["nosection.x=1"], "unknown section 'nosection'"),
-        (["kd_ratio=0.5"], "expected section.key=value"),
+        (["kd_ratio=0.5"], "unknown section 'kd_ratio'"),
+        (["a.b.c=1"], "expected section.key=value"),
         (["student.layers=[1, x]"], r"student.layers\[1\]: expected int"),
     ],
 )
@@ -83,7 +84,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(UserError, match="mapping of sections"):
+    with pytest.raises(UserError, match="must be a mapping of teacher, student"):
         load_config(bad)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from lmdistill import __version__
@@ -22,15 +23,38 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(DemoConfig(output_dir=args.output_dir, steps=args.steps, fast=args.fast))
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from lmdistill.generate import load_generate_config, run_generate
+
+    run_generate(load_generate_config(args.config, args.overrides))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from lmdistill.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        dtype=args.dtype,
+        device=args.device,
+        max_batch=args.max_batch,
+        name=args.name,
+    )
+
+
 def _config(args: argparse.Namespace) -> None:
     import yaml
 
-    from lmdistill.config import config_to_dict, describe_fields, load_config
+    from lmdistill import yamlconfig
+    from lmdistill.config import RunConfig, load_config
+    from lmdistill.generate.config import GenerateConfig, load_generate_config
 
+    root, loader = (GenerateConfig, load_generate_config) if args.generate else (RunConfig, load_config)
     if args.config is None and not args.overrides:
-        print(describe_fields())
+        print(yamlconfig.describe(root))
         return
-    print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+    print(yaml.safe_dump(dataclasses.asdict(loader(args.config, args.overrides)), sort_keys=False), end="")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a much smaller run, for a smoke test")
     p.set_defaults(func=_demo)
 
+    p = sub.add_parser("generate", help="black-box teacher data: responses, cot, self_instruct, icl")
+    p.add_argument("config", help="YAML file (see configs/generate_*.yaml and `lmdistill config --generate`)")
+    p.add_argument("overrides", nargs="*", help="key=value or section.key=value, e.g. mode=cot cot.samples=8")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a model (teacher or student)")
+    p.add_argument("model", nargs="?", default="smollm2-135m", help="HF id, folder or short name")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    p.add_argument("--max-batch", type=int, default=8, help="requests batched into one generate call")
+    p.add_argument("--name", default=None, help="model id served at /v1/models (default: MODEL)")
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("config", help="print every config key with default and help, or a resolved config")
+    p.add_argument(
+        "--generate", action="store_true", help="the `lmdistill generate` config instead of `train`"
+    )
     p.add_argument("config", nargs="?", default=None, help="YAML file to resolve (optional)")
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=_config)

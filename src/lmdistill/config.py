@@ -9,23 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import yaml
-
+from lmdistill import yamlconfig
 from lmdistill.errors import UserError
-
-
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with its help text; mutable defaults are copied per instance."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from lmdistill.yamlconfig import f as _f
 
 
 @dataclass
@@ -206,108 +194,9 @@ class RunConfig:
         return self
 
 
-SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)
-_HINTS = {name: typing.get_type_hints(cls) for name, cls in SECTIONS.items()}
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` (from YAML) against annotation `tp`; ints are accepted for floats."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for arg in options:
-            try:
-                return _coerce(value, arg, key)
-            except UserError:
-                continue
-        if len(options) == 1:
-            return _coerce(value, options[0], key)  # raises with the precise message
-        names = " or ".join(_type_name(a) for a in args)
-        raise UserError(f"{key}: expected {names}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool):
-        raise UserError(f"{key}: expected an integer, got {value!r}")
-    if tp is dict and isinstance(value, dict):
-        return value
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _type_name(tp: Any) -> str:
-    if tp is type(None):
-        return "null"
-    if typing.get_origin(tp) is list:
-        return f"list[{_type_name(typing.get_args(tp)[0])}]" if typing.get_args(tp) else "list"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(raw: dict, source: str) -> RunConfig:
-    if not isinstance(raw, dict):
-        raise UserError(f"{source}: the config must be a mapping of sections ({', '.join(SECTIONS)})")
-    sections = {}
-    for section, values in raw.items():
-        if section not in SECTIONS:
-            raise UserError(f"{source}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
-        values = values or {}
-        if not isinstance(values, dict):
-            raise UserError(f"{source}: section {section!r} must be a mapping")
-        hints = _HINTS[section]
-        kwargs = {}
-        for key, value in values.items():
-            if key not in hints:
-                raise UserError(
-                    f"{source}: unknown key {section}.{key}; valid keys: {', '.join(sorted(hints))}"
-                )
-            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
-        sections[section] = SECTIONS[section](**kwargs)
-    return RunConfig(**sections)
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """`["distill.kd_ratio=0.3", "student.layers=[0,5,9]"]` -> nested dict; values parsed as YAML."""
-    nested: dict[str, dict] = {}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
-            raise UserError(f"override {item!r}: expected section.key=value, e.g. distill.kd_ratio=0.3")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise UserError(f"override {item!r}: value is not valid YAML ({e})") from None
-        nested.setdefault(parts[0], {})[parts[1]] = value
-    return nested
-
-
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or start from defaults when `path` is None), apply overrides, validate."""
-    raw: dict = {}
-    source = "overrides"
-    if path is not None:
-        source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: the config must be a mapping of sections ({', '.join(SECTIONS)})")
-    for section, values in parse_overrides(list(overrides)).items():
-        current = raw.get(section) or {}
-        if not isinstance(current, dict):
-            raise UserError(f"{source}: section {section!r} must be a mapping")
-        raw[section] = {**current, **values}
-    return _build(raw, source).validate()
+    """Read a training config (or start from defaults when `path` is None), apply overrides, validate."""
+    return yamlconfig.load(RunConfig, path, overrides).validate()
 
 
 def config_to_dict(cfg: RunConfig) -> dict:
@@ -315,22 +204,10 @@ def config_to_dict(cfg: RunConfig) -> dict:
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
-    """Write the resolved config as YAML, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(config_to_dict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
+    """Write the resolved config as YAML, atomically."""
+    yamlconfig.save(cfg, path)
 
 
 def describe_fields() -> str:
-    """Every config key with its default and help, for `lmdistill config` and the docs."""
-    lines = []
-    for section, cls in SECTIONS.items():
-        lines.append(f"{section}:")
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            lines.append(f"  {f.name}: {default!r}")
-            lines.append(f"      {f.metadata.get('help', '')}")
-    return "\n".join(lines)
+    """Every training-config key with its default and help, for `lmdistill config` and the docs."""
+    return yamlconfig.describe(RunConfig)

@@ -1,0 +1,153 @@
+"""`lmdistill generate` configuration: one dataclass per concern, each field documented once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from lmdistill import yamlconfig
+from lmdistill.errors import UserError
+from lmdistill.yamlconfig import f
+
+MODES = ("responses", "cot", "self_instruct", "icl")
+
+
+@dataclass
+class TeacherBackendConfig:
+    backend: str = f("local", "local (a Hugging Face model run here) or api (an OpenAI-compatible endpoint).")
+    name: str = f(
+        "smollm2-135m", "local: HF id, folder or short name; api: the model name the endpoint serves."
+    )
+    base_url: str | None = f(
+        None, "api: the endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, lmdistill serve)."
+    )
+    api_key_env: str | None = f(
+        "OPENAI_API_KEY",
+        "api: NAME of the environment variable holding the key (the key itself never goes in a file).",
+    )
+    concurrency: int = f(8, "api: requests in flight at most.")
+    requests_per_minute: float | None = f(None, "api: request rate limit.")
+    tokens_per_minute: float | None = f(None, "api: token rate limit (prompt + completion).")
+    max_retries: int = f(
+        5, "api: retries on 408/409/429/5xx/timeouts (Retry-After honoured); other 4xx fail at once."
+    )
+    timeout: float = f(60.0, "api: seconds per request.")
+    batch_size: int = f(16, "local: prompts per generate call.")
+    dtype: str = f("float32", "local: weights dtype.")
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = f(128, "Tokens per answer at most; answers cut there are tagged `cut_at_length`.")
+    temperature: float = f(0.0, "0 is greedy decoding.")
+    top_p: float = f(1.0, "Nucleus sampling mass.")
+    seed: int | None = f(0, "Sampling seed; sample i of a prompt uses seed + i.")
+    stop: list[str] = f([], "Stop strings.")
+    top_logprobs: int = f(0, "Also record the top-k log-probs of each generated token.")
+
+
+@dataclass
+class CoTConfig:
+    samples: int = f(4, "Rationales sampled per question (use temperature > 0 for different ones).")
+    template: str = f(
+        "{question}\nThink step by step, then give the final answer.\nReply exactly as:\n"
+        "Reasoning: <your reasoning>\nAnswer: <the answer>",
+        "The prompt; {question} is replaced.",
+    )
+    numeric: bool = f(
+        False, "Answers are numbers (compare them as numbers; take the last number if no 'Answer:')."
+    )
+    keep: str = f(
+        "auto",
+        "Which rationales to keep: gold (answer matches the row's gold answer), majority (matches the "
+        "self-consistency vote), auto (gold where the row has one, else majority), all.",
+    )
+
+
+@dataclass
+class SelfInstructConfig:
+    num_instructions: int = f(20, "New instructions to collect.")
+    demonstrations: int = f(3, "Seed/pool tasks shown per request.")
+    max_requests: int = f(200, "Stop after this many proposal requests even if fewer were collected.")
+    min_words: int = f(3, "Drop instructions shorter than this.")
+    max_words: int = f(150, "Drop instructions longer than this.")
+    blacklist: list[str] = f(
+        [
+            "image",
+            "images",
+            "graph",
+            "graphs",
+            "picture",
+            "pictures",
+            "file",
+            "files",
+            "map",
+            "maps",
+            "draw",
+            "plot",
+            "go to",
+            "video",
+            "audio",
+            "music",
+            "flowchart",
+            "diagram",
+        ],
+        "Drop instructions mentioning these (tasks a text model cannot do).",
+    )
+    rouge_threshold: float = f(0.7, "Drop an instruction whose ROUGE-L with any pooled one is >= this.")
+
+
+@dataclass
+class ICLConfig:
+    instruction: str = f("", "The task instruction shown to the teacher with each example.")
+    template: str = f("{input}", "How an example is shown; {input} is replaced.")
+
+
+@dataclass
+class GenerateConfig:
+    mode: str = f("responses", "responses, cot, self_instruct or icl.")
+    input: str = f(
+        "",
+        "JSONL input: prompts/messages (responses), question[/answer] (cot), seed tasks (self_instruct), input[/output] (icl).",
+    )
+    output: str = f(
+        "",
+        "JSONL written here (messages format, with provenance); dropped rows go to <output>.rejected.jsonl.",
+    )
+    cache: str | None = f(
+        None, "SQLite response cache; default <output>.cache.sqlite. A rerun sends only missing requests."
+    )
+    keep_cut: bool = f(False, "Keep answers cut at max_new_tokens in the training file.")
+    max_rows: int | None = f(None, "Use at most this many input rows.")
+    teacher: TeacherBackendConfig = field(default_factory=TeacherBackendConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    cot: CoTConfig = field(default_factory=CoTConfig)
+    self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
+    icl: ICLConfig = field(default_factory=ICLConfig)
+
+    def validate(self) -> GenerateConfig:
+        if self.mode not in MODES:
+            raise UserError(f"mode: unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not self.input:
+            raise UserError("input: give the JSONL file to read")
+        if not self.output:
+            raise UserError("output: give the JSONL file to write")
+        if self.teacher.backend not in ("local", "api"):
+            raise UserError(f"teacher.backend: choose local or api, got {self.teacher.backend!r}")
+        if self.teacher.backend == "api" and not self.teacher.base_url:
+            raise UserError("teacher.base_url: the api backend needs the endpoint URL")
+        if self.cot.keep not in ("gold", "majority", "auto", "all"):
+            raise UserError(f"cot.keep: choose gold, majority, auto or all, got {self.cot.keep!r}")
+        if self.cot.samples < 1 or self.self_instruct.demonstrations < 1:
+            raise UserError("cot.samples and self_instruct.demonstrations must be at least 1")
+        if self.sampling.max_new_tokens < 1:
+            raise UserError("sampling.max_new_tokens must be at least 1")
+        return self
+
+    @property
+    def cache_path(self) -> str:
+        return self.cache or f"{self.output}.cache.sqlite"
+
+
+def load_generate_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> GenerateConfig:
+    return yamlconfig.load(GenerateConfig, path, overrides).validate()

@@ -1,0 +1,252 @@
+"""The four black-box data generators. Each turns input rows into (kept, rejected) output rows.
+
+Every output row carries `provenance`: the teacher, the sampling parameters, the finish reason, the
+request hash (the cache key) and the filter verdict ("kept" or the reason it was dropped). Rows
+are in the `messages` layout that `lmdistill train` reads.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+
+from lmdistill.errors import UserError
+from lmdistill.generate.config import GenerateConfig
+from lmdistill.teachers.types import Request, Response, Sampling
+from lmdistill.text import extract_answer, majority, normalize_answer, rouge_l
+
+Ask = Callable[[Sequence[Request], str], list[Response]]
+
+
+def base_sampling(cfg: GenerateConfig) -> Sampling:
+    s = cfg.sampling
+    return Sampling(
+        max_new_tokens=s.max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=s.seed,
+        stop=tuple(s.stop),
+        top_logprobs=s.top_logprobs,
+    )
+
+
+def _provenance(teacher_id: str, request: Request, response: Response, verdict: str) -> dict:
+    return {
+        "teacher": teacher_id,
+        "sampling": asdict(request.sampling),
+        "finish_reason": response.finish_reason,
+        "request_hash": request.key(*teacher_id.split(":", 1)),
+        "filter": verdict,
+        "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens},
+    }
+
+
+def response_verdict(response: Response, keep_cut: bool) -> str:
+    """Why a raw answer is unusable, or "kept"."""
+    if response.finish_reason == "error":
+        return "failed"
+    if not response.text.strip():
+        return "empty"
+    if response.finish_reason == "length" and not keep_cut:
+        return "cut_at_length"
+    return "kept"
+
+
+def _field(row: dict, name: str, where: str) -> str:
+    value = row.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise UserError(
+            f"{where}: needs a non-empty string field {name!r} (has: {', '.join(row) or 'nothing'})"
+        )
+    return value
+
+
+def _chat(row: dict, where: str) -> list[dict]:
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs or msgs[-1].get("role") != "user":
+            raise UserError(f"{where}: 'messages' must be a list ending with a user message")
+        return msgs
+    chat = [{"role": "user", "content": _field(row, "prompt", where)}]
+    if isinstance(row.get("system"), str):
+        chat.insert(0, {"role": "system", "content": row["system"]})
+    return chat
+
+
+def responses(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+    """Mode 1: the teacher answers each prompt (sequence-level KD data)."""
+    sampling = base_sampling(cfg)
+    chats = [_chat(r, f"{source}:{i + 1}") for i, r in enumerate(rows)]
+    requests = [Request.chat(c, sampling) for c in chats]
+    kept, rejected = [], []
+    for chat, req, resp in zip(chats, requests, ask(requests, "teacher answers"), strict=True):
+        verdict = response_verdict(resp, cfg.keep_cut)
+        row = {
+            "messages": [*chat, {"role": "assistant", "content": resp.text}],
+            "provenance": _provenance(teacher_id, req, resp, verdict),
+        }
+        if resp.error:
+            row["error"] = resp.error
+        (kept if verdict == "kept" else rejected).append(row)
+    return kept, rejected
+
+
+def split_rationale(text: str) -> str:
+    """The reasoning part of a "Reasoning: ... Answer: ..." reply."""
+    lower = text.lower()
+    cut = lower.rfind("answer")
+    body = text[:cut] if cut > 0 else text
+    start = body.lower().find("reasoning:")
+    if start >= 0:
+        body = body[start + len("reasoning:") :]
+    return body.strip()
+
+
+def cot(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+    """Mode 2: N rationales per question; keep those whose answer matches gold or the majority vote."""
+    c = cfg.cot
+    base = base_sampling(cfg)
+    questions = [_field(r, "question", f"{source}:{i + 1}") for i, r in enumerate(rows)]
+    golds = [r.get("answer") for r in rows]
+    prompts = [c.template.replace("{question}", q) for q in questions]
+    requests = [
+        Request.chat([{"role": "user", "content": p}], replace(base, seed=(base.seed or 0) + k))
+        for p in prompts
+        for k in range(c.samples)
+    ]
+    answers = ask(requests, "teacher rationales")
+    kept, rejected = [], []
+    for qi, (question, gold, prompt) in enumerate(zip(questions, golds, prompts, strict=True)):
+        batch = list(range(qi * c.samples, (qi + 1) * c.samples))
+        extracted = {j: extract_answer(answers[j].text, numeric=c.numeric) for j in batch}
+        vote = majority(extracted[j] for j in batch if answers[j].finish_reason != "error")
+        use_gold = gold is not None and c.keep in ("gold", "auto")
+        target = normalize_answer(str(gold)) if use_gold else vote
+        for j in batch:
+            req, resp = requests[j], answers[j]
+            verdict = response_verdict(resp, cfg.keep_cut)
+            mine = normalize_answer(extracted[j])
+            if verdict == "kept" and mine is None:
+                verdict = "no_answer"
+            elif verdict == "kept" and c.keep != "all" and mine != target:
+                verdict = "wrong_answer" if use_gold else "not_majority"
+            rationale = split_rationale(resp.text)
+            row = {
+                "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": f"Reasoning: {rationale}\nAnswer: {extracted[j]}"},
+                ],
+                "question": question,
+                "answer": str(gold) if gold is not None else vote,
+                "rationale": rationale,
+                "teacher_answer": extracted[j],
+                "raw": resp.text,
+                "provenance": _provenance(teacher_id, req, resp, verdict),
+            }
+            (kept if verdict == "kept" else rejected).append(row)
+    return kept, rejected
+
+
+def _instruction_verdict(text: str, pool: list[str], si) -> str:
+    words = text.split()
+    if not words:
+        return "empty"
+    if len(words) < si.min_words:
+        return "too_short"
+    if len(words) > si.max_words:
+        return "too_long"
+    lower = f" {text.lower()} "
+    if any(f" {b.lower()} " in lower or f" {b.lower()}." in lower for b in si.blacklist):
+        return "blacklisted"
+    if any(rouge_l(text, p) >= si.rouge_threshold for p in pool):
+        return "near_duplicate"
+    return "kept"
+
+
+def _proposal_prompt(demos: list[str]) -> str:
+    lines = ["Come up with a new, different task instruction. Here are examples:"]
+    lines += [f"Task {i + 1}: {d}" for i, d in enumerate(demos)]
+    lines.append(f"Task {len(demos) + 1}:")
+    return "\n".join(lines)
+
+
+def _first_task(text: str) -> str:
+    """The proposed instruction: the first non-empty line, without a leading "Task N:" label."""
+    for line in text.strip().splitlines():
+        line = line.strip()
+        if line.lower().startswith("task") and ":" in line[:10]:
+            line = line.split(":", 1)[1].strip()
+        if line:
+            return line
+    return ""
+
+
+def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+    """Mode 3: the teacher proposes new instructions from k demonstrations, filters drop bad ones,
+    then the teacher answers the survivors. Deterministic: round r draws its demonstrations with
+    seed + r, so a rerun asks the same requests (and finds them in the cache)."""
+    si = cfg.self_instruct
+    seeds = [_field(r, "instruction", f"{source}:{i + 1}") for i, r in enumerate(rows)]
+    base = base_sampling(cfg)
+    pool, new, rejected = list(seeds), [], []
+    rounds = 0
+    while len(new) < si.num_instructions and rounds < si.max_requests:
+        batch = min(si.num_instructions - len(new), si.max_requests - rounds)
+        requests = []
+        for r in range(rounds, rounds + batch):
+            rng = random.Random((base.seed or 0) + r)
+            demos = rng.sample(pool, min(si.demonstrations, len(pool)))
+            requests.append(Request.chat([{"role": "user", "content": _proposal_prompt(demos)}], base))
+        rounds += batch
+        for req, resp in zip(requests, ask(requests, f"proposals (round to {rounds})"), strict=True):
+            verdict = response_verdict(resp, keep_cut=True)
+            text = _first_task(resp.text)
+            if verdict == "kept":
+                verdict = _instruction_verdict(text, pool, si)
+            record = {"instruction": text, "provenance": _provenance(teacher_id, req, resp, verdict)}
+            if verdict == "kept" and len(new) < si.num_instructions:
+                pool.append(text)
+                new.append(record)
+            elif verdict != "kept":
+                rejected.append({**record, "stage": "instruction"})
+    answer_rows = [{"prompt": r["instruction"]} for r in new]
+    kept, answer_rejected = (
+        responses(cfg, answer_rows, ask, teacher_id, "synthesized instructions") if new else ([], [])
+    )
+    for row in (*kept, *answer_rejected):
+        row["instruction"] = row["messages"][-2]["content"]
+    rejected += [{**r, "stage": "answer"} for r in answer_rejected]
+    return kept, rejected
+
+
+def icl(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+    """Mode 4: the teacher labels examples that later serve as k-shot demonstrations."""
+    sampling = base_sampling(cfg)
+    inputs = [_field(r, "input", f"{source}:{i + 1}") for i, r in enumerate(rows)]
+    prompts = [
+        (cfg.icl.instruction + "\n\n" if cfg.icl.instruction else "") + cfg.icl.template.replace("{input}", x)
+        for x in inputs
+    ]
+    requests = [Request.chat([{"role": "user", "content": p}], sampling) for p in prompts]
+    kept, rejected = [], []
+    for row, x, prompt, req, resp in zip(
+        rows, inputs, prompts, requests, ask(requests, "teacher labels"), strict=True
+    ):
+        verdict = response_verdict(resp, cfg.keep_cut)
+        out = {
+            "input": x,
+            "output": resp.text.strip(),
+            "messages": [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": resp.text.strip()},
+            ],
+            "provenance": _provenance(teacher_id, req, resp, verdict),
+        }
+        if "output" in row:
+            out["gold"] = row["output"]
+        (kept if verdict == "kept" else rejected).append(out)
+    return kept, rejected
+
+
+MODE_FUNCTIONS = {"responses": responses, "cot": cot, "self_instruct": self_instruct, "icl": icl}

@@ -1,0 +1,115 @@
+"""`lmdistill generate CONFIG.yaml`: teacher data, cached, filtered, written with provenance.
+
+Every response is committed to the SQLite cache the moment it arrives, so a killed run loses
+nothing and a rerun sends only the missing requests. The output JSONL is written to a temporary
+file and renamed at the end: a file named `output` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lmdistill.data import read_jsonl
+from lmdistill.errors import UserError
+from lmdistill.generate.config import GenerateConfig, TeacherBackendConfig
+from lmdistill.generate.modes import MODE_FUNCTIONS
+from lmdistill.teachers.cache import CachedTeacher, ResponseCache
+
+
+def build_teacher(tc: TeacherBackendConfig):
+    """The backend a config names: a local HF model or an OpenAI-compatible API."""
+    if tc.backend == "local":
+        from lmdistill.models import load_model, load_tokenizer
+        from lmdistill.teachers.local import LocalTeacher
+
+        model = load_model(tc.name, dtype=tc.dtype, device="auto")
+        return LocalTeacher(model, load_tokenizer(tc.name), name=tc.name, batch_size=tc.batch_size)
+    from lmdistill.teachers.api import ApiTeacher
+
+    return ApiTeacher(
+        tc.name,
+        base_url=tc.base_url,
+        api_key_env=tc.api_key_env,
+        concurrency=tc.concurrency,
+        requests_per_minute=tc.requests_per_minute,
+        tokens_per_minute=tc.tokens_per_minute,
+        max_retries=tc.max_retries,
+        timeout=tc.timeout,
+    )
+
+
+def _asker(teacher, usage: Counter):
+    """`ask(requests, desc)`: responses in request order, with a progress bar (rate, ETA, tokens)."""
+
+    def ask(requests, desc):
+        out = [None] * len(requests)
+        with tqdm(total=len(requests), desc=desc, unit="req", dynamic_ncols=True) as bar:
+            for i, resp in teacher.generate_iter(requests):
+                out[i] = resp
+                usage["prompt_tokens"] += resp.prompt_tokens
+                usage["completion_tokens"] += resp.completion_tokens
+                bar.update(1)
+                bar.set_postfix(tokens=usage["prompt_tokens"] + usage["completion_tokens"], refresh=False)
+        return out
+
+    return ask
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
+    """Generate as `cfg` says (with `teacher` if given, else the configured backend); returns the summary."""
+    rows = read_jsonl(cfg.input)
+    if cfg.max_rows is not None:
+        rows = rows[: cfg.max_rows]
+    if not rows:
+        raise UserError(f"{cfg.input}: no input rows")
+    teacher = teacher or build_teacher(cfg.teacher)
+    teacher_id = f"{teacher.backend}:{teacher.name}"
+    usage: Counter = Counter()
+    with ResponseCache(cfg.cache_path) as cache:
+        cached = CachedTeacher(teacher, cache)
+        kept, rejected = MODE_FUNCTIONS[cfg.mode](cfg, rows, _asker(cached, usage), teacher_id, cfg.input)
+        hits, sent = cached.hits, cached.misses
+    reasons = Counter(r["provenance"]["filter"] for r in rejected)
+    summary = {
+        "mode": cfg.mode,
+        "teacher": teacher_id,
+        "input_rows": len(rows),
+        "kept": len(kept),
+        "dropped": dict(reasons),
+        "requests_sent": sent,
+        "requests_cached": hits,
+        **usage,
+    }
+    rejected_path = f"{cfg.output}.rejected.jsonl"
+    write_jsonl_atomic(rejected_path, rejected)
+    log(
+        f"{cfg.mode}: kept {len(kept)}, dropped {len(rejected)}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in reasons.most_common())})" if reasons else "")
+        + f"; requests sent {sent}, from cache {hits}; tokens prompt {usage['prompt_tokens']}, "
+        f"completion {usage['completion_tokens']}"
+    )
+    if not kept:
+        raise UserError(
+            f"no rows kept ({len(rejected)} dropped: {dict(reasons)}); nothing written to {cfg.output}. "
+            f"The dropped rows and their reasons are in {rejected_path}"
+        )
+    write_jsonl_atomic(cfg.output, kept)
+    Path(f"{cfg.output}.summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"wrote {cfg.output} ({len(kept)} rows), {rejected_path}, {cfg.output}.summary.json")
+    return summary

@@ -1,0 +1,175 @@
+"""Typed YAML configs: a root dataclass whose fields are sections (dataclasses) or plain values.
+
+Every field carries its help text (`f(default, help)`), so one place documents it. Loading checks
+every key and type and turns each mistake into one `UserError` naming the key; `section.key=value`
+overrides (values parsed as YAML) apply after the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmdistill.errors import UserError
+
+
+def f(default: Any, help: str) -> Any:
+    """A dataclass field with its help text; mutable defaults are copied per instance."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` (from YAML) against annotation `tp`; ints are accepted for floats."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for arg in options:
+            try:
+                return _coerce(value, arg, key)
+            except UserError:
+                continue
+        if len(options) == 1:
+            return _coerce(value, options[0], key)  # raises with the precise message
+        names = " or ".join(_type_name(a) for a in args)
+        raise UserError(f"{key}: expected {names}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool):
+        raise UserError(f"{key}: expected an integer, got {value!r}")
+    if tp is dict and isinstance(value, dict):
+        return value
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]" if typing.get_args(tp) else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def build(root: type, raw: dict, source: str):
+    """Instantiate `root` from a nested dict, checking every key and value type."""
+    hints = typing.get_type_hints(root)
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: the config must be a mapping of {', '.join(hints)}")
+    kwargs = {}
+    for name, values in raw.items():
+        if name not in hints:
+            raise UserError(f"{source}: unknown section {name!r}; sections are {', '.join(hints)}")
+        if not _is_section(hints[name]):
+            kwargs[name] = _coerce(values, hints[name], name)
+            continue
+        values = values or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {name!r} must be a mapping")
+        section_hints = typing.get_type_hints(hints[name])
+        section = {}
+        for key, value in values.items():
+            if key not in section_hints:
+                raise UserError(
+                    f"{source}: unknown key {name}.{key}; valid keys: {', '.join(sorted(section_hints))}"
+                )
+            section[key] = _coerce(value, section_hints[key], f"{name}.{key}")
+        kwargs[name] = hints[name](**section)
+    return root(**kwargs)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["distill.kd_ratio=0.3", "mode=cot"]` -> nested dict; values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) > 2 or not all(parts):
+            raise UserError(f"override {item!r}: expected section.key=value, e.g. distill.kd_ratio=0.3")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise UserError(f"override {item!r}: value is not valid YAML ({e})") from None
+        if len(parts) == 1:
+            nested[parts[0]] = value
+        else:
+            nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def load(root: type, path: str | os.PathLike | None, overrides: list[str] = ()):
+    """Read a YAML file (or start from defaults when `path` is None), apply overrides, build `root`."""
+    raw: dict = {}
+    source = "overrides"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise UserError(
+                f"{path}: the config must be a mapping of {', '.join(typing.get_type_hints(root))}"
+            )
+    for name, values in parse_overrides(list(overrides)).items():
+        if isinstance(values, dict):
+            current = raw.get(name) or {}
+            if not isinstance(current, dict):
+                raise UserError(f"{source}: section {name!r} must be a mapping")
+            raw[name] = {**current, **values}
+        else:
+            raw[name] = values
+    return build(root, raw, source)
+
+
+def save(cfg: Any, path: str | os.PathLike) -> None:
+    """Write a config as YAML, atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(dataclasses.asdict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def describe(root: type) -> str:
+    """Every key of `root` with its default and help."""
+    lines = []
+    for top in dataclasses.fields(root):
+        tp = typing.get_type_hints(root)[top.name]
+        if not _is_section(tp):
+            lines.append(f"{top.name}: {_default(top)!r}")
+            lines.append(f"    {top.metadata.get('help', '')}")
+            continue
+        lines.append(f"{top.name}:")
+        for f_ in dataclasses.fields(tp):
+            lines.append(f"  {f_.name}: {_default(f_)!r}")
+            lines.append(f"      {f_.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def _default(f_: dataclasses.Field) -> Any:
+    return f_.default_factory() if f_.default_factory is not dataclasses.MISSING else f_.default
