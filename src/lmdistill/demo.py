@@ -29,6 +29,9 @@ from lmdistill.models import (
     load_tokenizer,
     shrink_model,
 )
+from lmdistill.teachers.cache import CachedTeacher, ResponseCache
+from lmdistill.teachers.local import LocalTeacher
+from lmdistill.teachers.types import Request, Sampling
 from lmdistill.training.run import Models, make_trainer, save_student
 
 TEACHER = "smollm2-135m"
@@ -60,55 +63,25 @@ class DemoConfig:
 
 
 def teacher_responses(teacher, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32):
-    """Greedy teacher answers, cached on disk one batch at a time (a rerun generates only what is missing).
+    """Greedy teacher answers through the response cache (a rerun generates only what is missing).
 
     Returns a list of dicts {prompt, response, finished} in the order of `prompts`; `finished` is False
     where the answer was cut at max_new_tokens.
     """
-    cache = cache_dir() / "demo" / f"responses-{TEACHER}-greedy-{max_new_tokens}.jsonl"
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict] = {}
-    if cache.exists():
-        for line in cache.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                done[row["prompt"]] = row
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a crash is regenerated
-    todo = [p for p in dict.fromkeys(prompts) if p not in done]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        with cache.open("a") as fh, tqdm(total=len(todo), desc="teacher answers", unit="prompt") as bar:
-            for i in range(0, len(todo), batch_size):
-                batch = todo[i : i + batch_size]
-                texts = [
-                    tokenizer.apply_chat_template(
-                        [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                    )
-                    for p in batch
-                ]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                with torch.no_grad():
-                    out = teacher.generate(
-                        **enc.to(teacher.device),
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        pad_token_id=tokenizer.pad_token_id,
-                    )
-                new = out[:, enc["input_ids"].shape[1] :]
-                for p, ids in zip(batch, new, strict=True):
-                    finished = bool((ids == tokenizer.eos_token_id).any())
-                    text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                    row = {"prompt": p, "response": text, "finished": finished}
-                    done[p] = row
-                    fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                bar.update(len(batch))
-    finally:
-        tokenizer.padding_side = side
-    return [done[p] for p in prompts]
+    local = LocalTeacher(teacher, tokenizer, name=TEACHER, batch_size=batch_size)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    requests = [Request.chat([{"role": "user", "content": p}], sampling) for p in prompts]
+    answers = [None] * len(requests)
+    with ResponseCache(cache_dir() / "demo" / "responses.sqlite") as cache:
+        cached = CachedTeacher(local, cache)
+        with tqdm(total=len(requests), desc="teacher answers", unit="prompt") as bar:
+            for i, response in cached.generate_iter(requests):
+                answers[i] = response
+                bar.update(1)
+    return [
+        {"prompt": p, "response": a.text, "finished": a.finish_reason == "stop"}
+        for p, a in zip(prompts, answers, strict=True)
+    ]
 
 
 def _as_messages(rows):

@@ -7,6 +7,7 @@
 
 Actions, consumed one per request (per-prompt queue first, then the global queue, else "ok"):
     ("ok",)                       answer normally
+    ("reply", text)               answer with this text (then the usual max_tokens / stop handling)
     ("429", retry_after)          429; Retry-After header = retry_after (number or HTTP date; None: no header)
     ("500",) / ("503", message)   any HTTP status with an OpenAI-style error body;
                                   "{auth}" in the message is replaced by the Authorization header received
@@ -16,7 +17,7 @@ Actions, consumed one per request (per-prompt queue first, then the global queue
 Answers are deterministic: "answer to: <last user message>", one token per whitespace-separated word,
 cut at max_tokens (finish_reason "length") or at a stop string, with usage and, when asked, logprobs.
 Counters: `total`, `in_flight`, `max_in_flight`, `per_prompt` (Counter), and `requests`, a record of
-every request (path, headers, JSON body, arrival time).
+every request (path, headers with lower-case names, JSON body, arrival time).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ def _prompt(body: dict) -> str:
     return ""
 
 
-def completion(body: dict) -> dict:
-    """The deterministic chat completion for a request body."""
+def completion(body: dict, text: str | None = None) -> dict:
+    """The deterministic chat completion for a request body (or the scripted `text`)."""
     prompt = _prompt(body)
-    text = f"answer to: {prompt}"
+    text = f"answer to: {prompt}" if text is None else text
     finish = "stop"
     for stop in body.get("stop") or []:
         cut = text.find(stop)
@@ -48,7 +49,7 @@ def completion(body: dict) -> dict:
     limit = body.get("max_tokens")
     if limit is not None and len(words) > limit:
         words, finish = words[:limit], "length"
-    text = " ".join(words)
+        text = " ".join(words)
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
     logprobs = None
     if body.get("logprobs"):
@@ -207,7 +208,7 @@ class FaultServer:
             self.requests.append(
                 {
                     "path": handler.path,
-                    "headers": dict(handler.headers.items()),
+                    "headers": {k.lower(): v for k, v in handler.headers.items()},
                     "body": body,
                     "prompt": prompt,
                     "time": time.monotonic(),
@@ -228,6 +229,8 @@ class FaultServer:
                 handler._send(404, {"error": {"message": f"no route {handler.path}", "type": "not_found"}})
             elif kind == "ok":
                 handler._send(200, completion(body))
+            elif kind == "reply":
+                handler._send(200, completion(body, text=str(action[1])))
             elif kind == "timeout":
                 time.sleep(float(action[1]))
                 handler._send(200, completion(body))

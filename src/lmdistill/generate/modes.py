@@ -159,13 +159,18 @@ def _instruction_verdict(text: str, pool: list[str], si) -> str:
     lower = f" {text.lower()} "
     if any(f" {b.lower()} " in lower or f" {b.lower()}." in lower for b in si.blacklist):
         return "blacklisted"
+    if rouge_l(text, _PROPOSAL_HEADER) >= si.rouge_threshold:
+        return "echoes_prompt"
     if any(rouge_l(text, p) >= si.rouge_threshold for p in pool):
         return "near_duplicate"
     return "kept"
 
 
+_PROPOSAL_HEADER = "Come up with a new, different task instruction. Here are examples:"
+
+
 def _proposal_prompt(demos: list[str]) -> str:
-    lines = ["Come up with a new, different task instruction. Here are examples:"]
+    lines = [_PROPOSAL_HEADER]
     lines += [f"Task {i + 1}: {d}" for i, d in enumerate(demos)]
     lines.append(f"Task {len(demos) + 1}:")
     return "\n".join(lines)
@@ -197,7 +202,9 @@ def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: s
         for r in range(rounds, rounds + batch):
             rng = random.Random((base.seed or 0) + r)
             demos = rng.sample(pool, min(si.demonstrations, len(pool)))
-            requests.append(Request.chat([{"role": "user", "content": _proposal_prompt(demos)}], base))
+            # seed + r: each round is its own request (and its own sample when temperature > 0)
+            sampling = replace(base, seed=(base.seed or 0) + r)
+            requests.append(Request.chat([{"role": "user", "content": _proposal_prompt(demos)}], sampling))
         rounds += batch
         for req, resp in zip(requests, ask(requests, f"proposals (round to {rounds})"), strict=True):
             verdict = response_verdict(resp, keep_cut=True)

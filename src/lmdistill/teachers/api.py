@@ -3,7 +3,8 @@
 Requests run on a pool of `concurrency` threads and are yielded as they complete. Optional
 requests-per-minute and tokens-per-minute limits pace them (token buckets shared by the threads).
 Rate limits (429), timeouts, connection errors, 408, 409 and 5xx are retried with exponential backoff
-and full jitter, or after exactly the server's `Retry-After`; any other 4xx, or a request that still
+and full jitter, or after exactly the server's `Retry-After` (a 429's Retry-After holds back every
+worker, since the limit is shared); any other 4xx, or a request that still
 fails after `max_retries`, comes back as a Response with finish_reason "error" instead of raising,
 so one bad prompt does not stop a data set (and the cache does not store it, so a rerun retries it).
 
@@ -21,6 +22,7 @@ import random
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
@@ -112,6 +114,14 @@ def _retryable(status: int) -> bool:
     return status in RETRY_STATUS or 500 <= status < 600
 
 
+def _without_userinfo(url: str) -> str:
+    """`url` without any "user:password@" part."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 _SECRET_LIKE = re.compile(r"(Bearer\s+)\S+|\bsk-[A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
 
 
@@ -169,7 +179,7 @@ class ApiTeacher:
             if api_key_env not in os.environ:
                 raise UserError(
                     f"the API key variable {api_key_env} is not set: export {api_key_env}=<your key> "
-                    f"(for a local server that needs no key, export {api_key_env}= empty, or set api_key_env to none)"
+                    "(for a local server that needs no key, set it to an empty string or pass api_key_env=None)"
                 )
             key = os.environ[api_key_env].strip() or NO_KEY
         try:
@@ -200,6 +210,7 @@ class ApiTeacher:
             else None
         )
         self._lock = threading.Lock()
+        self._pause_until = 0.0  # monotonic time before which no worker sends (after a 429)
         self.requests_sent = 0
         self.retries = 0
         self.failed = 0
@@ -207,7 +218,7 @@ class ApiTeacher:
         self.completion_tokens = 0
 
     def __repr__(self) -> str:
-        return f"ApiTeacher(model={self.model!r}, base_url={self.base_url!r})"
+        return f"ApiTeacher(model={self.model!r}, base_url={_without_userinfo(self.base_url)!r})"
 
     def stats(self) -> dict[str, int]:
         """The counters, for a run summary."""
@@ -288,12 +299,17 @@ class ApiTeacher:
         estimate = estimate_tokens(request)
         attempt = 0
         while True:
+            with self._lock:
+                paused = self._pause_until - time.monotonic()
+            if paused > 0:  # another worker was told to back off: the limit is shared
+                self._sleep(paused)
             if self._rpm is not None:
                 self._rpm.acquire(1)
             if self._tpm is not None:
                 self._tpm.acquire(estimate)
             self._add(requests_sent=1)
             retry_after: float | None = None
+            status = None
             try:
                 completion = self._client.chat.completions.create(**kwargs)
             except openai.APIStatusError as e:
@@ -319,6 +335,9 @@ class ApiTeacher:
                 log.warning("request failed for good: %s", error)
                 return Response(text="", finish_reason="error", error=error)
             delay = min(self.backoff_max, retry_after) if retry_after is not None else self._backoff(attempt)
+            if retry_after is not None and status == 429:
+                with self._lock:  # hold back every worker, not only this one
+                    self._pause_until = max(self._pause_until, time.monotonic() + delay)
             log.info("retrying in %.2f s (retry %d of %d): %s", delay, attempt + 1, self.max_retries, error)
             self._add(retries=1)
             attempt += 1

@@ -90,9 +90,8 @@ class LocalTeacher:
 
     def _response(self, ids: torch.Tensor, prompt_len: int, s: Sampling, logits) -> Response:
         tok = self.tokenizer
-        eos = {tok.eos_token_id, *(getattr(self.model.generation_config, "eos_token_id", None) or [])}
-        if isinstance(self.model.generation_config.eos_token_id, int):
-            eos.add(self.model.generation_config.eos_token_id)
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos = {tok.eos_token_id, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))}
         ids = ids.tolist()
         pad = tok.pad_token_id
         while ids and pad is not None and pad not in eos and ids[-1] == pad:

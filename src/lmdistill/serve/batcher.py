@@ -1,0 +1,315 @@
+"""Queue requests from many HTTP handlers and run them through one teacher, batched, on one thread.
+
+Handlers call `Batcher.submit` from any thread and get a `concurrent.futures.Future`. A single worker
+thread owns the model and the tokenizer: it renders and counts each prompt as it arrives (rejecting
+prompts that do not fit the context), waits up to `max_wait_ms` for more requests with the same
+sampling settings, and calls `teacher.generate` once per group of at most `max_batch` requests. The
+model is never called from two threads at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+from lmdistill.teachers.types import Request, Response, Sampling
+
+#: Completion length used when a request does not set max_tokens (cut to the context that is left).
+DEFAULT_MAX_TOKENS = 256
+
+Kind = Literal["chat", "raw"]
+
+
+class ServeError(Exception):
+    """An error that becomes an OpenAI-shaped error response: {"error": {message, type, param, code}}."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def to_json(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class BatchStats:
+    """What the worker has done so far: `batches` is the number of `teacher.generate` calls."""
+
+    requests: int = 0  # requests passed to teacher.generate
+    batches: int = 0  # teacher.generate calls
+    largest_batch: int = 0
+    rejected: int = 0  # requests refused before generation (prompt too long, bad chat template)
+    failed: int = 0  # requests whose generation raised
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return asdict(self)
+
+
+def raw_prompt_teacher(teacher):
+    """A shallow copy of `teacher` (same model and tokenizer) that uses a request's single message content
+    as the prompt text verbatim, without the chat template: `/v1/completions` prompts go through it."""
+    view = copy.copy(teacher)
+    view.prompt_text = lambda request: request.message_dicts[0]["content"]
+    return view
+
+
+def raw_request(prompt: str, sampling: Sampling) -> Request:
+    """A request for `raw_prompt_teacher`: the prompt as the content of one pseudo message."""
+    return Request.chat([{"role": "prompt", "content": prompt}], sampling)
+
+
+def context_length(model) -> int | None:
+    """The model's maximum sequence length from its config, or None when the config does not say."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@dataclass
+class _Job:
+    kind: Kind
+    request: Request
+    explicit_max_tokens: bool
+    future: Future
+
+    @property
+    def key(self) -> tuple[Kind, Sampling]:
+        return self.kind, self.request.sampling
+
+
+_STOP = object()
+
+
+class Batcher:
+    """Batch requests for one `LocalTeacher` on a single worker thread.
+
+    Args:
+        teacher: a `LocalTeacher` (anything with `generate`, `prompt_text`, `tokenizer`, `model`).
+        max_batch: most requests per `teacher.generate` call (keep it <= teacher.batch_size, or the
+            teacher splits the group into several model calls itself).
+        max_wait_ms: how long the worker waits for more requests with the same sampling before it runs
+            a group that is not full.
+    """
+
+    def __init__(self, teacher, *, max_batch: int = 8, max_wait_ms: float = 5.0):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.teacher = teacher
+        self.raw_teacher = raw_prompt_teacher(teacher)
+        self.max_batch = max_batch
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.context_length = context_length(getattr(teacher, "model", None))
+        self.stats = BatchStats()
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> Batcher:
+        """Start the worker thread (again, after `close`); a no-op while it runs."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and not self._closed:
+                return self
+            self._queue = queue.Queue()
+            self._closed = False
+            self._thread = threading.Thread(target=self._loop, name="lmdistill-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Finish the requests already queued, then stop the worker; later submits raise a 503 ServeError."""
+        with self._lock:
+            if self._closed or self._thread is None:
+                self._closed = True
+                return
+            self._closed = True
+            self._queue.put(_STOP)
+            thread = self._thread
+        thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    # -- submitting ------------------------------------------------------------------------------------
+
+    def submit(self, kind: Kind, request: Request, *, explicit_max_tokens: bool = True) -> Future:
+        """Queue one request; the future resolves to its `Response` or raises (a `ServeError` for a
+        request that cannot be served, e.g. a prompt longer than the context).
+
+        kind: "chat" renders the messages with the chat template; "raw" uses `raw_request`'s prompt as is.
+        explicit_max_tokens: False when the client did not set max_tokens, so the worker may shorten
+            `sampling.max_new_tokens` to the context that is left instead of refusing the request.
+        """
+        if kind not in ("chat", "raw"):
+            raise ValueError(f"unknown request kind {kind!r}")
+        future: Future = Future()
+        job = _Job(kind, request, explicit_max_tokens, future)
+        if self._thread is None:
+            self.start()
+        with self._lock:
+            if self._closed:
+                raise ServeError("The server is shutting down.", status=503, type="server_error")
+            self._queue.put(job)
+        return future
+
+    # -- worker ------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        pending: list[_Job] = []
+        stopping = False
+        while not (stopping and not pending):
+            if not pending:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                self._admit(item, pending)
+                if not pending:
+                    continue
+                stopping = self._wait_for_more(pending)
+            else:  # a group is left over from the last round: take what arrived meanwhile, do not wait
+                stopping = self._drain(pending) or stopping
+            key = pending[0].key
+            group = [j for j in pending if j.key == key][: self.max_batch]
+            taken = {id(j) for j in group}
+            pending = [j for j in pending if id(j) not in taken]
+            self._run(group)
+
+    def _wait_for_more(self, pending: list[_Job]) -> bool:
+        """Collect requests until the head group is full or max_wait has passed; True on stop."""
+        deadline = time.monotonic() + self.max_wait_s
+        key = pending[0].key
+        while sum(j.key == key for j in pending) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return True
+            self._admit(item, pending)
+        return False
+
+    def _drain(self, pending: list[_Job]) -> bool:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            self._admit(item, pending)
+
+    def _admit(self, job: _Job, pending: list[_Job]) -> None:
+        """Check the prompt against the context (on this thread: it owns the tokenizer), fix the
+        default completion length, and queue the job; a job that cannot run fails right here."""
+        if not job.future.set_running_or_notify_cancel():
+            return  # the client went away before we started
+        try:
+            job.request = self._prepare(job)
+        except ServeError as exc:
+            with self.stats._lock:
+                self.stats.rejected += 1
+            job.future.set_exception(exc)
+            return
+        except Exception as exc:  # a tokenizer failure: not the client's fault
+            with self.stats._lock:
+                self.stats.failed += 1
+            job.future.set_exception(exc)
+            return
+        pending.append(job)
+
+    def _prepare(self, job: _Job) -> Request:
+        request, s = job.request, job.request.sampling
+        param = "messages" if job.kind == "chat" else "prompt"
+        if job.kind == "chat":
+            try:
+                text = self.teacher.prompt_text(request)
+            except Exception as exc:  # jinja TemplateError and friends: the messages do not fit the template
+                raise ServeError(
+                    f"the model's chat template rejected the messages: {exc}", param=param
+                ) from exc
+        else:
+            text = self.raw_teacher.prompt_text(request)
+        n_prompt = len(self.teacher.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_prompt == 0:
+            raise ServeError("the prompt is empty", param=param)
+        limit = self.context_length
+        if limit is None:
+            return request
+        if job.explicit_max_tokens:
+            if n_prompt + s.max_new_tokens > limit:
+                raise _too_long(limit, n_prompt, s.max_new_tokens, param)
+            return request
+        room = limit - n_prompt
+        if room < 1:
+            raise _too_long(limit, n_prompt, 1, param)
+        if s.max_new_tokens > room:
+            return replace(request, sampling=replace(s, max_new_tokens=room))
+        return request
+
+    def _run(self, group: list[_Job]) -> None:
+        try:
+            responses = self._generate(group)
+        except Exception as exc:
+            if len(group) == 1:
+                with self.stats._lock:
+                    self.stats.failed += 1
+                group[0].future.set_exception(exc)
+                return
+            for job in group:  # isolate the request that broke the batch; the others still get answers
+                self._run([job])
+            return
+        for job, response in zip(group, responses, strict=True):
+            job.future.set_result(response)
+
+    def _generate(self, group: list[_Job]) -> list[Response]:
+        teacher = self.teacher if group[0].kind == "chat" else self.raw_teacher
+        with self.stats._lock:
+            self.stats.batches += 1
+            self.stats.requests += len(group)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+        return teacher.generate([j.request for j in group])
+
+
+def _too_long(limit: int, n_prompt: int, n_new: int, param: str) -> ServeError:
+    where = "messages" if param == "messages" else "prompt"
+    return ServeError(
+        f"This model's maximum context length is {limit} tokens. However, you requested "
+        f"{n_prompt + n_new} tokens ({n_prompt} in the {where}, {n_new} in the completion). "
+        f"Please reduce the length of the {where} or completion.",
+        param=param,
+        code="context_length_exceeded",
+    )

@@ -1,0 +1,82 @@
+"""`serve()` as the CLI runs it: a separate process, a printed URL, Ctrl+C to stop."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from lmdistill.errors import UserError
+from lmdistill.serve import bind_socket, serve
+
+SCRIPT = "import sys; from lmdistill.serve import serve; serve(sys.argv[1], port=0, max_batch=4)"
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sel.select(timeout=0.5):
+            return proc.stdout.readline()
+        if proc.poll() is not None:
+            break
+    return ""
+
+
+def test_serve_prints_url_answers_and_stops_on_ctrl_c(tiny_model_dirs):
+    folder = str(tiny_model_dirs[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, folder],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = _read_line(proc, timeout=120)
+        assert line.startswith(f"lmdistill serve: {folder} at http://127.0.0.1:"), (line, proc.poll())
+        url = line.split(" at ", 1)[1].split()[0]
+        assert url.endswith("/v1")
+        models = None
+        for _ in range(100):  # the line is printed just before uvicorn starts listening
+            try:
+                models = httpx.get(f"{url}/models", timeout=5).json()
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+        assert models is not None and models["data"][0]["id"] == folder
+        body = {
+            "model": folder,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 3,
+            "temperature": 0,
+        }
+        out = httpx.post(f"{url}/chat/completions", json=body, timeout=60).json()
+        assert out["usage"]["completion_tokens"] <= 3
+        assert out["choices"][0]["finish_reason"] in ("stop", "length")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_serve_on_a_busy_port_is_a_user_error(tiny_model_dirs):
+    busy = bind_socket("127.0.0.1", 0)
+    busy.listen()
+    try:
+        with pytest.raises(UserError, match="cannot listen"):
+            serve(str(tiny_model_dirs[1]), port=busy.getsockname()[1])
+    finally:
+        busy.close()
