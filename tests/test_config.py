@@ -98,3 +98,14 @@ def test_describe_fields_documents_every_field():
     for section in ("teacher", "student", "data", "distill", "train"):
         for key in getattr(cfg, section).__dataclass_fields__:
             assert f"  {key}: " in text, f"{section}.{key} missing from describe_fields()"
+
+
+GENERATE_CONFIGS = sorted((Path(__file__).parent.parent / "configs" / "generate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", GENERATE_CONFIGS, ids=[p.name for p in GENERATE_CONFIGS])
+def test_every_shipped_generate_config_loads(path):
+    from lmdistill.generate import load_generate_config
+
+    cfg = load_generate_config(path)
+    assert (Path(__file__).parent.parent / cfg.input).is_file(), cfg.input
