@@ -159,6 +159,15 @@ def test_icl_labels_examples(tmp_path, server):
     assert "gold" not in kept[1]
 
 
+def test_json_answers_are_checked(tmp_path, server):
+    server.script("a", ("reply", 'Sure: {"label": "positive", "score": 0.9}'))
+    server.script("b", ("reply", '{"score": 0.1}'))
+    server.script("c", ("reply", "positive"))
+    rows = [{"prompt": p} for p in "abc"]
+    summary = _run(_config(tmp_path, server, "responses", rows, "require_json=[label]"))
+    assert summary["kept"] == 1 and summary["dropped"] == {"invalid_json": 2}
+
+
 def test_bad_input_is_one_clear_error_and_no_output(tmp_path, server):
     cfg = _config(tmp_path, server, "cot", [{"question": "ok"}, {"q": "missing"}])
     with pytest.raises(UserError, match=r"in.jsonl:2: needs a non-empty string field 'question'"):

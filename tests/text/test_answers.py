@@ -39,6 +39,6 @@ def test_normalize_and_majority():
 def test_parse_json_object():
     assert parse_json_object('Sure! ```json\n{"answer": "yes", "n": 2}\n```') == {"answer": "yes", "n": 2}
     assert parse_json_object('{"a": {"b": 1}} trailing') == {"a": {"b": 1}}
-    assert parse_json_object("{not json} then {\"ok\": true}") == {"ok": True}
+    assert parse_json_object('{not json} then {"ok": true}') == {"ok": True}
     assert parse_json_object("[1, 2]") is None
     assert parse_json_object("nothing") is None

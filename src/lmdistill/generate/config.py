@@ -118,6 +118,10 @@ class GenerateConfig:
         None, "SQLite response cache; default <output>.cache.sqlite. A rerun sends only missing requests."
     )
     keep_cut: bool = f(False, "Keep answers cut at max_new_tokens in the training file.")
+    require_json: list[str] | None = f(
+        None,
+        "Answers must be a JSON object holding these keys ([] = any object); others are dropped as invalid_json.",
+    )
     max_rows: int | None = f(None, "Use at most this many input rows.")
     teacher: TeacherBackendConfig = field(default_factory=TeacherBackendConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

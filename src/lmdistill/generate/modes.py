@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from lmdistill.errors import UserError
 from lmdistill.generate.config import GenerateConfig
 from lmdistill.teachers.types import Request, Response, Sampling
-from lmdistill.text import extract_answer, majority, normalize_answer, rouge_l
+from lmdistill.text import extract_answer, majority, normalize_answer, parse_json_object, rouge_l
 
 Ask = Callable[[Sequence[Request], str], list[Response]]
 
@@ -42,7 +42,7 @@ def _provenance(teacher_id: str, request: Request, response: Response, verdict: 
     }
 
 
-def response_verdict(response: Response, keep_cut: bool) -> str:
+def response_verdict(response: Response, keep_cut: bool, require_json: list[str] | None = None) -> str:
     """Why a raw answer is unusable, or "kept"."""
     if response.finish_reason == "error":
         return "failed"
@@ -50,6 +50,10 @@ def response_verdict(response: Response, keep_cut: bool) -> str:
         return "empty"
     if response.finish_reason == "length" and not keep_cut:
         return "cut_at_length"
+    if require_json is not None:
+        obj = parse_json_object(response.text)
+        if obj is None or any(k not in obj for k in require_json):
+            return "invalid_json"
     return "kept"
 
 
@@ -81,7 +85,7 @@ def responses(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, 
     requests = [Request.chat(c, sampling) for c in chats]
     kept, rejected = [], []
     for chat, req, resp in zip(chats, requests, ask(requests, "teacher answers"), strict=True):
-        verdict = response_verdict(resp, cfg.keep_cut)
+        verdict = response_verdict(resp, cfg.keep_cut, cfg.require_json)
         row = {
             "messages": [*chat, {"role": "assistant", "content": resp.text}],
             "provenance": _provenance(teacher_id, req, resp, verdict),
@@ -240,7 +244,7 @@ def icl(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source
     for row, x, prompt, req, resp in zip(
         rows, inputs, prompts, requests, ask(requests, "teacher labels"), strict=True
     ):
-        verdict = response_verdict(resp, cfg.keep_cut)
+        verdict = response_verdict(resp, cfg.keep_cut, cfg.require_json)
         out = {
             "input": x,
             "output": resp.text.strip(),
