@@ -115,7 +115,8 @@ def test_user_mistakes_are_one_line_each(run_files, tmp_path, capsys):
     _fails(["train", c, f"data.train={short}", "data.max_length=8"], capsys, "no examples left", out)
     _fails(["train", c, "distill.loss=kl"], capsys, "unknown loss", out)
     _fails(["train", c, "distill.kd_ratio=2"], capsys, "kd_ratio must be in [0, 1]", out)
-    _fails(["train", c, "distill.temperature=0"], capsys, "temperature must be > 0", out)
+    _fails(["train", c, "distill.temperature=0"], capsys, "temperature must be a finite number > 0", out)
+    _fails(["train", c, "train.extra={bogus_key: 1}"], capsys, "TrainingArguments refused", out)
     _fails(["train", c, f"student.name={tmp_path / 'missing-model'}"], capsys, "model not found", out)
     _fails(["train", str(tmp_path / "missing.yaml")], capsys, "config file not found")
 
@@ -170,3 +171,17 @@ def test_eval_data_gives_agreement_report(run_files, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert 0.0 <= report["top1"] <= 1.0 and report["kl"] > 0 and report["tokens"] > 0
     assert "top-1 agreement with teacher" in capsys.readouterr().out
+
+
+def test_latest_skips_incomplete_checkpoints(tmp_path):
+    from lmdistill.training.run import resolve_checkpoint
+
+    for step, files in ((5, ["trainer_state.json"]), (10, ["trainer_state.json", "p.bin"]), (20, [])):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}")
+    (tmp_path / "checkpoint-foo").mkdir()
+    assert resolve_checkpoint("latest", str(tmp_path)).endswith("checkpoint-10")  # 20 was cut mid-save
+    assert resolve_checkpoint("latest", str(tmp_path), needs=("x.bin",)) is None
+    assert resolve_checkpoint(None, str(tmp_path)) is None

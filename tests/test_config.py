@@ -60,7 +60,9 @@ def test_yaml_then_overrides_and_roundtrip(tmp_path):
     [
         (["distill.loss=kl"], "unknown loss 'kl'"),
         (["distill.kd_ratio=1.5"], r"kd_ratio must be in \[0, 1\]"),
-        (["distill.temperature=0"], "temperature must be > 0"),
+        (["distill.temperature=0"], "temperature must be a finite number > 0"),
+        (["distill.temperature=.inf"], "temperature must be a finite number > 0"),
+        (["data.max_examples=0"], "max_examples must be at least 1"),
         (["distill.loss=jsd", "distill.beta=1.0"], "forward_kl or reverse_kl"),
         (["distill.kd_ratio=abc"], "distill.kd_ratio: expected float"),
         (["train.max_steps=2.5"], "train.max_steps: expected int"),

@@ -126,10 +126,11 @@ class _ChunkedLoss(torch.autograd.Function):
         vocab = _vocab(spec, s_head)
         grad_h = torch.zeros_like(s_hidden) if ctx.needs_input_grad[0] else None
         # Accumulate head gradients in fp32 whatever the weight dtype: many small chunk sums.
-        grad_w = torch.zeros(s_weight.shape, dtype=torch.float32, device=s_weight.device)
-        grad_b = (
-            None if s_bias is None else torch.zeros(s_bias.shape, dtype=torch.float32, device=s_bias.device)
-        )
+        grad_w = grad_b = None  # only for a trainable head (not a frozen one under LoRA)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros(s_weight.shape, dtype=torch.float32, device=s_weight.device)
+        if s_bias is not None and ctx.needs_input_grad[2]:
+            grad_b = torch.zeros(s_bias.shape, dtype=torch.float32, device=s_bias.device)
         w = s_weight.detach().requires_grad_(ctx.needs_input_grad[1])
         b = None if s_bias is None else s_bias.detach().requires_grad_(ctx.needs_input_grad[2])
         ce_sum = s_hidden.new_zeros((), dtype=torch.float32)
@@ -160,7 +161,7 @@ class _ChunkedLoss(torch.autograd.Function):
             total_sum += total.detach()
         ctx.save_for_backward(
             grad_h,
-            grad_w.to(s_weight.dtype),
+            None if grad_w is None else grad_w.to(s_weight.dtype),
             None if grad_b is None else grad_b.to(s_bias.dtype),
         )
         ctx.mark_non_differentiable(ce_sum, kd_sum)

@@ -8,6 +8,7 @@ with its default and help; this module is the only place where they are written 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -158,8 +159,8 @@ class RunConfig:
             raise UserError(f"distill.loss: unknown loss {d.loss!r}; choose one of {', '.join(LOSSES)}")
         if not 0.0 <= d.kd_ratio <= 1.0:
             raise UserError(f"distill.kd_ratio must be in [0, 1], got {d.kd_ratio}")
-        if d.temperature <= 0:
-            raise UserError(f"distill.temperature must be > 0, got {d.temperature}")
+        if not (math.isfinite(d.temperature) and d.temperature > 0):
+            raise UserError(f"distill.temperature must be a finite number > 0, got {d.temperature}")
         if d.loss == "jsd" and not 0.0 < d.beta < 1.0:
             raise UserError(
                 f"distill.beta must be strictly between 0 and 1 for jsd, got {d.beta} "
@@ -177,6 +178,10 @@ class RunConfig:
             raise UserError(f"hints.projection: choose linear or none, got {h.projection!r}")
         if h.relation_heads < 0:
             raise UserError(f"hints.relation_heads must be >= 0, got {h.relation_heads}")
+        if self.data.max_examples is not None and self.data.max_examples < 1:
+            raise UserError(
+                f"data.max_examples must be at least 1 (or null for all), got {self.data.max_examples}"
+            )
         if self.data.max_length < 2:
             raise UserError(f"data.max_length must be at least 2, got {self.data.max_length}")
         s = self.student

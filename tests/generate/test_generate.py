@@ -102,7 +102,14 @@ def test_cot_keeps_rationales_matching_gold_or_majority(tmp_path, server):
     )
     rows = [{"question": "Q1", "answer": "4"}, {"question": "Q2"}]
     cfg = _config(
-        tmp_path, server, "cot", rows, "cot.samples=3", "cot.numeric=true", "cot.template='{question}'"
+        tmp_path,
+        server,
+        "cot",
+        rows,
+        "cot.samples=3",
+        "cot.numeric=true",
+        "cot.template='{question}'",
+        "sampling.temperature=0.7",
     )
     summary = _run(cfg)
     kept = _rows(cfg.output)
@@ -169,7 +176,9 @@ def test_json_answers_are_checked(tmp_path, server):
 
 
 def test_bad_input_is_one_clear_error_and_no_output(tmp_path, server):
-    cfg = _config(tmp_path, server, "cot", [{"question": "ok"}, {"q": "missing"}])
+    with pytest.raises(UserError, match="greedy decoding"):
+        _config(tmp_path, server, "cot", [{"question": "ok"}])
+    cfg = _config(tmp_path, server, "cot", [{"question": "ok"}, {"q": "missing"}], "cot.samples=1")
     with pytest.raises(UserError, match=r"in.jsonl:2: needs a non-empty string field 'question'"):
         _run(cfg)
     server.script("only", ("400", "no"))

@@ -126,7 +126,7 @@ def test_default_relation_heads():
 
 
 def reference_relation_kl(sx, tx, heads, attention_mask, mask):
-    """Explicit float64 loops: per counted query, softmax over earlier real keys, then KL(teacher ‖ student)."""
+    """Explicit float64 loops: per counted query, softmax over earlier real keys, KL(teacher ‖ student); mean over heads."""
     sx, tx = sx.double(), tx.double()
     total = 0.0
     batch, seq = mask.shape
@@ -144,7 +144,7 @@ def reference_relation_kl(sx, tx, heads, attention_mask, mask):
                     dists.append(torch.exp(logits - torch.logsumexp(logits, 0)))
                 q, p = dists
                 total += (p * (p.log() - q.log())).sum().item()
-    return total
+    return total / heads  # mean over relation heads
 
 
 def random_inputs(seed, widths=(32, 48)):

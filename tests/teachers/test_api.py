@@ -94,9 +94,9 @@ def test_retry_after_is_capped_and_parsed():
     assert parse_retry_after({"retry-after": past}) == 0.0
 
 
-def test_retry_after_longer_than_backoff_max_is_capped(server):
+def test_retry_after_longer_than_max_retry_after_is_capped(server):
     server.script("p", ("429", 100))
-    t = teacher_for(server, backoff_max=0.2)
+    t = teacher_for(server, max_retry_after=0.2)
     start = time.monotonic()
     [out] = t.generate([req("p")])
     assert out.finish_reason == "stop" and time.monotonic() - start < 5

@@ -146,6 +146,19 @@ class GenerateConfig:
             raise UserError("cot.samples and self_instruct.demonstrations must be at least 1")
         if self.sampling.max_new_tokens < 1:
             raise UserError("sampling.max_new_tokens must be at least 1")
+        if not 0.0 < self.sampling.top_p <= 1.0:
+            raise UserError(f"sampling.top_p must be in (0, 1], got {self.sampling.top_p}")
+        if self.sampling.temperature < 0:
+            raise UserError(f"sampling.temperature must be >= 0, got {self.sampling.temperature}")
+        if self.mode == "cot" and self.cot.samples > 1 and self.sampling.temperature == 0:
+            raise UserError(
+                f"cot.samples={self.cot.samples} with greedy decoding (sampling.temperature 0) asks the same "
+                "question the same way several times; set sampling.temperature > 0 (e.g. 0.7) or cot.samples=1"
+            )
+        if self.teacher.batch_size < 1 or self.teacher.concurrency < 1:
+            raise UserError("teacher.batch_size and teacher.concurrency must be at least 1")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise UserError(f"max_rows must be at least 1, got {self.max_rows}")
         return self
 
     @property

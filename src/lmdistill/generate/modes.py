@@ -8,6 +8,7 @@ are in the `messages` layout that `lmdistill train` reads.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 
@@ -96,14 +97,17 @@ def responses(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, 
     return kept, rejected
 
 
+_ANSWER_LINE = re.compile(r"^\s*answer\s*(?:is)?\s*[:=]", re.IGNORECASE | re.MULTILINE)
+_REASONING = re.compile(r"^\s*reasoning\s*:", re.IGNORECASE | re.MULTILINE)
+
+
 def split_rationale(text: str) -> str:
-    """The reasoning part of a "Reasoning: ... Answer: ..." reply."""
-    lower = text.lower()
-    cut = lower.rfind("answer")
-    body = text[:cut] if cut > 0 else text
-    start = body.lower().find("reasoning:")
-    if start >= 0:
-        body = body[start + len("reasoning:") :]
+    """The reasoning part of a "Reasoning: ... Answer: ..." reply (before the last "Answer:" line)."""
+    answers = list(_ANSWER_LINE.finditer(text))
+    body = text[: answers[-1].start()] if answers else text
+    reasoning = _REASONING.search(body)
+    if reasoning:
+        body = body[reasoning.end() :]
     return body.strip()
 
 

@@ -214,7 +214,7 @@ def relation_kl(
     attention_mask: torch.Tensor | None,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """KL(teacher relation ‖ student relation), summed over counted query rows and relation heads.
+    """KL(teacher relation ‖ student relation), summed over counted query rows, averaged over relation heads.
 
     Args:
         student_x: [B, S, W_s]; teacher_x: [B, S, W_t] (detached here). Both widths must be divisible by
@@ -234,7 +234,9 @@ def relation_kl(
     t_logits = _relation_logits(teacher_x.detach(), num_relation_heads, allowed)
     rows = mask.bool()[:, None, :].expand(-1, num_relation_heads, -1)  # [B, R, S]
     # forward_kl zeroes terms where the teacher's relation is 0 (the -inf keys, shared by both models).
-    return forward_kl(s_logits, t_logits, mask=rows, reduction="none").sum()
+    # Mean over relation heads (as MiniLMv2): R is chosen from the widths, so a sum would make the
+    # weight of this term depend on the models.
+    return forward_kl(s_logits, t_logits, mask=rows, reduction="none").sum() / num_relation_heads
 
 
 def _outputs(capture) -> Mapping[int, Mapping[str, torch.Tensor]]:

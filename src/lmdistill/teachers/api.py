@@ -138,8 +138,9 @@ class ApiTeacher:
         requests_per_minute, tokens_per_minute: optional client-side rate limits.
         max_retries: retries per request after the first try (retryable failures only).
         timeout: seconds per HTTP request.
-        backoff_base, backoff_max: retry waits are uniform(0, min(backoff_max, backoff_base * 2**attempt));
-            a server's Retry-After is obeyed exactly, capped at backoff_max.
+        backoff_base, backoff_max: retry waits are uniform(0, min(backoff_max, backoff_base * 2**attempt)).
+        max_retry_after: a server's Retry-After is obeyed exactly, up to this many seconds (hosted APIs
+            ask for 60 s on token limits; retrying earlier only burns retries).
         sleep: the sleep function used for backoff and rate limits (tests may replace it).
 
     Counters (thread-safe, accumulate over calls): `requests_sent` (HTTP attempts, retries included),
@@ -162,6 +163,7 @@ class ApiTeacher:
         timeout: float = 60.0,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        max_retry_after: float = 600.0,
         sleep: Callable[[float], None] = time.sleep,
     ):
         if concurrency < 1:
@@ -198,6 +200,7 @@ class ApiTeacher:
         self.timeout = timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
         self._sleep = sleep
         self._openai = openai
         # The key lives only inside the client; nothing here prints or stores it.
@@ -325,7 +328,10 @@ class ApiTeacher:
             except openai.APIError as e:  # e.g. a response body that is not a chat completion
                 error, retryable = self._scrub(f"bad response: {e.message}")[:300], False
             else:
-                return self._response(completion, estimate)
+                try:
+                    return self._response(completion, estimate)
+                except Exception as e:  # an unreadable completion fails this row, not the data set
+                    error, retryable = self._scrub(f"bad response: {type(e).__name__}: {e}")[:300], False
             if self._tpm is not None:
                 self._tpm.refund(estimate)  # a failed request is not billed
             if not retryable or attempt >= self.max_retries:
@@ -334,7 +340,9 @@ class ApiTeacher:
                     error = f"{error} (gave up after {attempt + 1} tries)"
                 log.warning("request failed for good: %s", error)
                 return Response(text="", finish_reason="error", error=error)
-            delay = min(self.backoff_max, retry_after) if retry_after is not None else self._backoff(attempt)
+            delay = (
+                min(self.max_retry_after, retry_after) if retry_after is not None else self._backoff(attempt)
+            )
             if retry_after is not None and status == 429:
                 with self._lock:  # hold back every worker, not only this one
                     self._pause_until = max(self._pause_until, time.monotonic() + delay)

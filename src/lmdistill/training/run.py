@@ -19,12 +19,14 @@ from transformers import TrainingArguments, set_seed
 from lmdistill.chunked import LossSpec
 from lmdistill.config import RunConfig, TrainConfig, save_config
 from lmdistill.data import DistillCollator, load_records, tokenize_records
+from lmdistill.errors import UserError
 from lmdistill.models import (
     check_vocab,
     describe_sizes,
     load_model,
     load_teacher,
     load_tokenizer,
+    resolve_dtype,
     shrink_model,
 )
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
@@ -62,7 +64,9 @@ def build_models(cfg: RunConfig, log=print) -> Models:
             num_key_value_heads=s.num_key_value_heads,
             intermediate_size=s.intermediate_size,
         )
-        student = student.to(_dtype(cfg.student.dtype))
+        student = student.to(
+            resolve_dtype(cfg.student.dtype) if cfg.student.dtype != "auto" else teacher.dtype
+        )
         student_tok = teacher_tok
     student.requires_grad_(True).train()
     if cfg.student.lora_r:
@@ -81,8 +85,6 @@ def build_models(cfg: RunConfig, log=print) -> Models:
 
 def add_lora(student, s) -> torch.nn.Module:
     """Wrap the student in peft LoRA adapters; the head stays a plain Linear (chunked KD reads it)."""
-    from lmdistill.errors import UserError
-
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -92,12 +94,6 @@ def add_lora(student, s) -> torch.nn.Module:
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, target_modules=targets, task_type="CAUSAL_LM")
     return get_peft_model(student, config)
-
-
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-        name, torch.float32
-    )
 
 
 def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> TrainingArguments:
@@ -129,7 +125,10 @@ def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> Trainin
     if t.gradient_checkpointing:  # only when asked: the name is deprecated in newer transformers
         args["gradient_checkpointing"] = True
     args.update(t.extra)
-    return TrainingArguments(**args)
+    try:
+        return TrainingArguments(**args)
+    except (TypeError, ValueError) as e:  # an unknown key in train.extra, a bad scheduler name, ...
+        raise UserError(f"train: transformers.TrainingArguments refused the settings: {e}") from None
 
 
 def read_data(path: str, max_examples: int | None = None) -> list[dict]:
@@ -137,8 +136,11 @@ def read_data(path: str, max_examples: int | None = None) -> list[dict]:
     return records[:max_examples] if max_examples is not None else records
 
 
-def save_student(model, tokenizer, out_dir: str | os.PathLike) -> Path:
-    """save_pretrained into a temporary sibling, then rename: a half-written folder never looks finished."""
+def save_student(model, tokenizer, out_dir: str | os.PathLike, config: RunConfig | None = None) -> Path:
+    """save_pretrained into a temporary sibling, then rename: a half-written folder never looks finished.
+
+    With `config`, the run's resolved config goes inside the folder too, so it always describes that model.
+    """
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -147,6 +149,8 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if config is not None:
+            save_config(config, tmp / CONFIG_FILE)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -179,15 +183,22 @@ def _pad_id(tokenizer) -> int:
     return 0
 
 
-def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
-    """`latest` -> the newest checkpoint-N in output_dir (None if there is none); a path is checked."""
-    from lmdistill.errors import UserError
+def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, ...] = ()) -> str | None:
+    """`latest` -> the newest complete checkpoint-N in output_dir (None if there is none); a path is checked.
 
+    Complete means Trainer wrote its `trainer_state.json` (its last file) and every file in `needs`
+    is there: a run killed while saving leaves a folder that is skipped, not resumed from.
+    """
     if value is None:
         return None
     if value == "latest":
-        ckpts = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        return str(ckpts[-1]) if ckpts else None
+        complete = []
+        for folder in Path(output_dir).glob("checkpoint-*"):
+            step = folder.name.removeprefix("checkpoint-")
+            files = ("trainer_state.json", *needs)
+            if step.isdigit() and all((folder / name).is_file() for name in files):
+                complete.append((int(step), folder))
+        return str(max(complete)[1]) if complete else None
     if not Path(value).is_dir():
         raise UserError(f"train.resume_from_checkpoint: no checkpoint folder at {value}")
     return value
@@ -195,8 +206,6 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
 
 def run(cfg: RunConfig, log=print) -> Path:
     """Train a student as `cfg` says; returns the saved student folder (output_dir/student)."""
-    from lmdistill.errors import UserError
-
     if not cfg.data.train:
         raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
     set_seed(cfg.train.seed)
@@ -211,13 +220,13 @@ def run(cfg: RunConfig, log=print) -> Path:
     evalf = tokenize_records(eval_rows, models.tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
     trainer = make_trainer(cfg, models, train, evalf, log)
-    trainer.train(
-        resume_from_checkpoint=resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir)
-    )
+    needs = (PROJECTIONS_FILE,) if trainer.hints is not None and trainer.hints.projections is not None else ()
+    resume = resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir, needs=needs)
+    trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
         if evalf:
             report_agreement(trainer.model, models, evalf, out / "eval.json", log)
-        path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR)
+        path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
         log(f"student saved to {path}")
         if trainer.hints is not None and trainer.hints.projections is not None:
             trainer.hints.save(out)  # training-only: kept apart from the student folder
