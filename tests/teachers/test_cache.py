@@ -273,3 +273,24 @@ def test_kill_and_rerun_sends_only_the_missing(tmp_path):
     for f in tmp_path.rglob("*"):  # the cache file (and its WAL) never holds the key
         if f.is_file():
             assert sentinel.encode() not in f.read_bytes(), f
+
+
+def test_cache_key_names_the_endpoint_and_the_weights(tmp_path, tiny_llama, tiny_tokenizer):
+    from lmdistill.models import load_model
+    from lmdistill.teachers.api import ApiTeacher
+    from lmdistill.teachers.local import LocalTeacher
+
+    request = Request.chat([{"role": "user", "content": "hi"}])
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        a = CachedTeacher(ApiTeacher("m", base_url="http://127.0.0.1:1/v1", api_key_env=None), cache)
+        b = CachedTeacher(ApiTeacher("m", base_url="http://127.0.0.1:2/v1", api_key_env=None), cache)
+        assert a.key(request) != b.key(request)  # same model id, another server
+
+        folder = tmp_path / "student"
+        tiny_llama(len(tiny_tokenizer), seed=0).save_pretrained(folder)
+        first = CachedTeacher(LocalTeacher(load_model(folder), tiny_tokenizer, name=str(folder)), cache)
+        same = CachedTeacher(LocalTeacher(load_model(folder), tiny_tokenizer, name=str(folder)), cache)
+        assert first.key(request) == same.key(request)
+        tiny_llama(len(tiny_tokenizer), seed=1, num_layers=3).save_pretrained(folder)  # retrained in place
+        again = CachedTeacher(LocalTeacher(load_model(folder), tiny_tokenizer, name=str(folder)), cache)
+        assert again.key(request) != first.key(request)

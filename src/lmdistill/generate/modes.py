@@ -32,12 +32,12 @@ def base_sampling(cfg: GenerateConfig) -> Sampling:
     )
 
 
-def _provenance(teacher_id: str, request: Request, response: Response, verdict: str) -> dict:
+def _provenance(teacher, request: Request, response: Response, verdict: str) -> dict:
     return {
-        "teacher": teacher_id,
+        "teacher": f"{teacher.backend}:{teacher.name}",
         "sampling": asdict(request.sampling),
         "finish_reason": response.finish_reason,
-        "request_hash": request.key(*teacher_id.split(":", 1)),
+        "request_hash": teacher.key(request),
         "filter": verdict,
         "usage": {"prompt_tokens": response.prompt_tokens, "completion_tokens": response.completion_tokens},
     }
@@ -79,7 +79,7 @@ def _chat(row: dict, where: str) -> list[dict]:
     return chat
 
 
-def responses(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+def responses(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher, source: str):
     """Mode 1: the teacher answers each prompt (sequence-level KD data)."""
     sampling = base_sampling(cfg)
     chats = [_chat(r, f"{source}:{i + 1}") for i, r in enumerate(rows)]
@@ -89,7 +89,7 @@ def responses(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, 
         verdict = response_verdict(resp, cfg.keep_cut, cfg.require_json)
         row = {
             "messages": [*chat, {"role": "assistant", "content": resp.text}],
-            "provenance": _provenance(teacher_id, req, resp, verdict),
+            "provenance": _provenance(teacher, req, resp, verdict),
         }
         if resp.error:
             row["error"] = resp.error
@@ -111,7 +111,7 @@ def split_rationale(text: str) -> str:
     return body.strip()
 
 
-def cot(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+def cot(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher, source: str):
     """Mode 2: N rationales per question; keep those whose answer matches gold or the majority vote."""
     c = cfg.cot
     base = base_sampling(cfg)
@@ -150,7 +150,7 @@ def cot(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source
                 "rationale": rationale,
                 "teacher_answer": extracted[j],
                 "raw": resp.text,
-                "provenance": _provenance(teacher_id, req, resp, verdict),
+                "provenance": _provenance(teacher, req, resp, verdict),
             }
             (kept if verdict == "kept" else rejected).append(row)
     return kept, rejected
@@ -195,7 +195,7 @@ def _first_task(text: str) -> str:
     return ""
 
 
-def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher, source: str):
     """Mode 3: the teacher proposes new instructions from k demonstrations, filters drop bad ones,
     then the teacher answers the survivors. Deterministic: round r draws its demonstrations with
     seed + r, so a rerun asks the same requests (and finds them in the cache)."""
@@ -219,7 +219,7 @@ def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: s
             text = _first_task(resp.text)
             if verdict == "kept":
                 verdict = _instruction_verdict(text, pool, si)
-            record = {"instruction": text, "provenance": _provenance(teacher_id, req, resp, verdict)}
+            record = {"instruction": text, "provenance": _provenance(teacher, req, resp, verdict)}
             if verdict == "kept" and len(new) < si.num_instructions:
                 pool.append(text)
                 new.append(record)
@@ -227,7 +227,7 @@ def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: s
                 rejected.append({**record, "stage": "instruction"})
     answer_rows = [{"prompt": r["instruction"]} for r in new]
     kept, answer_rejected = (
-        responses(cfg, answer_rows, ask, teacher_id, "synthesized instructions") if new else ([], [])
+        responses(cfg, answer_rows, ask, teacher, "synthesized instructions") if new else ([], [])
     )
     for row in (*kept, *answer_rejected):
         row["instruction"] = row["messages"][-2]["content"]
@@ -235,7 +235,7 @@ def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: s
     return kept, rejected
 
 
-def icl(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source: str):
+def icl(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher, source: str):
     """Mode 4: the teacher labels examples that later serve as k-shot demonstrations."""
     sampling = base_sampling(cfg)
     inputs = [_field(r, "input", f"{source}:{i + 1}") for i, r in enumerate(rows)]
@@ -256,7 +256,7 @@ def icl(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher_id: str, source
                 {"role": "user", "content": prompt},
                 {"role": "assistant", "content": resp.text.strip()},
             ],
-            "provenance": _provenance(teacher_id, req, resp, verdict),
+            "provenance": _provenance(teacher, req, resp, verdict),
         }
         if "output" in row:
             out["gold"] = row["output"]

@@ -83,7 +83,7 @@ def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
     usage: Counter = Counter()
     with ResponseCache(cfg.cache_path) as cache:
         cached = CachedTeacher(teacher, cache)
-        kept, rejected = MODE_FUNCTIONS[cfg.mode](cfg, rows, _asker(cached, usage), teacher_id, cfg.input)
+        kept, rejected = MODE_FUNCTIONS[cfg.mode](cfg, rows, _asker(cached, usage), cached, cfg.input)
         hits, sent = cached.hits, cached.misses
     reasons = Counter(r["provenance"]["filter"] for r in rejected)
     summary = {

@@ -223,6 +223,11 @@ class ApiTeacher:
     def __repr__(self) -> str:
         return f"ApiTeacher(model={self.model!r}, base_url={_without_userinfo(self.base_url)!r})"
 
+    @property
+    def cache_id(self) -> str:
+        """What identifies this teacher in cache keys: the model at this endpoint (never the key)."""
+        return f"{self.name}@{_without_userinfo(self.base_url).rstrip('/')}"
+
     def stats(self) -> dict[str, int]:
         """The counters, for a run summary."""
         with self._lock:

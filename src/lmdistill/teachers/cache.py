@@ -164,11 +164,16 @@ class CachedTeacher:
     def __repr__(self) -> str:
         return f"CachedTeacher({self.teacher!r}, {self.cache!r})"
 
+    def key(self, request: Request) -> str:
+        """The cache key of `request` for this teacher: backend, the teacher's `cache_id` (its name
+        plus what else identifies it: endpoint, weights) or its name, messages and sampling."""
+        return request.key(self.backend, getattr(self.teacher, "cache_id", self.name))
+
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         return collect(self.generate_iter(requests), len(requests))
 
     def generate_iter(self, requests: Sequence[Request]) -> Iterator[tuple[int, Response]]:
-        keys = [r.key(self.backend, self.name) for r in requests]
+        keys = [self.key(r) for r in requests]
         cached = self.cache.get_many(keys)
         pending: dict[str, list[int]] = {}  # key -> the request indices waiting for it
         for i, key in enumerate(keys):

@@ -8,8 +8,10 @@ is reproducible for the same batch composition.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 
@@ -33,6 +35,16 @@ class LocalTeacher:
         self.tokenizer = tokenizer
         self.name = name
         self.batch_size = batch_size
+        self._cache_id: str | None = None
+
+    @property
+    def cache_id(self) -> str:
+        """What identifies this teacher in cache keys: its name plus a fingerprint of the weights'
+        identity (config, dtype, and the weight files' names, sizes and times), so a model retrained
+        into the same folder does not reuse the old model's answers."""
+        if self._cache_id is None:
+            self._cache_id = f"{self.name}@{weights_fingerprint(self.model)}"
+        return self._cache_id
 
     def prompt_text(self, request: Request) -> str:
         return self.tokenizer.apply_chat_template(
@@ -117,6 +129,20 @@ class LocalTeacher:
             completion_tokens=length,
             logprobs=logprobs,
         )
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of a model's identity: its config, dtype, and (for a local folder) the weight
+    files' names, sizes and modification times. Cheap: no weights are read."""
+    h = hashlib.sha256()
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    h.update(str(next(model.parameters()).dtype).encode())
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")))
+    if folder.is_dir():
+        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 def _top_logprobs(tok, ids: list[int], logits: torch.Tensor, k: int) -> list[dict]:

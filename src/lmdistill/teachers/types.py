@@ -82,7 +82,8 @@ class Teacher(Protocol):
     """A black-box teacher: only its outputs are read."""
 
     backend: str  # "local", "api"
-    name: str  # model name as used in cache keys and provenance
+    name: str  # model name, as recorded in provenance
+    cache_id: str  # name plus what else identifies the teacher (endpoint, weights): part of cache keys
 
     def generate_iter(self, requests: Sequence[Request]) -> Iterator[tuple[int, Response]]: ...
 
