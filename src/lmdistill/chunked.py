@@ -42,6 +42,11 @@ class Head:
                 f"the output head is a {type(head).__name__}, not a plain Linear; chunked KD reads its "
                 "weight directly (do not put LoRA adapters on lm_head)"
             )
+        if head.weight.numel() == 0 or head.weight.dim() != 2:
+            raise UserError(
+                "the output head's weight is sharded (FSDP or DeepSpeed ZeRO-3); chunked KD reads it whole: "
+                "use DDP or ZeRO-1/2"
+            )
         cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         return cls(head.weight, head.bias, cap)
 

@@ -1,7 +1,8 @@
 """`DistillTrainer`: a `transformers.Trainer` whose loss is CE + logits KD from a frozen teacher.
 
-Checkpoints, resume, logging, `accelerate launch`, DeepSpeed/FSDP and peft students work as they do
-with the plain Trainer. What this class adds:
+Checkpoints, resume, logging, `accelerate launch`/`torchrun` (DDP, DeepSpeed ZeRO-1/2) and peft
+students work as they do with the plain Trainer. FSDP and ZeRO-3 shard the output head, which the
+chunked loss reads whole: they are refused with a clear message for now. What this class adds:
 - the loss, computed from final hidden states through both heads in token chunks (`lmdistill.chunked`);
 - normalisation by the number of target tokens in the whole optimizer step (Trainer's
   `num_items_in_batch`), so gradient accumulation gives the same update as the larger batch;
@@ -11,7 +12,6 @@ with the plain Trainer. What this class adds:
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from pathlib import Path
 
@@ -100,20 +100,20 @@ class DistillTrainer(Trainer):
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
         hints = self.hints
         use_kd = self.teacher is not None and self.spec.kd_weight != 0.0
-        need_teacher = use_kd or hints is not None
-        with hints.capture(unwrap(model), "student") if hints else contextlib.nullcontext() as s_cap:
-            s_out = forward_states(model, ids, attn, attentions=bool(hints and hints.needs_attentions))
-        t_out = t_cap = None
-        if need_teacher:
-            with (
-                torch.no_grad(),
-                hints.capture(self.teacher, "teacher") if hints else contextlib.nullcontext() as t_cap,
-            ):
-                t_out = forward_states(
-                    self.teacher, ids, attn, attentions=bool(hints and hints.needs_attentions)
-                )
-        s_hidden = s_out.hidden_states[-1][:, :-1][mask]  # [N, H_s]
-        t_hidden = t_out.hidden_states[-1][:, :-1][mask] if use_kd else None  # [N, H_t]
+        s_out = t_out = s_cap = t_cap = t_final = None
+        if hints is None:  # logits KD only: no intermediate states are returned or kept
+            s_final = final_hidden(model, ids, attn)
+            if use_kd:
+                with torch.no_grad():
+                    t_final = final_hidden(self.teacher, ids, attn)
+        else:
+            with hints.capture(unwrap(model), "student") as s_cap:
+                s_out = forward_states(model, ids, attn, attentions=hints.needs_attentions)
+            with torch.no_grad(), hints.capture(self.teacher, "teacher") as t_cap:
+                t_out = forward_states(self.teacher, ids, attn, attentions=hints.needs_attentions)
+            s_final, t_final = s_out.hidden_states[-1], t_out.hidden_states[-1]
+        s_hidden = s_final[:, :-1][mask]  # [N, H_s]
+        t_hidden = t_final[:, :-1][mask] if use_kd else None  # [N, H_t]
         t_head = Head.of(self.teacher) if use_kd else None
         sums = chunked_loss(s_hidden, Head.of(unwrap(model)), targets[mask], self.spec, t_hidden, t_head)
         total = sums.total
@@ -201,6 +201,12 @@ class _ProjectionCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         params = [p for p in self.trainer.hints.parameters() if p.grad is not None]
+        if params and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # The projections live outside the DDP-wrapped student: average their gradients as DDP does.
+            world = torch.distributed.get_world_size()
+            for p in params:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
         if params and args.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
 
