@@ -9,8 +9,6 @@ held-out prompts reports top-1 agreement with the teacher, KL to it and perplexi
 from __future__ import annotations
 
 import copy
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from tqdm.auto import tqdm
 from lmdistill.config import DistillConfig, RunConfig, TrainConfig
 from lmdistill.data import chatterbot_conversations, split_train_heldout, tokenize_records
 from lmdistill.evaluation import compare_to_teacher
+from lmdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lmdistill.models import (
     cache_dir,
     check_vocab,
@@ -96,13 +95,6 @@ def _as_messages(rows):
     ]
 
 
-def _write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
 def _table(rows: list[tuple[str, dict]]) -> str:
     lines = [
         "| model | top-1 agreement with teacher | KL(teacher ‖ model) nats/token | perplexity |",
@@ -135,8 +127,8 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     cut = sum(not a["finished"] for a in kept)
     train_rows = _as_messages(a for a in kept if a["prompt"] in set(train_p))
     held_rows = _as_messages(a for a in kept if a["prompt"] in set(held_p))
-    _write_jsonl(out / "data" / "train.jsonl", train_rows)
-    _write_jsonl(out / "data" / "heldout.jsonl", held_rows)
+    atomic_write_jsonl(out / "data" / "train.jsonl", train_rows)
+    atomic_write_jsonl(out / "data" / "heldout.jsonl", held_rows)
     log(
         f"      {len(answers)} answers ({cut} cut at {c.max_new_tokens} tokens, {len(answers) - len(kept)} "
         f"empty and dropped); train {len(train_rows)}, held-out {len(held_rows)}"
@@ -192,8 +184,8 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
         f"{results['models']['teacher']['tokens']} target tokens.\n\n{table}\n\n"
         f"Total time {results['seconds']} s. Student folder: {out / 'student'}\n"
     )
-    (out / "report.md").write_text(report)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "report.md", report)
+    atomic_write_json(out / "results.json", results)
     log("\n" + table)
     log(
         f"\nstudent (KD) saved to {out / 'student'}; report {out / 'report.md'}; {results['seconds']} s in all"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from dataclasses import field
@@ -147,12 +146,9 @@ def load(root: type, path: str | os.PathLike | None, overrides: list[str] = ()):
 
 def save(cfg: Any, path: str | os.PathLike) -> None:
     """Write a config as YAML, atomically (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        yaml.safe_dump(dataclasses.asdict(cfg), fh, sort_keys=False)
-    os.replace(tmp, path)
+    from lmdistill.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 
 
 def describe(root: type) -> str:

@@ -7,11 +7,7 @@ file and renamed at the end: a file named `output` is always complete.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -19,6 +15,7 @@ from lmdistill.data import read_jsonl
 from lmdistill.errors import UserError
 from lmdistill.generate.config import GenerateConfig, TeacherBackendConfig
 from lmdistill.generate.modes import MODE_FUNCTIONS
+from lmdistill.io import atomic_write_json, atomic_write_jsonl
 from lmdistill.teachers.cache import CachedTeacher, ResponseCache
 
 
@@ -61,16 +58,6 @@ def _asker(teacher, usage: Counter):
     return ask
 
 
-def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
     """Generate as `cfg` says (with `teacher` if given, else the configured backend); returns the summary."""
     rows = read_jsonl(cfg.input)
@@ -97,7 +84,7 @@ def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
         **usage,
     }
     rejected_path = f"{cfg.output}.rejected.jsonl"
-    write_jsonl_atomic(rejected_path, rejected)
+    atomic_write_jsonl(rejected_path, rejected)
     log(
         f"{cfg.mode}: kept {len(kept)}, dropped {len(rejected)}"
         + (f" ({', '.join(f'{k} {v}' for k, v in reasons.most_common())})" if reasons else "")
@@ -109,7 +96,7 @@ def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
             f"no rows kept ({len(rejected)} dropped: {dict(reasons)}); nothing written to {cfg.output}. "
             f"The dropped rows and their reasons are in {rejected_path}"
         )
-    write_jsonl_atomic(cfg.output, kept)
-    Path(f"{cfg.output}.summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_jsonl(cfg.output, kept)
+    atomic_write_json(f"{cfg.output}.summary.json", summary)
     log(f"wrote {cfg.output} ({len(kept)} rows), {rejected_path}, {cfg.output}.summary.json")
     return summary

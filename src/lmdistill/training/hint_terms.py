@@ -27,6 +27,7 @@ from lmdistill.hints import (
     relation_loss,
     resolve_layer_map,
 )
+from lmdistill.io import atomic_write
 
 PROJECTIONS_FILE = "hint_projections.safetensors"
 
@@ -124,7 +125,7 @@ class HintTerms:
         """The projections' weights, apart from the student (they are not part of the exported model)."""
         if self.projections is not None:
             state = {k: v.detach().cpu().contiguous() for k, v in self.projections.state_dict().items()}
-            save_file(state, str(Path(folder) / PROJECTIONS_FILE))
+            atomic_write(Path(folder) / PROJECTIONS_FILE, lambda tmp: save_file(state, tmp))
 
     def load(self, folder: str | Path) -> None:
         if self.projections is None:

@@ -236,14 +236,13 @@ def run(cfg: RunConfig, log=print) -> Path:
 
 def report_agreement(student, models: Models, features, path: Path, log=print) -> dict:
     """Held-out top-1 agreement, KL to the teacher and perplexity; printed and written to `path`."""
-    import json
-
     from lmdistill.evaluation import compare_to_teacher
+    from lmdistill.io import atomic_write_json
 
     result = compare_to_teacher(
         student, models.teacher, features, vocab=models.vocab, pad_token_id=_pad_id(models.tokenizer)
     ).as_dict()
-    path.write_text(json.dumps(result, indent=2))
+    atomic_write_json(path, result)
     log(
         f"held-out ({result['tokens']} target tokens): top-1 agreement with teacher {result['top1']:.1%}, "
         f"KL(teacher || student) {result['kl']:.3f} nats/token, perplexity {result['perplexity']:.2f}"
