@@ -90,3 +90,12 @@ def test_resume_from_a_checkpoint_without_projections_is_refused(tiny_llama, tmp
     trainer = _trainer(tiny_llama, tmp_path, HintConfig(hidden_weight=1.0))
     with pytest.raises(UserError, match=PROJECTIONS_FILE):
         trainer.hints.load(tmp_path / "ckpt")
+
+
+def test_attention_maps_restore_the_attention_implementation(tiny_llama, tmp_path):
+    trainer = _trainer(tiny_llama, tmp_path, HintConfig(attention_weight=1.0), max_steps=1)
+    for _ in range(2):  # eager while training, back to sdpa after; a second run works the same
+        trainer.train()
+        assert trainer.model.config._attn_implementation == "sdpa"
+        assert trainer.teacher.config._attn_implementation == "sdpa"
+    assert all(h["attention"] > 0 for h in trainer.state.log_history if "loss" in h)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
@@ -35,6 +36,8 @@ from lmdistill.teachers.types import Request, Response
 
 #: OpenAI's default max_tokens for the legacy completions endpoint.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -162,9 +165,9 @@ async def _result(future: Future) -> Response:
     except ServeError:
         raise
     except Exception as exc:
-        raise ServeError(
-            f"Generation failed: {type(exc).__name__}: {exc}", status=500, type="server_error"
-        ) from exc
+        # The details go to the server's log, not to the client.
+        log.exception("generation failed")
+        raise ServeError("Generation failed (see the server log).", status=500, type="server_error") from exc
     if response.finish_reason == "error":
         raise ServeError(f"Generation failed: {response.error}", status=500, type="server_error")
     return response

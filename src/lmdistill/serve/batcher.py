@@ -140,6 +140,9 @@ class Batcher:
         with self._lock:
             if self._thread is not None and self._thread.is_alive() and not self._closed:
                 return self
+            if self._thread is not None and self._thread.is_alive():
+                # a worker that is still finishing after close(): two workers must never share the model
+                raise RuntimeError("the previous worker is still running; call close() and let it finish")
             self._queue = queue.Queue()
             self._closed = False
             self._thread = threading.Thread(target=self._loop, name="lmdistill-batcher", daemon=True)

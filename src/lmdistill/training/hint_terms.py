@@ -70,14 +70,31 @@ class HintTerms:
             log(
                 f"attention relations (q-q, k-k, v-v; {self.relation_heads} relation heads): {self.relation_pairs}"
             )
+        self._models = (student, teacher)
+        self._restore_attention: list[tuple[torch.nn.Module, str]] = []
         if self.attention_pairs:
-            for model in (student, teacher):
+            for model in self._models:
                 if not hasattr(model, "set_attn_implementation"):
                     raise UserError(
                         f"{type(model).__name__} cannot switch to eager attention for attention maps"
                     )
-                model.set_attn_implementation("eager")
             log(f"attention maps (KL per head, eager attention): {self.attention_pairs}")
+
+    def activate(self) -> None:
+        """Switch both models to eager attention when attention maps are needed (see `restore`)."""
+        if not self.attention_pairs or self._restore_attention:
+            return
+        for model in self._models:
+            previous = getattr(model.config, "_attn_implementation", None)
+            if previous and previous != "eager":
+                self._restore_attention.append((model, previous))
+            model.set_attn_implementation("eager")
+
+    def restore(self) -> None:
+        """Put back the attention implementation each model had before attention-map hints."""
+        for model, previous in self._restore_attention:
+            model.set_attn_implementation(previous)
+        self._restore_attention = []
 
     @property
     def needs_attentions(self) -> bool:

@@ -168,7 +168,13 @@ class DistillTrainer(Trainer):
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
         if resume_from_checkpoint and self.hints is not None:
             self.hints.load(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self.hints is not None:
+            self.hints.activate()
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            if self.hints is not None:
+                self.hints.restore()  # e.g. back from eager attention, for whoever uses the models next
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
