@@ -133,7 +133,7 @@ def test_self_instruct_filters_then_answers(tmp_path, server):
         ("reply", "Hi"),
         ("reply", "Write a short poem about the sea!"),
         ("reply", "Summarize the story of a famous book in two sentences."),
-        ("reply", "Translate the word hello into French and Spanish."),
+        ("reply", "Translate the word hello into French and Spanish.\nInput: <noinput>"),
     )
     cfg = _config(tmp_path, server, "self_instruct", seeds, "self_instruct.num_instructions=2")
     summary = _run(cfg)
@@ -146,6 +146,7 @@ def test_self_instruct_filters_then_answers(tmp_path, server):
 
     assert summary["dropped"] == {"blacklisted": 1, "too_short": 1, "near_duplicate": 1}
     assert server.total == 5 + 2  # five proposals, then the two survivors answered
+    assert [r["input"] for r in kept] == ["", ""]
 
     server.script_next(("ok",))  # an echo of the request is not an instruction
     cfg = _config(
@@ -211,3 +212,18 @@ def test_cli_with_a_local_model(tmp_path, tiny_model_dirs, capsys):
     assert main(["generate", str(path)]) == 0  # all from the cache now
     summary = json.loads((tmp_path / "local.jsonl.summary.json").read_text())
     assert summary["requests_sent"] == 0 and summary["requests_cached"] == 2
+
+
+def test_self_instruct_keeps_inputs_where_needed(tmp_path, server):
+    seeds = [
+        {"instruction": "Sort these numbers from small to large.", "input": "5, 2, 9"},
+        {"instruction": "Explain why the sky is blue."},
+    ]
+    server.script_next(("reply", "Task 3: Count the vowels in the given word.\nInput: banana"))
+    cfg = _config(tmp_path, server, "self_instruct", seeds, "self_instruct.num_instructions=1")
+    _run(cfg)
+    [row] = _rows(cfg.output)
+    assert row["instruction"] == "Count the vowels in the given word." and row["input"] == "banana"
+    assert row["messages"][0]["content"] == "Count the vowels in the given word.\n\nbanana"
+    proposal = server.requests[0]["body"]["messages"][-1]["content"]
+    assert "Input: 5, 2, 9" in proposal or "Task 1: Explain" in proposal

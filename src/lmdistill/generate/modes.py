@@ -177,32 +177,48 @@ def _instruction_verdict(text: str, pool: list[str], si) -> str:
 _PROPOSAL_HEADER = "Come up with a new, different task instruction. Here are examples:"
 
 
-def _proposal_prompt(demos: list[str]) -> str:
+def _proposal_prompt(demos: list[dict]) -> str:
+    """k demonstrations as "Task i: instruction" (+ "Input: ..." where the task has one), then an open slot."""
     lines = [_PROPOSAL_HEADER]
-    lines += [f"Task {i + 1}: {d}" for i, d in enumerate(demos)]
+    for i, d in enumerate(demos):
+        lines.append(f"Task {i + 1}: {d['instruction']}")
+        if d.get("input"):
+            lines.append(f"Input: {d['input']}")
     lines.append(f"Task {len(demos) + 1}:")
     return "\n".join(lines)
 
 
-def _first_task(text: str) -> str:
-    """The proposed instruction: the first non-empty line, without a leading "Task N:" label."""
-    for line in text.strip().splitlines():
-        line = line.strip()
-        if line.lower().startswith("task") and ":" in line[:10]:
-            line = line.split(":", 1)[1].strip()
-        if line:
-            return line
-    return ""
+def _parse_task(text: str) -> tuple[str, str]:
+    """The proposed (instruction, input): the first non-empty line without a "Task N:" label, and the
+    text of an "Input:" line right after it ("" when there is none or it says there is none)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "", ""
+    first = lines[0]
+    if first.lower().startswith("task") and ":" in first[:10]:
+        first = first.split(":", 1)[1].strip()
+    task_input = ""
+    if len(lines) > 1 and lines[1].lower().startswith("input:"):
+        task_input = lines[1].split(":", 1)[1].strip()
+        if task_input.strip("<>").lower() in ("noinput", "no input", "none", "n/a"):
+            task_input = ""
+    return first, task_input
 
 
 def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher, source: str):
-    """Mode 3: the teacher proposes new instructions from k demonstrations, filters drop bad ones,
-    then the teacher answers the survivors. Deterministic: round r draws its demonstrations with
-    seed + r, so a rerun asks the same requests (and finds them in the cache)."""
+    """Mode 3: the teacher proposes new instructions (with inputs where the demonstrations have them)
+    from k demonstrations, filters drop bad ones, then the teacher answers the survivors.
+    Deterministic: round r draws its demonstrations with seed + r, so a rerun asks the same
+    requests (and finds them in the cache)."""
     si = cfg.self_instruct
-    seeds = [_field(r, "instruction", f"{source}:{i + 1}") for i, r in enumerate(rows)]
+    pool = []
+    for i, r in enumerate(rows):
+        task = {"instruction": _field(r, "instruction", f"{source}:{i + 1}")}
+        if isinstance(r.get("input"), str) and r["input"].strip():
+            task["input"] = r["input"]
+        pool.append(task)
     base = base_sampling(cfg)
-    pool, new, rejected = list(seeds), [], []
+    new, rejected = [], []
     rounds = 0
     while len(new) < si.num_instructions and rounds < si.max_requests:
         batch = min(si.num_instructions - len(new), si.max_requests - rounds)
@@ -216,21 +232,24 @@ def self_instruct(cfg: GenerateConfig, rows: list[dict], ask: Ask, teacher, sour
         rounds += batch
         for req, resp in zip(requests, ask(requests, f"proposals (round to {rounds})"), strict=True):
             verdict = response_verdict(resp, keep_cut=True)
-            text = _first_task(resp.text)
+            instruction, task_input = _parse_task(resp.text)
             if verdict == "kept":
-                verdict = _instruction_verdict(text, pool, si)
-            record = {"instruction": text, "provenance": _provenance(teacher, req, resp, verdict)}
+                verdict = _instruction_verdict(instruction, [t["instruction"] for t in pool], si)
+            record = {"instruction": instruction, "input": task_input}
+            record["provenance"] = _provenance(teacher, req, resp, verdict)
             if verdict == "kept" and len(new) < si.num_instructions:
-                pool.append(text)
+                pool.append({"instruction": instruction, "input": task_input})
                 new.append(record)
             elif verdict != "kept":
                 rejected.append({**record, "stage": "instruction"})
-    answer_rows = [{"prompt": r["instruction"]} for r in new]
+    answer_rows = [{"prompt": r["instruction"] + (f"\n\n{r['input']}" if r["input"] else "")} for r in new]
     kept, answer_rejected = (
         responses(cfg, answer_rows, ask, teacher, "synthesized instructions") if new else ([], [])
     )
+    by_prompt = {row["prompt"]: r for row, r in zip(answer_rows, new, strict=True)}
     for row in (*kept, *answer_rejected):
-        row["instruction"] = row["messages"][-2]["content"]
+        task = by_prompt[row["messages"][-2]["content"]]
+        row["instruction"], row["input"] = task["instruction"], task["input"]
     rejected += [{**r, "stage": "answer"} for r in answer_rejected]
     return kept, rejected
 
