@@ -1,0 +1,154 @@
+"""Evaluation tasks: JSONL files of questions with gold answers, or prompts with reference texts.
+
+A row is one of
+
+* ``{"question": ..., "answer": ...}`` (optional ``"numeric": true``): scored by accuracy. The
+  answer is extracted from the model's output with `extract_answer` ("Answer: X", GSM8K "#### X",
+  and for numeric answers the last number) and compared after `normalize_answer`. When nothing can
+  be extracted from a non-numeric output, the whole output is compared (so a bare "Paris" counts).
+  A gold answer is numeric when the row says so, or else when it parses as a number; a gold written
+  GSM8K style (worked solution, then "#### 18") is reduced to what follows "####".
+* ``{"prompt": ..., "reference": ...}``: scored by ROUGE-L F1 against the reference.
+
+``question`` and ``prompt`` are interchangeable, and a row may carry both ``answer`` and
+``reference``. The prompt is sent as one user message through the model's chat template.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmdistill.data.records import _read_jsonl_numbered
+from lmdistill.errors import UserError
+from lmdistill.text import extract_answer, normalize_answer, rouge_l
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class TaskItem:
+    """One task row. `line` is its 1-based line in the file."""
+
+    prompt: str
+    answer: str | None = None
+    reference: str | None = None
+    numeric: bool = False
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # the file's stem, made unique by `load_tasks`
+    path: str
+    items: tuple[TaskItem, ...]
+
+    @property
+    def kind(self) -> str:
+        """"accuracy" when any row has a gold answer, else "rouge_l"."""
+        return "accuracy" if any(it.answer is not None for it in self.items) else "rouge_l"
+
+
+def is_number(text: str | None) -> bool:
+    return text is not None and _NUMBER.fullmatch(text.strip().replace(" ", "")) is not None
+
+
+def _gold(answer: str) -> str:
+    return answer.split("####")[-1].strip() if "####" in answer else answer.strip()
+
+
+def load_task(path: str | Path, *, max_examples: int | None = None, name: str | None = None) -> Task:
+    """Read and validate a task file; every problem is a UserError naming ``file:line``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"task file not found: {path}")
+    items: list[TaskItem] = []
+    for line, row in _read_jsonl_numbered(path):
+        where = f"{path}:{line}"
+        prompt = row.get("question", row.get("prompt"))
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{where}: a task row needs a non-empty 'question' (or 'prompt') string")
+        answer, reference = row.get("answer"), row.get("reference")
+        if answer is None and reference is None:
+            raise UserError(
+                f"{where}: a task row needs a gold 'answer' (scored by accuracy) or a 'reference' "
+                "(scored by ROUGE-L); this one has neither"
+            )
+        for key, value in (("answer", answer), ("reference", reference)):
+            if value is not None and not isinstance(value, (str, int, float)):
+                raise UserError(f"{where}: '{key}' must be a string or a number, got {type(value).__name__}")
+        gold = None if answer is None else _gold(str(answer))
+        numeric = row.get("numeric")
+        if numeric is not None and not isinstance(numeric, bool):
+            raise UserError(f"{where}: 'numeric' must be true or false, got {numeric!r}")
+        if numeric is None:
+            numeric = is_number(gold)
+        items.append(
+            TaskItem(
+                prompt=prompt,
+                answer=gold,
+                reference=None if reference is None else str(reference),
+                numeric=bool(numeric),
+                line=line,
+            )
+        )
+    if not items:
+        raise UserError(f"task file {path} has no rows")
+    if max_examples is not None:
+        items = items[:max_examples]
+    return Task(name=name or path.stem, path=str(path), items=tuple(items))
+
+
+def load_tasks(paths: list[str], *, max_examples: int | None = None) -> list[Task]:
+    """Load every task file; names are the file stems, suffixed -2, -3... when two files share one."""
+    tasks: list[Task] = []
+    seen: dict[str, int] = {}
+    for p in paths:
+        stem = Path(p).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
+        tasks.append(load_task(p, max_examples=max_examples, name=name))
+    return tasks
+
+
+def predicted_answer(output: str, *, numeric: bool) -> str | None:
+    """The normalised answer in a model's output (see the module doc), or None."""
+    extracted = extract_answer(output, numeric=numeric)
+    if extracted is None and not numeric:
+        extracted = output.strip()
+    return normalize_answer(extracted)
+
+
+def is_correct(output: str, gold: str, *, numeric: bool) -> bool:
+    """Whether the answer in `output` equals `gold` after normalisation."""
+    expected = normalize_answer(gold)
+    return expected is not None and predicted_answer(output, numeric=numeric) == expected
+
+
+def score_task(task: Task, outputs: list[str]) -> dict:
+    """Accuracy over rows with an answer and mean ROUGE-L over rows with a reference.
+
+    Returns {"kind", "score", "accuracy", "rouge_l", "examples", "correct"}; "score" is the task's
+    headline number (accuracy, or ROUGE-L for reference-only tasks).
+    """
+    if len(outputs) != len(task.items):
+        raise ValueError(f"{len(outputs)} outputs for {len(task.items)} task rows")
+    correct = answered = 0
+    rouges: list[float] = []
+    for item, out in zip(task.items, outputs, strict=True):
+        if item.answer is not None:
+            answered += 1
+            correct += is_correct(out, item.answer, numeric=item.numeric)
+        if item.reference is not None:
+            rouges.append(rouge_l(out, item.reference))
+    accuracy = correct / answered if answered else None
+    rouge = sum(rouges) / len(rouges) if rouges else None
+    return {
+        "kind": task.kind,
+        "score": accuracy if task.kind == "accuracy" else rouge,
+        "accuracy": accuracy,
+        "rouge_l": rouge,
+        "examples": len(task.items),
+        "correct": correct,
+    }

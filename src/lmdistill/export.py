@@ -1,0 +1,382 @@
+"""`lmdistill export`: turn a student (model folder, `lmdistill train` output, or LoRA adapter) into a
+clean Hugging Face folder for deployment and evaluation.
+
+The folder holds safetensors weights, the tokenizer, the generation config and, when there is one,
+the lmdistill config; nothing used only for training (optimizer state, hint projections, ...). It is
+written into a temporary sibling and renamed into place, so a half-written export never looks finished.
+
+`--quantize int8-dynamic` keeps the float weights (Hugging Face cannot store dynamically quantised
+modules) and writes `lmdistill_quantization.json`; `load_exported` applies the quantisation on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmdistill.errors import UserError
+
+#: Written next to the weights when the folder should be quantised on load.
+QUANTIZATION_FILE = "lmdistill_quantization.json"
+QUANTIZE_METHODS = ("int8-dynamic",)
+EXPORT_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+#: Files a training run may leave in or beside a student folder; an export never contains them.
+TRAINING_ONLY_FILES = (
+    "hint_projections.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "trainer_state.json",
+    "training_args.bin",
+    "scaler.pt",
+)
+TRAINING_ONLY_GLOBS = ("rng_state*.pth",)
+#: The lmdistill run config (same name as `lmdistill.training.run.CONFIG_FILE`).
+CONFIG_FILE = "lmdistill_config.yaml"
+STUDENT_DIR = "student"
+ADAPTER_CONFIG = "adapter_config.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+#: Fixed input for `quantization_report` when `export_model` quantises.
+DEFAULT_REPORT_TEXTS = (
+    "The capital of France is Paris. It is known for the Eiffel Tower and its museums.",
+    "Alice has 3 apples and buys 2 more, then eats 1. How many apples does she have left?",
+    "Knowledge distillation trains a small student model to imitate the outputs of a large teacher.",
+    "def add(a, b):\n    return a + b\n\nprint(add(2, 3))",
+)
+
+
+def export_model(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    force: bool = False,
+    log=print,
+) -> Path:
+    """Export SRC (model folder, train output folder, or peft LoRA adapter folder) to OUT; returns OUT.
+
+    `dtype` ("float32", "bfloat16", "float16"; None keeps the stored dtype) casts the weights.
+    `quantize="int8-dynamic"` stores float32 weights plus `lmdistill_quantization.json`, and logs the
+    speed/quality change of int8 against float on a fixed input (`quantization_report`).
+    `force` replaces an existing non-empty OUT.
+    """
+    target_dtype = _check_dtype(dtype)
+    method = _check_quantize(quantize)
+    if method is not None:
+        if target_dtype not in (None, torch.float32):
+            raise UserError(
+                f"--quantize {method} quantises float32 Linear layers and stores float32 weights; "
+                f"drop --dtype {dtype} (or use --dtype float32)"
+            )
+        target_dtype = torch.float32
+    kind, model_dir, run_dir = resolve_source(src)
+    out = Path(out)
+    _check_output(out, model_dir, run_dir, force=force)
+
+    if kind == "adapter":
+        model, tokenizer = _load_adapter(model_dir, log)
+        stored = _base_dtype(model_dir)
+        model = model.to(target_dtype or stored)
+    else:
+        from lmdistill.models import load_model
+
+        model = load_model(str(model_dir), dtype=target_dtype or "auto")
+        tokenizer = _load_tokenizer_or_none(model_dir, log)
+    model.eval()
+    log(f"export: {kind} {model_dir} -> {out} ({_dtype_name(next(model.parameters()).dtype)} weights)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        config = _find_lmdistill_config(model_dir, run_dir)
+        if config is not None:
+            shutil.copy2(config, tmp / CONFIG_FILE)
+        _drop_training_files(tmp)  # nothing copies them; this is a guard, not the mechanism
+        if method is not None:
+            (tmp / QUANTIZATION_FILE).write_text(
+                json.dumps({"method": method, "modules": "Linear"}, indent=2) + "\n", encoding="utf-8"
+            )
+            if tokenizer is not None:
+                report = quantization_report(tmp, DEFAULT_REPORT_TEXTS)
+                log(format_quantization_report(report))
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"export: wrote {out}")
+    return out
+
+
+def resolve_source(src: str | os.PathLike) -> tuple[str, Path, Path | None]:
+    """Classify SRC: ("model", folder, None), ("run", run/student, run) or ("adapter", folder, None).
+
+    A short name of an embedded model (e.g. smollm2-135m) resolves to its converted folder.
+    """
+    from lmdistill.models import resolve_model_path
+
+    path = Path(src)
+    if not path.exists():
+        resolved = Path(resolve_model_path(str(src)))  # short names; anything else comes back unchanged
+        if not resolved.is_dir():
+            raise UserError(f"export: no such folder: {src} (give a model folder, a train output or an adapter)")
+        path = resolved
+    if not path.is_dir():
+        raise UserError(f"export: {src} is a file; give a model folder, a train output folder or an adapter")
+    if (path / ADAPTER_CONFIG).is_file():
+        return "adapter", path, None
+    if (path / "config.json").is_file():
+        return "model", path, None
+    if (path / STUDENT_DIR / "config.json").is_file():
+        return "run", path / STUDENT_DIR, path
+    raise UserError(
+        f"export: {src} is not a model folder (no config.json), a train output (no {STUDENT_DIR}/config.json) "
+        f"or a LoRA adapter (no {ADAPTER_CONFIG})"
+    )
+
+
+def load_exported(path: str | os.PathLike, *, dtype: str | None = None, device: str = "cpu"):
+    """Load an exported folder with `from_pretrained`; quantise it when `lmdistill_quantization.json` is there.
+
+    A quantised model runs on CPU in float32; `dtype` then must be None or float32.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise UserError(f"no model folder at {path} (no config.json)")
+    method = read_quantization(path)
+    torch_dtype: Any = _check_dtype(dtype) or "auto"
+    if method is not None:
+        if torch_dtype not in ("auto", torch.float32):
+            raise UserError(f"{path} is {method} quantised: it loads in float32, not {dtype}")
+        if torch.device(device).type != "cpu":
+            raise UserError(f"{path} is {method} quantised: dynamic int8 runs on cpu only, not {device}")
+        torch_dtype = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    model.eval()
+    if method is not None:
+        return quantize_model(model, method)
+    return model.to(device)
+
+
+def read_quantization(path: str | os.PathLike) -> str | None:
+    """The quantisation method recorded in a folder's `lmdistill_quantization.json`, or None."""
+    file = Path(path) / QUANTIZATION_FILE
+    if not file.is_file():
+        return None
+    try:
+        spec = json.loads(file.read_text(encoding="utf-8"))
+        method = spec["method"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{file}: not a valid quantisation file ({exc})") from None
+    if method not in QUANTIZE_METHODS or spec.get("modules", "Linear") != "Linear":
+        raise UserError(f"{file}: unsupported quantisation {spec}; this lmdistill knows {QUANTIZE_METHODS}")
+    return method
+
+
+def apply_quantization(model, path: str | os.PathLike):
+    """Quantise `model` as its folder's `lmdistill_quantization.json` says (unchanged when there is none)."""
+    method = read_quantization(path)
+    return model if method is None else quantize_model(model.float().cpu().eval(), method)
+
+
+def quantize_model(model, method: str = "int8-dynamic", *, inplace: bool = True):
+    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per batch); CPU."""
+    _check_quantize(method)
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=inplace)
+
+
+def quantization_report(
+    model_dir: str | os.PathLike, texts, *, repeats: int = 3, method: str = "int8-dynamic"
+) -> dict:
+    """Compare the float32 model in `model_dir` with its int8-dynamic version on `texts` (CPU, batch 1).
+
+    Returns tokens, forward tokens/s for both and the speedup, max/mean absolute logit difference,
+    and the top-1 agreement of next-token predictions over all positions.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise UserError("quantization_report needs at least one text")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    inputs = [tokenizer(t, return_tensors="pt")["input_ids"] for t in texts]
+    inputs = [ids for ids in inputs if ids.shape[1] > 0]
+    n_tokens = sum(ids.shape[1] for ids in inputs)
+    float_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    float_logits, float_time = _timed_forward(float_model, inputs, repeats)
+    int8_model = quantize_model(float_model, method, inplace=False).eval()
+    int8_logits, int8_time = _timed_forward(int8_model, inputs, repeats)
+    diff = torch.cat([(a - b).abs().flatten() for a, b in zip(float_logits, int8_logits)])
+    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(float_logits, int8_logits))
+    return {
+        "method": method,
+        "texts": len(inputs),
+        "tokens": n_tokens,
+        "threads": torch.get_num_threads(),
+        "float_tokens_per_s": n_tokens / float_time,
+        "int8_tokens_per_s": n_tokens / int8_time,
+        "speedup": float_time / int8_time,
+        "max_abs_logit_diff": float(diff.max()),
+        "mean_abs_logit_diff": float(diff.mean()),
+        "top1_agreement": same / n_tokens,
+        "float_state_mb": _state_mb(float_model),
+        "int8_state_mb": _state_mb(int8_model),
+    }
+
+
+def format_quantization_report(r: dict) -> str:
+    return (
+        f"{r['method']} vs float32 on {r['tokens']} tokens ({r['threads']} threads): "
+        f"forward {r['float_tokens_per_s']:.0f} -> {r['int8_tokens_per_s']:.0f} tokens/s "
+        f"(x{r['speedup']:.2f}); weights {r['float_state_mb']:.1f} -> {r['int8_state_mb']:.1f} MB; "
+        f"logits |diff| max {r['max_abs_logit_diff']:.4f} mean {r['mean_abs_logit_diff']:.4f}; "
+        f"top-1 agreement {r['top1_agreement']:.1%}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_dtype(dtype: str | None) -> torch.dtype | None:
+    if dtype is None or str(dtype).strip().lower() == "auto":
+        return None
+    key = str(dtype).strip().lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in EXPORT_DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; use one of: {', '.join(EXPORT_DTYPES)}")
+    return EXPORT_DTYPES[key]
+
+
+def _check_quantize(quantize: str | None) -> str | None:
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE_METHODS:
+        raise UserError(f"unknown quantisation {quantize!r}; use one of: {', '.join(QUANTIZE_METHODS)}")
+    return quantize
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_output(out: Path, model_dir: Path, run_dir: Path | None, *, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export: output {out} exists and is a file")
+    resolved = out.resolve()
+    for source in filter(None, (model_dir, run_dir)):
+        s = source.resolve()
+        if resolved == s or resolved in s.parents:
+            raise UserError(f"export: output {out} would replace the source {source}; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"export: output folder {out} exists and is not empty; use --force to replace it")
+
+
+def _load_tokenizer_or_none(folder: Path, log):
+    from lmdistill.models import load_tokenizer
+
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        log(f"export: warning: no tokenizer in {folder}; the exported folder will have none")
+        return None
+    return load_tokenizer(str(folder))
+
+
+def _adapter_base(adapter_dir: Path) -> str:
+    try:
+        spec = json.loads((adapter_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        base = spec["base_model_name_or_path"]
+    except (ValueError, KeyError, TypeError):
+        base = None
+    if not base:
+        raise UserError(f"export: {adapter_dir / ADAPTER_CONFIG} does not name its base model")
+    return str(base)
+
+
+def _base_dtype(adapter_dir: Path) -> torch.dtype:
+    """The dtype the adapter's base model is stored in (float32 when it does not say)."""
+    from transformers import AutoConfig
+
+    from lmdistill.models import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(_adapter_base(adapter_dir)))
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(stored, str):
+        stored = EXPORT_DTYPES.get(stored)
+    return stored if isinstance(stored, torch.dtype) else torch.float32
+
+
+def _load_adapter(adapter_dir: Path, log):
+    """Load the base model named in adapter_config.json in float32, apply the adapter, merge it."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise UserError("exporting a LoRA adapter needs peft: pip install 'lmdistill[lora]'") from None
+    from lmdistill.models import load_model
+
+    base_name = _adapter_base(adapter_dir)
+    base = load_model(base_name, dtype="float32")
+    log(f"export: merging LoRA adapter {adapter_dir} into {base_name}")
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tokenizer = _load_tokenizer_or_none(adapter_dir, lambda _msg: None)
+    if tokenizer is None:
+        from lmdistill.models import resolve_model_path
+
+        tokenizer = _load_tokenizer_or_none(Path(resolve_model_path(base_name)), log)
+    return model, tokenizer
+
+
+def _find_lmdistill_config(model_dir: Path, run_dir: Path | None) -> Path | None:
+    for folder in filter(None, (model_dir, run_dir)):
+        if (folder / CONFIG_FILE).is_file():
+            return folder / CONFIG_FILE
+    return None
+
+
+def _drop_training_files(folder: Path) -> None:
+    for name in TRAINING_ONLY_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for pattern in TRAINING_ONLY_GLOBS:
+        for path in folder.glob(pattern):
+            path.unlink()
+
+
+@torch.inference_mode()
+def _timed_forward(model, inputs: list[torch.Tensor], repeats: int) -> tuple[list[torch.Tensor], float]:
+    """Logits for each input and the median wall time of one pass over all inputs (after a warm-up)."""
+    logits = [model(input_ids=ids, use_cache=False).logits[0].float() for ids in inputs]
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        for ids in inputs:
+            model(input_ids=ids, use_cache=False)
+        times.append(time.perf_counter() - start)
+    return logits, statistics.median(times)
+
+
+def _state_mb(model) -> float:
+    """Size of the model's state dict as torch.save writes it (int8 packed weights included)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 2**20

@@ -1,0 +1,76 @@
+"""`torchrun` with 2 CPU processes (gloo) follows the same loss trajectory as 1 process with the same
+global batch: target tokens are counted across processes and the hint projections' gradients are
+averaged like the student's."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _losses(stdout: str) -> list[tuple[float, float]]:
+    """(loss, grad_norm) of every logged step, from the Trainer's printed log dicts."""
+    out = []
+    for line in stdout.splitlines():
+        start = line.find("{'loss'")
+        if start >= 0:
+            logs = ast.literal_eval(line[start : line.index("}", start) + 1])
+            out.append((float(logs["loss"]), float(logs["grad_norm"])))
+    return out
+
+
+def test_two_processes_match_one(tmp_path, tiny_model_dirs):
+    teacher, student = tiny_model_dirs
+    rows = [{"text": f"Hello world number {i} the cat sat on the mat " * (1 + i % 3)} for i in range(32)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = {}
+    for procs in (1, 2):
+        cfg = {
+            "teacher": {"name": str(teacher)},
+            "student": {"name": str(student)},
+            "data": {"train": str(data), "max_length": 32},
+            "hints": {"hidden_weight": 1.0, "layers": "last"},
+            "train": {
+                "output_dir": str(tmp_path / f"out{procs}"),
+                "max_steps": 3,
+                "per_device_train_batch_size": 8 // procs,  # the same global batch
+                "learning_rate": 1e-2,
+                "logging_steps": 1,
+                "save_steps": 1000,
+                "extra": {
+                    "use_cpu": True,
+                    "disable_tqdm": True,
+                    "optim": "sgd",
+                    "lr_scheduler_type": "constant",
+                    "dataloader_drop_last": True,
+                },
+            },
+        }
+        path = tmp_path / f"cfg{procs}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={procs}",
+            "-m",
+            "lmdistill.cli",
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(
+            [*cmd, "train", str(path)], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[procs] = _losses(done.stdout)
+        assert (Path(tmp_path / f"out{procs}") / "student" / "model.safetensors").is_file()
+    assert len(runs[1]) == len(runs[2]) == 3
+    for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
+        assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)  # printed to 4 significant digits
+        assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
