@@ -6,8 +6,9 @@ chunked loss reads whole: they are refused with a clear message for now. What th
 - the loss, computed from final hidden states through both heads in token chunks (`lmdistill.chunked`);
 - normalisation by the number of target tokens in the whole optimizer step (Trainer's
   `num_items_in_batch`), so gradient accumulation gives the same update as the larger batch;
+- optional hint terms (`HintTerms`: hidden states, attention relations and maps), same tokens;
 - non-finite losses: the micro-batch is skipped and counted; `max_nonfinite` in a row stop the run;
-- `ce` and `kd` logged separately (per target token).
+- `ce`, `kd` and each hint term logged separately (per target token).
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ def forward_states(
 def final_hidden(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """[B, S] ids -> [B, S, H] hidden states that the model's head turns into logits."""
+    """[B, S] ids -> [B, S, H] hidden states that the model's head turns into logits.
+
+    An unwrapped model runs its decoder (`get_decoder()`) alone, so no intermediate layer's states
+    are returned and kept; a wrapped one (DDP, peft) goes through its own forward.
+    """
+    decoder = model.get_decoder() if unwrap(model) is model and hasattr(model, "get_decoder") else None
+    if decoder is not None and decoder is not model:
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return forward_states(model, input_ids, attention_mask).hidden_states[-1]
 
 
