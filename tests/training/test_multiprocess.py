@@ -11,7 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
 
 def _losses(stdout: str) -> list[tuple[float, float]]:
@@ -25,8 +27,11 @@ def _losses(stdout: str) -> list[tuple[float, float]]:
     return out
 
 
-def test_two_processes_match_one(tmp_path, tiny_model_dirs):
-    teacher, student = tiny_model_dirs
+def test_two_processes_match_one(tmp_path, tiny_model_dirs, tiny_llama, tiny_tokenizer):
+    _, student = tiny_model_dirs
+    teacher = tmp_path / "wide_teacher"  # wider than the student: the hints need a learned projection
+    tiny_llama(len(tiny_tokenizer), num_layers=3, hidden=48, seed=5).save_pretrained(teacher)
+    tiny_tokenizer.save_pretrained(teacher)
     rows = [{"text": f"Hello world number {i} the cat sat on the mat " * (1 + i % 3)} for i in range(32)]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -70,6 +75,11 @@ def test_two_processes_match_one(tmp_path, tiny_model_dirs):
         assert done.returncode == 0, done.stderr[-3000:]
         runs[procs] = _losses(done.stdout)
         assert (Path(tmp_path / f"out{procs}") / "student" / "model.safetensors").is_file()
+    one = load_file(str(tmp_path / "out1" / "hint_projections.safetensors"))
+    two = load_file(str(tmp_path / "out2" / "hint_projections.safetensors"))
+    assert one.keys() == two.keys() and one
+    for key in one:  # the projections learned the same: their gradients were averaged across processes
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
     assert len(runs[1]) == len(runs[2]) == 3
     for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
         assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)  # printed to 4 significant digits
