@@ -185,3 +185,19 @@ def test_latest_skips_incomplete_checkpoints(tmp_path):
     assert resolve_checkpoint("latest", str(tmp_path)).endswith("checkpoint-10")  # 20 was cut mid-save
     assert resolve_checkpoint("latest", str(tmp_path), needs=("x.bin",)) is None
     assert resolve_checkpoint(None, str(tmp_path)) is None
+
+
+def test_export_and_eval_commands(tiny_model_dirs, tmp_path, capsys):
+    teacher, student = tiny_model_dirs
+    out = tmp_path / "exported"
+    assert main(["export", str(student), str(out), "--dtype", "bfloat16"]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    _fails(["export", str(tmp_path / "nothing"), str(tmp_path / "o2")], capsys, "error")
+    task = tmp_path / "qa.jsonl"
+    task.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    report = tmp_path / "report"
+    args = ["eval", str(student), "--teacher", str(teacher), "--task", str(task), "--no-memory"]
+    assert main([*args, "--output-dir", str(report), "--max-new-tokens", "4"]) == 0
+    results = json.loads((report / "results.json").read_text())
+    assert str(student) in json.dumps(results) and (report / "report.md").is_file()
+    _fails(["eval", str(tmp_path / "missing-model"), "--output-dir", str(tmp_path / "r2")], capsys, "error")

@@ -43,6 +43,31 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from lmdistill.eval import run_eval
+
+    run_eval(
+        args.models,
+        teacher=args.teacher,
+        tasks=args.task,
+        text=args.text,
+        output_dir=args.output_dir,
+        max_examples=args.max_examples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        device=args.device,
+        measure_memory=not args.no_memory,
+    )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from lmdistill.export import export_model
+
+    export_model(args.src, args.out, dtype=args.dtype, quantize=args.quantize, force=args.force)
+
+
 def _config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -90,6 +115,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=8, help="requests batched into one generate call")
     p.add_argument("--name", default=None, help="model id served at /v1/models (default: MODEL)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("eval", help="evaluate several models on the same tasks and text; one report")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="folders, short names or hub ids")
+    p.add_argument("--teacher", default=None, help="reference model: agreement, compression, speedup")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="FILE.jsonl",
+        help="question+answer or prompt+reference rows; repeatable",
+    )
+    p.add_argument("--text", default=None, metavar="FILE.txt", help="held-out plain text for perplexity")
+    p.add_argument("--output-dir", default="runs/eval", help="where report.md, results.json, PNGs go")
+    p.add_argument("--max-examples", type=int, default=None, help="rows per task file")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512, help="tokens per text chunk")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="a clean HF folder from a student, a train output or a LoRA adapter")
+    p.add_argument("src", help="model folder, `lmdistill train` output folder, or peft LoRA adapter folder")
+    p.add_argument("out", help="folder to write (written atomically)")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="cast the weights (default: keep the stored dtype)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8-dynamic"],
+        default=None,
+        help="int8 dynamic quantisation of Linear layers, applied on load (CPU)",
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("config", help="print every config key with default and help, or a resolved config")
     p.add_argument(

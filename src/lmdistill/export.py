@@ -17,6 +17,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,9 @@ def resolve_source(src: str | os.PathLike) -> tuple[str, Path, Path | None]:
     if not path.exists():
         resolved = Path(resolve_model_path(str(src)))  # short names; anything else comes back unchanged
         if not resolved.is_dir():
-            raise UserError(f"export: no such folder: {src} (give a model folder, a train output or an adapter)")
+            raise UserError(
+                f"export: no such folder: {src} (give a model folder, a train output or an adapter)"
+            )
         path = resolved
     if not path.is_dir():
         raise UserError(f"export: {src} is a file; give a model folder, a train output folder or an adapter")
@@ -199,11 +202,19 @@ def apply_quantization(model, path: str | os.PathLike):
 
 
 def quantize_model(model, method: str = "int8-dynamic", *, inplace: bool = True):
-    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per batch); CPU."""
+    """Dynamic int8 quantisation of every nn.Linear: int8 weights (one scale per output channel),
+    activations quantised on the fly per batch; runs on CPU."""
     _check_quantize(method)
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=inplace)
+    # torch 2.13 announces on every call that torch.ao.quantization and quantised tensors are deprecated
+    # (successor: torchao); the call itself works, so keep the output readable.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        # per-channel int8 weights: same speed and size as per-tensor, smaller logit error on real models
+        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=inplace)
 
 
 def quantization_report(
@@ -227,8 +238,10 @@ def quantization_report(
     float_logits, float_time = _timed_forward(float_model, inputs, repeats)
     int8_model = quantize_model(float_model, method, inplace=False).eval()
     int8_logits, int8_time = _timed_forward(int8_model, inputs, repeats)
-    diff = torch.cat([(a - b).abs().flatten() for a, b in zip(float_logits, int8_logits)])
-    same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(float_logits, int8_logits))
+    diff = torch.cat([(a - b).abs().flatten() for a, b in zip(float_logits, int8_logits, strict=True)])
+    same = sum(
+        int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(float_logits, int8_logits, strict=True)
+    )
     return {
         "method": method,
         "texts": len(inputs),

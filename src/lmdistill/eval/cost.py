@@ -8,9 +8,11 @@
   transformers, notes its resident memory, loads the model and runs one forward over the same fixed
   batch used for prefill, and reports the growth of its peak resident memory (Linux: VmHWM, reset
   per model through /proc/self/clear_refs so one child measures every model; elsewhere: one child
-  per model and `resource.getrusage` ru_maxrss). On CUDA the peak allocated GPU memory is reported
+  per model and `resource.getrusage` ru_maxrss). The smallest model is loaded and run once first,
+  unmeasured, so transformers' lazily imported code is not charged to the first model. On CUDA the peak allocated GPU memory is reported
   too (torch.cuda.max_memory_allocated).
-* prefill tokens/s: tokens in the fixed text batch / seconds of one forward over it (after a warm-up).
+* prefill tokens/s: tokens in the fixed batch / seconds of one forward over it (median of 3, after
+  an untimed warm-up forward over the same batch).
 * generation tokens/s: generated tokens / seconds of batched greedy generation over the task prompts.
 * latency p50/p95: seconds per request, one request at a time, over the task prompts.
 """
@@ -56,17 +58,23 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def prefill_tokens_per_s(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> float:
-    """Tokens per second of one forward over a fixed batch (a short warm-up forward first)."""
+def prefill_tokens_per_s(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, repeats: int = 3
+) -> float:
+    """Tokens per second of one forward over a fixed batch: the median of `repeats` timed forwards
+    after one untimed warm-up forward over the same batch (so lazy initialisation is not timed)."""
     device = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     model.eval()
-    model(input_ids=input_ids[:1, :8], attention_mask=attention_mask[:1, :8])
-    _sync(device)
-    start = time.perf_counter()
-    model(input_ids=input_ids, attention_mask=attention_mask)
-    _sync(device)
-    elapsed = time.perf_counter() - start
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        model(input_ids=input_ids, attention_mask=attention_mask)
+        _sync(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    elapsed = sorted(times)[len(times) // 2]
     return int(attention_mask.sum().item()) / max(elapsed, 1e-9)
 
 
@@ -116,6 +124,20 @@ def _measure_child(jobs: list[tuple[str, str, str, list[list[int]], list[list[in
 
     from lmdistill.models import load_model
 
+    def load_and_forward(path, dtype, device, ids, mask):
+        dev = torch.device(device)
+        model = load_model(path, dtype=dtype, device=device)
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=torch.tensor(ids, device=dev), attention_mask=torch.tensor(mask, device=dev))
+        return model
+
+    # Warm-up: transformers imports much of its loading and modelling code lazily on the first
+    # load (over 100 MB on CPU), which would be charged to whichever model came first. Load and run
+    # the smallest model once, unmeasured, so every measured model starts from the same state.
+    smallest = min(jobs, key=lambda j: disk_size(weights_folder(j[0])) or 0)
+    load_and_forward(*smallest[:3], smallest[3][:1], smallest[4][:1])
+
     out = []
     for path, dtype, device, ids, mask in jobs:
         _trim()
@@ -125,13 +147,7 @@ def _measure_child(jobs: list[tuple[str, str, str, list[list[int]], list[list[in
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        model = load_model(path, dtype=dtype, device=device)
-        model.eval()
-        with torch.no_grad():
-            model(
-                input_ids=torch.tensor(ids, device=dev),
-                attention_mask=torch.tensor(mask, device=dev),
-            )
+        model = load_and_forward(path, dtype, device, ids, mask)
         peak = _rss_kib("VmHWM") * 1024 if per_model else _maxrss_bytes()
         result = {"peak_rss_bytes": max(peak - base, 0), "method": "VmHWM" if per_model else "ru_maxrss"}
         if dev.type == "cuda":

@@ -46,7 +46,7 @@ class Task:
 
     @property
     def kind(self) -> str:
-        """"accuracy" when any row has a gold answer, else "rouge_l"."""
+        """ "accuracy" when any row has a gold answer, else "rouge_l"."""
         return "accuracy" if any(it.answer is not None for it in self.items) else "rouge_l"
 
 

@@ -68,10 +68,13 @@ def load_model(
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    quantized: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """Load a causal LM (short name, local folder or hub id) in `dtype` onto `device`.
 
+    quantized: apply the int8 quantisation an exported folder asks for (`lmdistill export
+    --quantize`), for inference on CPU; off for training, which needs float Linear layers.
     Extra keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
     """
     from transformers import AutoModelForCausalLM
@@ -83,6 +86,12 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise _not_found(name_or_path, path, exc) from exc
+    if quantized and os.path.isfile(os.path.join(path, "lmdistill_quantization.json")):
+        if target.type != "cpu":
+            raise UserError(f"{path} is int8-dynamic quantised (lmdistill export): it runs on cpu only")
+        from lmdistill.export import apply_quantization
+
+        return apply_quantization(model, path)
     return model.to(target)
 
 
@@ -91,10 +100,11 @@ def load_teacher(
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    quantized: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """Load a model as a frozen teacher: no parameter requires grad, and it is in eval mode."""
-    model = load_model(name_or_path, dtype=dtype, device=device, **kwargs)
+    model = load_model(name_or_path, dtype=dtype, device=device, quantized=quantized, **kwargs)
     model.requires_grad_(False)
     model.eval()
     return model

@@ -190,7 +190,7 @@ def load_app(
 
     served = name or str(model).rstrip("/\\") or str(model)
     tokenizer = load_tokenizer(model)
-    lm = load_teacher(model, dtype=dtype, device=device)
+    lm = load_teacher(model, dtype=dtype, device=device, quantized=True)  # an int8 export serves as int8
     teacher = LocalTeacher(lm, tokenizer, name=served, batch_size=max_batch)
     return create_app(teacher, model_name=served, max_batch=max_batch, max_wait_ms=max_wait_ms)
 

@@ -1,0 +1,183 @@
+"""`run_eval` end to end on the tiny models: the report, the plots, skipped metrics, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+
+from lmdistill.errors import UserError
+from lmdistill.eval import run_eval
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TEXT = (
+    "Hello world, how are you today? I am fine, thank you very much. "
+    "The cat sat on the mat and the dog slept by the door. "
+    "Distillation trains a small student to imitate a large teacher. "
+) * 3
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        json.dumps({"question": "Alice has 3 apples and buys 2 more. How many?", "answer": "5"})
+        + "\n"
+        + json.dumps({"question": "What is the capital of France?", "answer": "Paris"})
+        + "\n"
+    )
+    summ = tmp_path / "summ.jsonl"
+    summ.write_text(json.dumps({"prompt": "Say hello.", "reference": "Hello world"}) + "\n")
+    text = tmp_path / "heldout.txt"
+    text.write_text(TEXT)
+    return [str(qa), str(summ)], str(text)
+
+
+def _quiet(*_):
+    import os
+    import time
+
+    if os.environ.get("EVAL_LOG"):
+        print(f"{time.perf_counter():.2f}", *_)
+
+
+def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs):
+    teacher, student = tiny_model_dirs
+    tasks, text = inputs
+    run_dir = tmp_path / "run"
+    shutil.copytree(student, run_dir / "student")
+    (run_dir / "checkpoint-3").mkdir()
+    history = [{"step": s, "loss": 4.0 - s, "ce": 3.0 - s / 2, "kd": 2.0 - s / 3} for s in (1, 2, 3)]
+    (run_dir / "checkpoint-3" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    out = tmp_path / "report"
+
+    results = run_eval(
+        [str(run_dir / "student")],
+        teacher=str(teacher),
+        tasks=tasks,
+        text=text,
+        output_dir=str(out),
+        max_new_tokens=4,
+        batch_size=4,
+        max_length=24,
+        command="lmdistill eval test",
+        log=_quiet,
+    )
+
+    report = (out / "report.md").read_text()
+    for section in ("## Models", "## Results", "## Notes", "## Plots", "## Machine", "## Arguments"):
+        assert section in report
+    for metric in (
+        "qa: accuracy",
+        "summ: ROUGE-L",
+        "perplexity",
+        "top-1 agreement",
+        "KL(teacher",
+        "generation exact match",
+        "parameters",
+        "size on disk",
+        "peak memory",
+        "prefill tokens/s",
+        "generation tokens/s",
+        "latency p50",
+        "latency p95",
+        "compression",
+        "speedup",
+        "torch:",
+        "transformers:",
+        "lmdistill:",
+        "cpu_count:",
+        "lmdistill eval test",
+    ):
+        assert metric in report, metric
+    assert "| metric | teacher | student |" in report
+
+    plots = ["quality_vs_size.png", "task_scores.png", "training_curves.png"]
+    assert results["plots"] == plots
+    for name in plots:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({name})" in report
+
+    saved = json.loads((out / "results.json").read_text())
+    assert [m["name"] for m in saved["models"]] == [str(teacher), str(run_dir / "student")]
+    t, s = saved["models"]
+    assert t["role"] == "teacher" and s["role"] == "model"
+    assert t["compression"] == pytest.approx(1.0) and t["speedup"] == pytest.approx(1.0)
+    assert s["compression"] == pytest.approx(t["cost"]["parameters"] / s["cost"]["parameters"])
+    assert s["compression"] > 1
+    assert 0.0 <= s["agreement"]["top1"] <= 1.0 and s["agreement"]["kl"] >= 0.0
+    assert s["agreement"]["tokens"] == s["text_tokens"] == t["text_tokens"] > 0
+    assert s["generation_agreement"]["examples"] == 3
+    for m in (t, s):
+        assert set(m["quality"]) == {"qa", "summ"}
+        assert m["quality"]["qa"]["examples"] == 2 and m["quality"]["summ"]["kind"] == "rouge_l"
+        assert m["perplexity"] > 1.0
+        cost = m["cost"]
+        assert cost["disk_bytes"] > 0 and cost["peak_memory_bytes"] >= 0
+        assert cost["prefill_tokens_per_s"] > 0 and cost["generation_tokens_per_s"] > 0
+        assert 0 < cost["latency_p50_s"] <= cost["latency_p95_s"]
+    assert s["training_log"].endswith("checkpoint-3/trainer_state.json") and t["training_log"] is None
+
+
+def test_different_tokenizer_skips_token_agreement(tmp_path, tiny_model_dirs, inputs):
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    teacher, _ = tiny_model_dirs
+    tasks, text = inputs
+    other = tmp_path / "other"
+    tok = build_tiny_tokenizer(other, vocab_size=300)
+    make_tiny_llama(len(tok), seed=5).save_pretrained(other)
+
+    results = run_eval(
+        [str(other)],
+        teacher=str(teacher),
+        tasks=tasks[:1],
+        text=text,
+        output_dir=str(tmp_path / "out"),
+        max_new_tokens=3,
+        max_length=24,
+        measure_memory=False,
+        log=_quiet,
+    )
+    row = results["models"][1]
+    assert row["agreement"] is None and row["perplexity"] > 1.0
+    assert row["generation_agreement"]["examples"] == 2
+    assert any("tokenizer differs from the teacher" in n for n in row["notes"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "token agreement (top-1, KL) skipped" in report
+    assert "training_curves.png" not in results["plots"]  # no trainer logs: skipped quietly
+
+
+def test_missing_model_is_a_user_error_before_any_work(tmp_path, tiny_model_dirs, inputs):
+    teacher, student = tiny_model_dirs
+    tasks, text = inputs
+    missing = tmp_path / "nope" / "student"
+    with pytest.raises(UserError, match=rf"model '{re.escape(str(missing))}'.*not found"):
+        run_eval(
+            [str(student), str(missing)],
+            teacher=str(teacher),
+            tasks=tasks,
+            text=text,
+            output_dir=str(tmp_path / "out"),
+            log=_quiet,
+        )
+    assert not (tmp_path / "out").exists()
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"'.*empty'.*cannot be loaded"):
+        run_eval([str(tmp_path / "empty")], text=text, output_dir=str(tmp_path / "out"), log=_quiet)
+
+
+def test_task_rows_without_answers(tmp_path, tiny_model_dirs, inputs):
+    _, student = tiny_model_dirs
+    _, text = inputs
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "2+2?"}) + "\n"
+    )
+    with pytest.raises(UserError, match=rf"{re.escape(str(bad))}:2: a task row needs a gold 'answer'"):
+        run_eval([str(student)], tasks=[str(bad)], text=text, output_dir=str(tmp_path / "o"), log=_quiet)
+    with pytest.raises(UserError, match="nothing to evaluate"):
+        run_eval([str(student)], output_dir=str(tmp_path / "o"), log=_quiet)
