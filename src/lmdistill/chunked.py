@@ -24,20 +24,30 @@ class Head:
     """An output head: logits = softcap(hidden @ weight[:vocab].T + bias[:vocab]).
 
     weight: [head_rows, hidden]; bias: [head_rows] or None; softcap: Gemma-style final logit
-    soft-capping (cap * tanh(logits / cap)) or None.
+    soft-capping (cap * tanh(logits / cap)) or None. `module`: for a head that is not a plain
+    Linear (an int8-quantised one, say), the module itself; such a head is only ever run forward
+    (teachers, evaluation), never differentiated through.
     """
 
-    weight: torch.Tensor
+    weight: torch.Tensor | None
     bias: torch.Tensor | None = None
     softcap: float | None = None
+    module: torch.nn.Module | None = None
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> Head:
-        """The head of a Hugging Face causal LM (`get_output_embeddings()`), which must be a Linear."""
+    def of(cls, model: torch.nn.Module, *, trainable: bool = True) -> Head:
+        """The head of a Hugging Face causal LM (`get_output_embeddings()`).
+
+        trainable: the student's head, which the chunked loss differentiates by its weight, so it
+        must be a plain Linear; False accepts any head module (forward only).
+        """
         from lmdistill.errors import UserError
 
         head = model.get_output_embeddings()
+        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         if not isinstance(head, torch.nn.Linear):
+            if not trainable and isinstance(head, torch.nn.Module):
+                return cls(None, None, cap, module=head)
             raise UserError(
                 f"the output head is a {type(head).__name__}, not a plain Linear; chunked KD reads its "
                 "weight directly (do not put LoRA adapters on lm_head)"
@@ -47,14 +57,16 @@ class Head:
                 "the output head's weight is sharded (FSDP or DeepSpeed ZeRO-3); chunked KD reads it whole: "
                 "use DDP or ZeRO-1/2"
             )
-        cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
         return cls(head.weight, head.bias, cap)
 
     def logits(self, hidden: torch.Tensor, vocab: int, weight=None, bias=None) -> torch.Tensor:
         """[n, hidden] -> float32 [n, vocab]."""
-        w = (self.weight if weight is None else weight)[:vocab]
-        b = self.bias if bias is None else bias
-        out = F.linear(hidden, w, None if b is None else b[:vocab]).float()
+        if self.module is not None:
+            out = self.module(hidden)[..., :vocab].float()
+        else:
+            w = (self.weight if weight is None else weight)[:vocab]
+            b = self.bias if bias is None else bias
+            out = F.linear(hidden, w, None if b is None else b[:vocab]).float()
         if self.softcap:
             out = self.softcap * torch.tanh(out / self.softcap)
         return out
@@ -120,7 +132,7 @@ def _chunk_terms(spec, s_logits, labels, t_logits):
 
 
 def _vocab(spec, s_head):
-    return spec.vocab or s_head.weight.shape[0]
+    return spec.vocab or s_head.weight.shape[0]  # the student's head is always a plain Linear
 
 
 class _ChunkedLoss(torch.autograd.Function):

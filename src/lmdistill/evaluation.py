@@ -46,7 +46,7 @@ def compare_to_teacher(
 ) -> Agreement:
     """Evaluate `student` against `teacher` on tokenized `features` (input_ids/labels/attention_mask)."""
     collate = DistillCollator(pad_token_id=pad_token_id)
-    s_head, t_head = Head.of(student), Head.of(teacher)
+    s_head, t_head = Head.of(student, trainable=False), Head.of(teacher, trainable=False)
     was_training = student.training
     student.eval()
     device = next(student.parameters()).device

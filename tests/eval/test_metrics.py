@@ -155,3 +155,26 @@ def test_disk_size_and_training_logs(tmp_path):
     curves = read_training_curves(state)
     assert set(curves) == {"loss", "ce", "kd"} and len(curves["loss"]) == 10
     assert curves["loss"][0] == (1.0, 2.0)
+
+
+def test_multiple_choice_tasks(tmp_path):
+    import json
+
+    from lmdistill.errors import UserError
+    from lmdistill.eval.tasks import is_correct, load_task, predicted_choice
+
+    choices = ["positive", "negative", "neutral"]
+    assert predicted_choice("Answer: B", choices) == "negative"
+    assert predicted_choice("B. negative", choices) == "negative"
+    assert predicted_choice("I think it is neutral, not positive.", choices) == "neutral"
+    assert predicted_choice("no idea", choices) is None
+    assert is_correct("Answer: positive", "positive", numeric=False, choices=choices)
+    path = tmp_path / "mc.jsonl"
+    path.write_text(
+        json.dumps({"question": "Sentiment of 'I love it'?", "choices": choices, "answer": "A"}) + "\n"
+    )
+    [item] = load_task(path).items
+    assert item.answer == "positive" and "A. positive" in item.prompt and not item.numeric
+    path.write_text(json.dumps({"question": "q", "choices": choices, "answer": "maybe"}) + "\n")
+    with pytest.raises(UserError, match=r"mc\.jsonl:1: the 'answer' must be one of the choices"):
+        load_task(path)

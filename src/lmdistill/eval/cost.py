@@ -126,7 +126,7 @@ def _measure_child(jobs: list[tuple[str, str, str, list[list[int]], list[list[in
 
     def load_and_forward(path, dtype, device, ids, mask):
         dev = torch.device(device)
-        model = load_model(path, dtype=dtype, device=device)
+        model = load_model(path, dtype=dtype, device=device, quantized=True)
         model.eval()
         with torch.no_grad():
             model(input_ids=torch.tensor(ids, device=dev), attention_mask=torch.tensor(mask, device=dev))

@@ -104,7 +104,7 @@ def perplexity(
 ) -> tuple[float, int]:
     """(exp(mean cross-entropy), target tokens) of `model` on the features' targets."""
     collate = DistillCollator(pad_token_id=pad_token_id)
-    head = Head.of(model)
+    head = Head.of(model, trainable=False)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

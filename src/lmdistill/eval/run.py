@@ -255,7 +255,7 @@ def run_eval(
         is_teacher = teacher is not None and spec["name"] == teacher
         log(f"eval: {label}{' (teacher)' if is_teacher else ''}: loading {spec['path']}")
         try:
-            model = load_model(spec["path"], dtype=dtype, device=device)
+            model = load_model(spec["path"], dtype=dtype, device=device, quantized=True)
         except UserError as exc:
             raise UserError(f"model {spec['name']!r} cannot be loaded: {exc}") from exc
         model.eval()

@@ -8,6 +8,9 @@ A row is one of
   be extracted from a non-numeric output, the whole output is compared (so a bare "Paris" counts).
   A gold answer is numeric when the row says so, or else when it parses as a number; a gold written
   GSM8K style (worked solution, then "#### 18") is reduced to what follows "####".
+* ``{"question": ..., "choices": [...], "answer": ...}``: multiple choice, scored by accuracy. The
+  options are shown lettered (A., B., ...); the gold is an option's text or letter; the model's
+  pick is a letter or option text after "Answer:", else the option named first in its output.
 * ``{"prompt": ..., "reference": ...}``: scored by ROUGE-L F1 against the reference.
 
 ``question`` and ``prompt`` are interchangeable, and a row may carry both ``answer`` and
@@ -36,6 +39,7 @@ class TaskItem:
     reference: str | None = None
     numeric: bool = False
     line: int = 0
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,11 +83,22 @@ def load_task(path: str | Path, *, max_examples: int | None = None, name: str | 
             if value is not None and not isinstance(value, (str, int, float)):
                 raise UserError(f"{where}: '{key}' must be a string or a number, got {type(value).__name__}")
         gold = None if answer is None else _gold(str(answer))
+        choices = row.get("choices")
+        if choices is not None:
+            if not (
+                isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) for c in choices)
+            ):
+                raise UserError(f"{where}: 'choices' must be a list of at least two strings")
+            if gold is None or choice_of(gold, choices) is None:
+                raise UserError(f"{where}: the 'answer' must be one of the choices (its text or letter)")
+            gold = choice_of(gold, choices)
+            prompt = prompt + "\n" + "\n".join(f"{chr(65 + i)}. {c}" for i, c in enumerate(choices))
+            prompt += "\nAnswer with the letter of one option."
         numeric = row.get("numeric")
         if numeric is not None and not isinstance(numeric, bool):
             raise UserError(f"{where}: 'numeric' must be true or false, got {numeric!r}")
         if numeric is None:
-            numeric = is_number(gold)
+            numeric = choices is None and is_number(gold)
         items.append(
             TaskItem(
                 prompt=prompt,
@@ -91,6 +106,7 @@ def load_task(path: str | Path, *, max_examples: int | None = None, name: str | 
                 reference=None if reference is None else str(reference),
                 numeric=bool(numeric),
                 line=line,
+                choices=tuple(choices or ()),
             )
         )
     if not items:
@@ -120,8 +136,40 @@ def predicted_answer(output: str, *, numeric: bool) -> str | None:
     return normalize_answer(extracted)
 
 
-def is_correct(output: str, gold: str, *, numeric: bool) -> bool:
+def choice_of(text: str, choices) -> str | None:
+    """The option `text` names: a letter (A, B, ...) or an option's text, compared normalised."""
+    t = normalize_answer(text)
+    if t is None:
+        return None
+    if len(t) == 1 and "a" <= t <= chr(96 + len(choices)):
+        return choices[ord(t) - 97]
+    return next((c for c in choices if normalize_answer(c) == t), None)
+
+
+def predicted_choice(output: str, choices) -> str | None:
+    """The option a model picked: after "Answer:", else the first letter-or-option mentioned."""
+    extracted = extract_answer(output)
+    if extracted is not None:
+        picked = choice_of(extracted.split()[0].rstrip(".):") if extracted.split() else extracted, choices)
+        picked = picked or choice_of(extracted, choices)
+        if picked is not None:
+            return picked
+    first = choice_of(output.strip().split()[0].rstrip(".):"), choices) if output.strip() else None
+    if first is not None:
+        return first
+    text = normalize_answer(output) or ""
+    found = [
+        (text.find(normalize_answer(c)), c)
+        for c in choices
+        if normalize_answer(c) and normalize_answer(c) in text
+    ]
+    return min(found)[1] if found else None
+
+
+def is_correct(output: str, gold: str, *, numeric: bool, choices=()) -> bool:
     """Whether the answer in `output` equals `gold` after normalisation."""
+    if choices:
+        return predicted_choice(output, choices) == gold
     expected = normalize_answer(gold)
     return expected is not None and predicted_answer(output, numeric=numeric) == expected
 
@@ -139,7 +187,7 @@ def score_task(task: Task, outputs: list[str]) -> dict:
     for item, out in zip(task.items, outputs, strict=True):
         if item.answer is not None:
             answered += 1
-            correct += is_correct(out, item.answer, numeric=item.numeric)
+            correct += is_correct(out, item.answer, numeric=item.numeric, choices=item.choices)
         if item.reference is not None:
             rouges.append(rouge_l(out, item.reference))
     accuracy = correct / answered if answered else None

@@ -122,7 +122,7 @@ class DistillTrainer(Trainer):
             s_final, t_final = s_out.hidden_states[-1], t_out.hidden_states[-1]
         s_hidden = s_final[:, :-1][mask]  # [N, H_s]
         t_hidden = t_final[:, :-1][mask] if use_kd else None  # [N, H_t]
-        t_head = Head.of(self.teacher) if use_kd else None
+        t_head = Head.of(self.teacher, trainable=False) if use_kd else None
         sums = chunked_loss(s_hidden, Head.of(unwrap(model)), targets[mask], self.spec, t_hidden, t_head)
         total = sums.total
         parts = {"ce": sums.ce, "kd": sums.kd}
