@@ -201,3 +201,12 @@ def test_int8_export_evaluates_against_its_float_source(tiny_model_dirs, tmp_pat
     features, _ = tokenize_records([{"text": "Hello world, the cat sat on the mat."}], tok, 32)
     result = compare_to_teacher(int8_model, float_model, features, vocab=len(tok), pad_token_id=0)
     assert result.tokens > 0 and result.top1 > 0.5 and result.kl < 0.1
+
+
+def test_head_rows_of_an_int8_model(tiny_model_dirs, tmp_path):
+    from lmdistill.export import export_model
+    from lmdistill.models import head_rows, load_model
+
+    _, student = tiny_model_dirs
+    out = export_model(student, tmp_path / "q", quantize="int8-dynamic", log=lambda *_: None)
+    assert head_rows(load_model(out, quantized=True)) == head_rows(load_model(student))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+from torch import nn
+
 from lmdistill.errors import UserError
 
 if TYPE_CHECKING:
-    from torch import nn
     from transformers import PreTrainedTokenizerBase
 
 BLACK_BOX_HINT = (
@@ -60,8 +62,10 @@ def check_vocab(
 def head_rows(model: nn.Module) -> int:
     """Number of rows (output logits) of a model's output head; falls back to `config.vocab_size`."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(getattr(head, "out_features", None), int):  # Linear, and int8-quantised Linear
+        return head.out_features
     weight = getattr(head, "weight", None)
-    if weight is not None:
+    if isinstance(weight, torch.Tensor):
         return int(weight.shape[0])
     size = getattr(getattr(model, "config", None), "vocab_size", None)
     if not isinstance(size, int):
