@@ -210,3 +210,15 @@ def test_head_rows_of_an_int8_model(tiny_model_dirs, tmp_path):
     _, student = tiny_model_dirs
     out = export_model(student, tmp_path / "q", quantize="int8-dynamic", log=lambda *_: None)
     assert head_rows(load_model(out, quantized=True)) == head_rows(load_model(student))
+
+
+def test_parameter_count_of_an_int8_model(tiny_model_dirs, tmp_path):
+    from lmdistill.export import export_model
+    from lmdistill.models import count_parameters, load_model
+
+    _, student = tiny_model_dirs
+    out = export_model(student, tmp_path / "q", quantize="int8-dynamic", log=lambda *_: None)
+    float_model, int8_model = load_model(student), load_model(out, quantized=True)
+    # tied embeddings count once in float; the quantised head is a copy of its own
+    tied = float_model.get_output_embeddings().weight.numel() if float_model.config.tie_word_embeddings else 0
+    assert count_parameters(int8_model) == count_parameters(float_model) + tied

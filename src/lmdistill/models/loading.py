@@ -122,6 +122,13 @@ def count_parameters(model: torch.nn.Module, *, trainable_only: bool = False) ->
             continue
         seen.add(key)
         total += param.numel()
+    if not trainable_only:
+        # int8-quantised Linear layers keep their weights in packed buffers, not Parameters
+        for module in model.modules():
+            if hasattr(module, "_packed_params") and isinstance(getattr(module, "in_features", None), int):
+                total += module.in_features * module.out_features
+                bias = module.bias() if callable(getattr(module, "bias", None)) else None
+                total += 0 if bias is None else bias.numel()
     return total
 
 
