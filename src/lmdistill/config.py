@@ -7,7 +7,6 @@ with its default and help; this module is the only place where they are written 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -202,10 +201,6 @@ class RunConfig:
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RunConfig:
     """Read a training config (or start from defaults when `path` is None), apply overrides, validate."""
     return yamlconfig.load(RunConfig, path, overrides).validate()
-
-
-def config_to_dict(cfg: RunConfig) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmdistill.config import DistillConfig, RunConfig, TrainConfig
-from lmdistill.data import chatterbot_conversations, split_train_heldout, tokenize_records
+from lmdistill.data import chatterbot_conversations, pad_id, split_train_heldout, tokenize_records
 from lmdistill.evaluation import compare_to_teacher
 from lmdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lmdistill.models import (
@@ -140,7 +140,7 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     student0 = shrink_model(teacher, num_layers=c.student_layers)
     vocab = check_vocab(tokenizer, tokenizer, teacher, student0)
     log(describe_sizes(teacher, student0))
-    pad = tokenizer.pad_token_id
+    pad = pad_id(tokenizer)
 
     def evaluate(model) -> dict:
         return compare_to_teacher(model, teacher, held_f, vocab=vocab, pad_token_id=pad).as_dict()

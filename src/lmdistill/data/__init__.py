@@ -1,6 +1,6 @@
 """Data: reading records, tokenizing with completion-only labels, batching, demo prompts."""
 
-from lmdistill.data.collator import DistillCollator
+from lmdistill.data.collator import DistillCollator, pad_id
 from lmdistill.data.corpus import chatterbot_conversations, chatterbot_data_dir, split_train_heldout
 from lmdistill.data.records import (
     FORMATS,
@@ -21,6 +21,7 @@ __all__ = [
     "chatterbot_data_dir",
     "detect_format",
     "load_records",
+    "pad_id",
     "read_jsonl",
     "split_train_heldout",
     "tokenize_record",

@@ -42,3 +42,11 @@ class DistillCollator:
             batch["attention_mask"][i, :n] = 1 if mask is None else torch.as_tensor(mask, dtype=torch.long)
             batch["labels"][i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
         return batch
+
+
+def pad_id(tokenizer) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS, else 0 (masked out either way)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0

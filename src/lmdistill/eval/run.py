@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from lmdistill.data import pad_id as pad_id_of
 from lmdistill.errors import UserError
 from lmdistill.eval.cost import disk_size, peak_memory, prefill_tokens_per_s, weights_folder
 from lmdistill.eval.metrics import (
@@ -175,11 +176,6 @@ def _prompt_features(tokenizer, prompts: list[str], max_length: int) -> list[dic
     return feats
 
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return 0 if pad is None else int(pad)
-
-
 def run_eval(
     models: list[str],
     *,
@@ -260,7 +256,7 @@ def run_eval(
             raise UserError(f"model {spec['name']!r} cannot be loaded: {exc}") from exc
         model.eval()
         tok = spec["tokenizer"]
-        pad_id = _pad_id(tok)
+        pad_id = pad_id_of(tok)
         state_file = find_training_log(spec["path"])
         row: dict = {
             "label": label,

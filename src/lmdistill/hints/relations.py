@@ -21,6 +21,7 @@ from torch import nn
 from lmdistill.errors import UserError
 from lmdistill.hints.mapping import pair_key
 from lmdistill.losses import forward_kl
+from lmdistill.models.shrink import find_decoder_layers
 
 KINDS = ("q", "k", "v")
 #: Module names (last dotted component) of separate projections, as in Llama, Qwen, Mistral, Gemma, ...
@@ -41,16 +42,8 @@ def _config(model: nn.Module):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
-    candidates = [m for name, m in model.named_modules() if name and isinstance(m, nn.ModuleList)]
-    candidates = [m for m in candidates if len(m) == num_layers]
-    if not candidates:
-        raise UserError(f"{type(model).__name__}: no list of {num_layers} decoder layers found in the model")
-    # Several lists of the right length (rare): the decoder layers hold the most parameters.
-    return max(candidates, key=lambda m: sum(p.numel() for p in m.parameters()))
-
-
-def _fused_slices(config) -> dict[str, slice]:
+def qkv_slices(config) -> dict[str, slice]:
+    """Where q, k and v sit in a fused projection's output (and so each one's width), from the config."""
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -83,7 +76,7 @@ def find_qkv(model: nn.Module, layer: int) -> QKVSpec:
         raise UserError(
             f"{type(model).__name__}: layer {layer} does not exist (it has {num_layers} layers: 0..{num_layers - 1})"
         )
-    block = _decoder_layers(model, num_layers)[layer]
+    block = find_decoder_layers(model)[1][layer]
     found: QKVSpec = {}
     fused: nn.Module | None = None
     # named_modules lists modules in registration order: the first match is the self-attention's
@@ -97,7 +90,7 @@ def find_qkv(model: nn.Module, layer: int) -> QKVSpec:
     if len(found) == len(KINDS):
         return found
     if fused is not None:
-        slices = _fused_slices(config)
+        slices = qkv_slices(config)
         width = _out_width(fused)
         if width is not None and width != slices["v"].stop:
             raise UserError(

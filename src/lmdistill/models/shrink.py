@@ -66,9 +66,7 @@ def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
         if isinstance(module, nn.ModuleList) and len(module) == num and name
     ]
     if not candidates:
-        raise UserError(
-            f"cannot shrink {type(model).__name__}: no list of {num} decoder layers found in the model"
-        )
+        raise UserError(f"{type(model).__name__}: no list of {num} decoder layers found in the model")
     # Several lists of the right length (rare): take the one holding the most parameters.
     return max(candidates, key=lambda item: count_parameters(item[1]))
 

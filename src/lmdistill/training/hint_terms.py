@@ -27,16 +27,14 @@ from lmdistill.hints import (
     relation_loss,
     resolve_layer_map,
 )
+from lmdistill.hints.relations import qkv_slices
 from lmdistill.io import atomic_write
 
 PROJECTIONS_FILE = "hint_projections.safetensors"
 
 
 def _qkv_widths(config) -> list[int]:
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    return [heads * head_dim, kv * head_dim]
+    return [sl.stop - sl.start for sl in qkv_slices(config).values()]
 
 
 class HintTerms:

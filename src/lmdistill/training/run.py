@@ -18,7 +18,7 @@ from transformers import TrainingArguments, set_seed
 
 from lmdistill.chunked import LossSpec
 from lmdistill.config import RunConfig, TrainConfig, save_config
-from lmdistill.data import DistillCollator, load_records, tokenize_records
+from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.errors import UserError
 from lmdistill.models import (
     check_vocab,
@@ -172,15 +172,8 @@ def make_trainer(
         args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
         train_dataset=train_features,
         eval_dataset=eval_features,
-        data_collator=DistillCollator(pad_token_id=_pad_id(models.tokenizer)),
+        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer)),
     )
-
-
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return tid
-    return 0
 
 
 def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, ...] = ()) -> str | None:
@@ -240,7 +233,7 @@ def report_agreement(student, models: Models, features, path: Path, log=print) -
     from lmdistill.io import atomic_write_json
 
     result = compare_to_teacher(
-        student, models.teacher, features, vocab=models.vocab, pad_token_id=_pad_id(models.tokenizer)
+        student, models.teacher, features, vocab=models.vocab, pad_token_id=pad_id(models.tokenizer)
     ).as_dict()
     atomic_write_json(path, result)
     log(
