@@ -14,7 +14,8 @@ Actions, consumed one per request (per-prompt queue first, then the global queue
     ("timeout", seconds)          sleep that long, then answer (a client with a shorter timeout gives up)
     ("drop",)                     close the connection without answering
 
-Answers are deterministic: "answer to: <last user message>", one token per whitespace-separated word,
+Answers are deterministic: "answer to: <last user message>", or `responder(prompt)` when one is set
+(`FaultServer(responder=fn)`: a scripted teacher that answers by rule), one token per whitespace-separated word,
 cut at max_tokens (finish_reason "length") or at a stop string, with usage and, when asked, logprobs.
 Counters: `total`, `in_flight`, `max_in_flight`, `per_prompt` (Counter), and `requests`, a record of
 every request (path, headers with lower-case names, JSON body, arrival time).
@@ -85,8 +86,9 @@ def completion(body: dict, text: str | None = None) -> dict:
 class FaultServer:
     """See the module docstring. Start with `start()` or `with FaultServer() as server:`."""
 
-    def __init__(self, latency: float = 0.0, model: str = "fake"):
+    def __init__(self, latency: float = 0.0, model: str = "fake", responder=None):
         self.latency = latency
+        self.responder = responder
         self.model = model
         self._lock = threading.Lock()
         self._global: deque[tuple] = deque()
@@ -228,7 +230,8 @@ class FaultServer:
             if not handler.path.rstrip("/").endswith("/chat/completions"):
                 handler._send(404, {"error": {"message": f"no route {handler.path}", "type": "not_found"}})
             elif kind == "ok":
-                handler._send(200, completion(body))
+                text = None if self.responder is None else self.responder(prompt)
+                handler._send(200, completion(body, text=text))
             elif kind == "reply":
                 handler._send(200, completion(body, text=str(action[1])))
             elif kind == "timeout":

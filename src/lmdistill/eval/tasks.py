@@ -15,6 +15,13 @@ A row is one of
 
 ``question`` and ``prompt`` are interchangeable, and a row may carry both ``answer`` and
 ``reference``. The prompt is sent as one user message through the model's chat template.
+
+A built-in task name from `lmdistill.tasks` works in place of a file: ``arithmetic:1``,
+``sentiment``, ``format_one_word``, ``format_json``, optionally ``@split`` and ``:count``
+(``sentiment@train:100``); by default 50 held-out examples (fewer if the split holds fewer).
+Its rows carry the task's checker in `TaskItem.check` (e.g. "one_word", "json:name,legs",
+"label:positive,negative,neutral"), which `score_task` honours: for the format tasks the score is
+the format pass rate. A file of that name, if one exists, wins.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ class TaskItem:
     numeric: bool = False
     line: int = 0
     choices: tuple[str, ...] = ()
+    # A `lmdistill.tasks.checks` spec ("one_word", "json:name,legs", "label:a,b"): when set, it
+    # decides whether an output is correct instead of comparing answers.
+    check: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +73,15 @@ def _gold(answer: str) -> str:
 
 
 def load_task(path: str | Path, *, max_examples: int | None = None, name: str | None = None) -> Task:
-    """Read and validate a task file; every problem is a UserError naming ``file:line``."""
+    """Read and validate a task file, or build a built-in task (see the module doc); every problem
+    in a file is a UserError naming ``file:line``."""
+    from lmdistill.tasks import is_builtin, list_tasks
+
+    if not Path(path).is_file() and is_builtin(str(path)):
+        return builtin_task(str(path), max_examples=max_examples, name=name)
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"task file not found: {path}")
+        raise UserError(f"task file not found: {path} (built-in tasks: {', '.join(list_tasks())})")
     items: list[TaskItem] = []
     for line, row in _read_jsonl_numbered(path):
         where = f"{path}:{line}"
@@ -120,12 +135,36 @@ def load_tasks(paths: list[str], *, max_examples: int | None = None) -> list[Tas
     """Load every task file; names are the file stems, suffixed -2, -3... when two files share one."""
     tasks: list[Task] = []
     seen: dict[str, int] = {}
+    from lmdistill.tasks import is_builtin
+
     for p in paths:
-        stem = Path(p).stem
+        stem = p if is_builtin(p) and not Path(p).is_file() else Path(p).stem
         seen[stem] = seen.get(stem, 0) + 1
         name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
         tasks.append(load_task(p, max_examples=max_examples, name=name))
     return tasks
+
+
+def builtin_task(spec: str, *, max_examples: int | None = None, name: str | None = None) -> Task:
+    """A built-in task (`NAME[@SPLIT][:N]`, see `lmdistill.tasks.registry`) as eval rows."""
+    from lmdistill.tasks import get_task, parse_spec
+    from lmdistill.tasks.registry import DEFAULT_COUNT
+
+    parsed = parse_spec(spec)
+    task = get_task(parsed.name)
+    n = parsed.n
+    if n is None:  # the default count, or the whole split when it is smaller
+        n = DEFAULT_COUNT if task.pool is None else min(DEFAULT_COUNT, len(task.examples(parsed.split)))
+    if max_examples is not None:
+        n = min(n, max_examples)
+    items = []
+    for i, ex in enumerate(task.examples(parsed.split, n, seed=0)):
+        # numeric / exact tasks keep eval's own answer comparison (the same rules)
+        check = None if task.check_kind in ("numeric", "exact") else task.check_spec(ex)
+        items.append(
+            TaskItem(prompt=task.prompt(ex), answer=ex.answer, numeric=task.numeric, line=i + 1, check=check)
+        )
+    return Task(name=name or spec, path=f"built-in:{spec}", items=tuple(items))
 
 
 def predicted_answer(output: str, *, numeric: bool) -> str | None:
@@ -185,7 +224,12 @@ def score_task(task: Task, outputs: list[str]) -> dict:
     correct = answered = 0
     rouges: list[float] = []
     for item, out in zip(task.items, outputs, strict=True):
-        if item.answer is not None:
+        if item.check is not None:
+            from lmdistill.tasks.checks import check_output
+
+            answered += 1
+            correct += check_output(item.check, out, item.answer)
+        elif item.answer is not None:
             answered += 1
             correct += is_correct(out, item.answer, numeric=item.numeric, choices=item.choices)
         if item.reference is not None:

@@ -41,7 +41,7 @@ def build_teacher(tc: TeacherBackendConfig):
     )
 
 
-def _asker(teacher, usage: Counter):
+def asker(teacher, usage: Counter):
     """`ask(requests, desc)`: responses in request order, with a progress bar (rate, ETA, tokens)."""
 
     def ask(requests, desc):
@@ -70,7 +70,7 @@ def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
     usage: Counter = Counter()
     with ResponseCache(cfg.cache_path) as cache:
         cached = CachedTeacher(teacher, cache)
-        kept, rejected = MODE_FUNCTIONS[cfg.mode](cfg, rows, _asker(cached, usage), cached, cfg.input)
+        kept, rejected = MODE_FUNCTIONS[cfg.mode](cfg, rows, asker(cached, usage), cached, cfg.input)
         hits, sent = cached.hits, cached.misses
     reasons = Counter(r["provenance"]["filter"] for r in rejected)
     summary = {
