@@ -7,6 +7,22 @@ logits instead of all of them, and backward costs nothing extra. Only counted ta
 passed in, so prompt and padding tokens never reach the head.
 
 All sums are over tokens; the trainer divides by the number of target tokens in the optimizer step.
+Optional per-token `weights` [N] multiply both the CE and the KD term of each token (the sums are
+still divided by the plain token count): a weight of 0 removes a token from the numerator.
+
+Sparse teacher (offline top-k, `lmdistill capture`): instead of teacher hidden states, a
+`SparseTeacher` gives, per target token, the teacher's k most likely token ids, their log-probs at
+temperature T, and the log of the remaining mass (the "tail"). The KD term is then the SAME divergence
+(`lmdistill.losses.divergence`) applied to both distributions coarsened to k + 1 buckets: the k
+teacher tokens, then one "everything else" bucket. Per chunk, the student's log-softmax at T over the
+vocabulary is gathered at the k ids, and its own rest bucket log(1 - sum_k q_i) is computed as the
+logsumexp of the logits outside the k ids (minus the full logsumexp), which is exact with no
+cancellation, then clamped from below at `TAIL_FLOOR` (clamped entries send no gradient, so gradients
+stay finite when the k tokens hold all the mass). Both (k+1)-vectors are normalised log-probs; they
+are passed to the divergence as logits at temperature 1, where log_softmax is the identity up to
+rounding. For forward KL this coarsened divergence is a lower bound of the full-vocabulary one (the
+data-processing inequality: merging outcomes never increases a KL or any f-divergence, TVD included);
+with k = V it equals it. CE on the labels is unchanged (full vocabulary).
 """
 
 from __future__ import annotations
@@ -17,6 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from lmdistill.losses import divergence
+
+#: Smallest log-mass of a rest/tail bucket (about 1e-30): both sides are clamped here, so a top-k that
+#: holds all the mass gives two equal, negligible buckets instead of log 0.
+TAIL_FLOOR = -69.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +123,42 @@ class LossSpec:
         )
 
 
+@dataclass(frozen=True)
+class SparseTeacher:
+    """The teacher's top-k knowledge per target token (see the module docstring).
+
+    ids: int64 [N, k] token ids < vocab; logprobs: float32 [N, k] log-probs at the loss temperature;
+    tail: float32 [N] log of the mass outside the k ids (floored at `TAIL_FLOOR`).
+    """
+
+    ids: torch.Tensor
+    logprobs: torch.Tensor
+    tail: torch.Tensor
+
+    def __getitem__(self, rows: slice) -> SparseTeacher:
+        return SparseTeacher(self.ids[rows], self.logprobs[rows], self.tail[rows])
+
+    def buckets(self) -> torch.Tensor:
+        """[N, k + 1] float32 log-probs: the k tokens, then the tail."""
+        tail = self.tail.float().clamp(min=TAIL_FLOOR)
+        return torch.cat([self.logprobs.float(), tail[:, None]], dim=1)
+
+
+def student_buckets(s_logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[n, V] student logits -> [n, k + 1] log-probs at `temperature` of the k `ids` [n, k] and the rest.
+
+    The rest is logsumexp over the logits outside `ids` (exact, no 1 - sum cancellation), floored at
+    TAIL_FLOOR. Scattering a finite minimum rather than -inf keeps the logsumexp's gradient finite when
+    the k ids cover the whole vocabulary.
+    """
+    z = s_logits / temperature
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # [n, 1]
+    top = z.gather(1, ids) - lse  # [n, k]
+    outside = z.scatter(1, ids, torch.finfo(z.dtype).min)
+    rest = (torch.logsumexp(outside, dim=-1, keepdim=True) - lse).clamp(min=TAIL_FLOOR)  # [n, 1]
+    return torch.cat([top, rest], dim=1)
+
+
 @dataclass
 class LossSums:
     """Sums over the target tokens (scalars): `total` carries the gradient; `ce` and `kd` are detached."""
@@ -113,21 +169,26 @@ class LossSums:
     tokens: int
 
 
-def _chunk_terms(spec, s_logits, labels, t_logits):
-    """Float32 sums over one chunk: (ce, kd); kd is 0 without a teacher."""
+def _chunk_terms(spec, s_logits, labels, t_logits, t_sparse=None, weights=None):
+    """Float32 sums over one chunk: (ce, kd); kd is 0 without a teacher. weights: [n] or None."""
     # CE is computed even at weight 0: it is logged, and costs one logsumexp per chunk.
-    ce = F.cross_entropy(s_logits, labels, reduction="sum")
-    if t_logits is None:
-        return ce, s_logits.new_zeros(())
+    reduction = "sum" if weights is None else "none"
+    ce = F.cross_entropy(s_logits, labels, reduction=reduction)
+    if t_sparse is not None:  # k + 1 buckets, already at the temperature (see module docstring)
+        s_in, t_in, temperature = (
+            student_buckets(s_logits, t_sparse.ids, spec.temperature),
+            t_sparse.buckets(),
+            1.0,
+        )
+    elif t_logits is not None:
+        s_in, t_in, temperature = s_logits, t_logits, spec.temperature
+    else:
+        return (ce if weights is None else (ce * weights).sum()), s_logits.new_zeros(())
     kd = divergence(
-        spec.loss,
-        s_logits,
-        t_logits,
-        temperature=spec.temperature,
-        reduction="sum",
-        beta=spec.beta,
-        alpha=spec.alpha,
+        spec.loss, s_in, t_in, temperature=temperature, reduction=reduction, beta=spec.beta, alpha=spec.alpha
     )
+    if weights is not None:
+        ce, kd = (ce * weights).sum(), (kd * weights).sum()
     return ce, kd
 
 
@@ -139,7 +200,7 @@ class _ChunkedLoss(torch.autograd.Function):
     """Forward computes the loss and, chunk by chunk, its gradients; backward only scales them."""
 
     @staticmethod
-    def forward(ctx, s_hidden, s_weight, s_bias, labels, t_hidden, spec, s_head, t_head):
+    def forward(ctx, s_hidden, s_weight, s_bias, labels, t_hidden, spec, s_head, t_head, t_sparse, weights):
         vocab = _vocab(spec, s_head)
         grad_h = torch.zeros_like(s_hidden) if ctx.needs_input_grad[0] else None
         # Accumulate head gradients in fp32 whatever the weight dtype: many small chunk sums.
@@ -159,9 +220,11 @@ class _ChunkedLoss(torch.autograd.Function):
             t_logits = None
             if t_hidden is not None:
                 t_logits = t_head.logits(t_hidden[start:end], vocab)
+            sparse = None if t_sparse is None else t_sparse[start:end]
+            w_chunk = None if weights is None else weights[start:end]
             with torch.enable_grad():
                 s_logits = s_head.logits(h, vocab, weight=w, bias=b)
-                ce, kd = _chunk_terms(spec, s_logits, labels[start:end], t_logits)
+                ce, kd = _chunk_terms(spec, s_logits, labels[start:end], t_logits, sparse, w_chunk)
                 total = spec.ce_weight * ce + spec.kd_weight * kd
             wanted = [(x, i) for x, i in ((h, 0), (w, 1), (b, 2)) if x is not None and x.requires_grad]
             if wanted:
@@ -188,7 +251,7 @@ class _ChunkedLoss(torch.autograd.Function):
     def backward(ctx, g_total, _g_ce, _g_kd):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = lambda g: None if g is None else g * g_total.to(g.dtype)  # noqa: E731
-        return scale(grad_h), scale(grad_w), scale(grad_b), None, None, None, None, None
+        return scale(grad_h), scale(grad_w), scale(grad_b), *([None] * 7)
 
 
 def chunked_loss(
@@ -198,22 +261,24 @@ def chunked_loss(
     spec: LossSpec,
     t_hidden: torch.Tensor | None = None,
     t_head: Head | None = None,
+    *,
+    t_sparse: SparseTeacher | None = None,
+    weights: torch.Tensor | None = None,
 ) -> LossSums:
     """CE + KD summed over N target tokens, through the heads in chunks of `spec.chunk_size` tokens.
 
     s_hidden: [N, H_s] student final hidden states at the target positions (position t predicts labels[t]).
     labels: [N] token ids < vocab. t_hidden: [N, H_t] teacher hidden states at the same positions (no
-    grad), or None for CE only. Logits are sliced to `spec.vocab` rows (the shared real vocabulary).
+    grad), or None; t_sparse: the teacher's stored top-k for the same N tokens instead (not both);
+    neither gives CE only. weights: [N] per-token factors on CE and KD, or None for all ones. Logits
+    are sliced to `spec.vocab` rows (the shared real vocabulary).
     """
     n = s_hidden.shape[0]
-    if t_hidden is not None and t_hidden.shape[0] != n:
-        raise ValueError(f"student has {n} target positions, teacher {t_hidden.shape[0]}")
-    use_teacher = t_hidden is not None and spec.kd_weight != 0.0
-    t_hidden = t_hidden.detach() if use_teacher else None
+    t_hidden, t_sparse, weights = _check_inputs(n, spec, t_hidden, t_sparse, weights)
     needs_grad = torch.is_grad_enabled() and (s_hidden.requires_grad or s_head.weight.requires_grad)
     if needs_grad:
         total, ce, kd = _ChunkedLoss.apply(
-            s_hidden, s_head.weight, s_head.bias, labels, t_hidden, spec, s_head, t_head
+            s_hidden, s_head.weight, s_head.bias, labels, t_hidden, spec, s_head, t_head, t_sparse, weights
         )
         return LossSums(total, ce, kd, n)
     vocab = _vocab(spec, s_head)
@@ -223,10 +288,35 @@ def chunked_loss(
             end = start + spec.chunk_size
             t_logits = None if t_hidden is None else t_head.logits(t_hidden[start:end], vocab)
             ce, kd = _chunk_terms(
-                spec, s_head.logits(s_hidden[start:end], vocab), labels[start:end], t_logits
+                spec,
+                s_head.logits(s_hidden[start:end], vocab),
+                labels[start:end],
+                t_logits,
+                None if t_sparse is None else t_sparse[start:end],
+                None if weights is None else weights[start:end],
             )
             ce_sum, kd_sum = ce_sum + ce, kd_sum + kd
     return LossSums(spec.ce_weight * ce_sum + spec.kd_weight * kd_sum, ce_sum, kd_sum, n)
+
+
+def _check_inputs(n, spec, t_hidden, t_sparse, weights):
+    """Check the per-token inputs line up with the N student positions; drop the teacher at kd_weight 0."""
+    if t_hidden is not None and t_sparse is not None:
+        raise ValueError("give teacher hidden states or a sparse (top-k) teacher, not both")
+    if t_hidden is not None and t_hidden.shape[0] != n:
+        raise ValueError(f"student has {n} target positions, teacher {t_hidden.shape[0]}")
+    if t_sparse is not None and not (t_sparse.ids.shape[0] == t_sparse.tail.shape[0] == n):
+        raise ValueError(
+            f"student has {n} target positions but the stored teacher top-k has {t_sparse.ids.shape[0]} rows: "
+            "the teacher store and the tokenized data are out of step"
+        )
+    if weights is not None and weights.shape != (n,):
+        raise ValueError(f"weights must have shape [{n}] (one per target token), got {tuple(weights.shape)}")
+    use_teacher = spec.kd_weight != 0.0
+    t_hidden = t_hidden.detach() if use_teacher and t_hidden is not None else None
+    t_sparse = t_sparse if use_teacher else None
+    weights = None if weights is None else weights.detach().float()
+    return t_hidden, t_sparse, weights
 
 
 def full_logits_loss(
@@ -236,12 +326,16 @@ def full_logits_loss(
     spec: LossSpec,
     t_hidden: torch.Tensor | None = None,
     t_head: Head | None = None,
+    *,
+    t_sparse: SparseTeacher | None = None,
+    weights: torch.Tensor | None = None,
 ) -> LossSums:
     """The plain reference: all logits at once, autograd through everything. Same meaning as `chunked_loss`."""
     vocab = _vocab(spec, s_head)
+    t_hidden, t_sparse, weights = _check_inputs(s_hidden.shape[0], spec, t_hidden, t_sparse, weights)
     t_logits = None
-    if t_hidden is not None and spec.kd_weight != 0.0:
+    if t_hidden is not None:
         with torch.no_grad():
             t_logits = t_head.logits(t_hidden, vocab)
-    ce, kd = _chunk_terms(spec, s_head.logits(s_hidden, vocab), labels, t_logits)
+    ce, kd = _chunk_terms(spec, s_head.logits(s_hidden, vocab), labels, t_logits, t_sparse, weights)
     return LossSums(spec.ce_weight * ce + spec.kd_weight * kd, ce.detach(), kd.detach(), s_hidden.shape[0])

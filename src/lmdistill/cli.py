@@ -17,6 +17,12 @@ def _train(args: argparse.Namespace) -> None:
     run(load_config(args.config, args.overrides))
 
 
+def _capture(args: argparse.Namespace) -> None:
+    from lmdistill.capture import capture, load_capture_config
+
+    capture(load_capture_config(args.config, args.overrides))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from lmdistill.demo import DemoConfig, run_demo
 
@@ -27,6 +33,12 @@ def _generate(args: argparse.Namespace) -> None:
     from lmdistill.generate import load_generate_config, run_generate
 
     run_generate(load_generate_config(args.config, args.overrides))
+
+
+def _recipe(args: argparse.Namespace) -> None:
+    from lmdistill.recipes import load_recipe_config, run_recipe
+
+    run_recipe(load_recipe_config(args.config, args.overrides))
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -74,8 +86,13 @@ def _config(args: argparse.Namespace) -> None:
     from lmdistill import yamlconfig
     from lmdistill.config import RunConfig, load_config
     from lmdistill.generate.config import GenerateConfig, load_generate_config
+    from lmdistill.recipes.config import RecipeConfig, load_recipe_config
 
-    root, loader = (GenerateConfig, load_generate_config) if args.generate else (RunConfig, load_config)
+    root, loader = (RunConfig, load_config)
+    if args.generate:
+        root, loader = (GenerateConfig, load_generate_config)
+    elif args.recipe:
+        root, loader = (RecipeConfig, load_recipe_config)
     if args.config is None and not args.overrides:
         print(yamlconfig.describe(root))
         return
@@ -95,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.kd_ratio=0.3")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("capture", help="store the teacher's top-k log-probs once, to train from (no teacher)")
+    p.add_argument("config", help="YAML file with teacher, data and capture sections (configs/capture/)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. capture.k=128")
+    p.set_defaults(func=_capture)
+
     p = sub.add_parser("demo", help="distil the embedded SmolLM2-135M-Instruct into a 10-layer student")
     p.add_argument("--output-dir", default="runs/demo", help="where the student and the report go")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the demo's)")
@@ -105,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML file (see configs/generate_*.yaml and `lmdistill config --generate`)")
     p.add_argument("overrides", nargs="*", help="key=value or section.key=value, e.g. mode=cot cot.samples=8")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser(
+        "recipe",
+        help="black-box distillation end to end: icl, cot or instruct (teacher data, training, evaluation)",
+    )
+    p.add_argument("config", help="YAML file (see configs/recipes/ and `lmdistill config --recipe`)")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value or section.key=value, e.g. tasks.train_per_task=16"
+    )
+    p.set_defaults(func=_recipe)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a model (teacher or student)")
     p.add_argument("model", nargs="?", default="smollm2-135m", help="HF id, folder or short name")
@@ -156,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_export)
 
     p = sub.add_parser("config", help="print every config key with default and help, or a resolved config")
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--generate", action="store_true", help="the `lmdistill generate` config instead of `train`"
+    )
+    which.add_argument(
+        "--recipe", action="store_true", help="the `lmdistill recipe` config instead of `train`"
     )
     p.add_argument("config", nargs="?", default=None, help="YAML file to resolve (optional)")
     p.add_argument("overrides", nargs="*", help="section.key=value")

@@ -80,6 +80,11 @@ class DistillConfig:
     max_nonfinite: int = _f(
         5, "Stop after this many non-finite micro-batch losses in a row (each is skipped)."
     )
+    teacher_store: str | None = _f(
+        None,
+        "A folder written by `lmdistill capture`: train from its top-k teacher log-probs instead of running "
+        "the teacher (no teacher in memory).",
+    )
 
 
 @dataclass

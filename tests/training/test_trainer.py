@@ -3,6 +3,7 @@ resume continues the same run, non-finite micro-batches are skipped, then the ru
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
@@ -147,3 +148,83 @@ def test_run_stops_after_nonfinite_streak(tiny_llama, tmp_path):
         trainer.teacher.get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="3 micro-batches in a row"):
         trainer.train()
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_loss_weights_of_one_equal_no_weights(tiny_llama, tmp_path):
+    feats = _features(8)
+    plain = _trainer(tiny_llama, tmp_path / "plain", feats)
+    plain.train()
+    weighted = _trainer(tiny_llama, tmp_path / "ones", [{**f, "weight": 1.0} for f in feats])
+    weighted.train()
+    torch.testing.assert_close(_params(weighted.model), _params(plain.model), rtol=1e-6, atol=1e-7)
+    halved = _trainer(tiny_llama, tmp_path / "half", [{**f, "weight": 0.5} for f in feats])
+    halved.train()
+    first = next(h for h in halved.state.log_history if "loss" in h)["loss"]
+    assert first == pytest.approx(
+        0.5 * next(h for h in plain.state.log_history if "loss" in h)["loss"], rel=1e-3
+    )
+
+
+class _StoredRows:
+    """Teacher rows computed ahead of time with `teacher_topk`, served by example index like a store."""
+
+    def __init__(self, teacher, feats, k):
+        from lmdistill.capture import teacher_topk
+
+        top = teacher_topk(teacher, feats, k=k, temperature=1.0, vocab=VOCAB, pad_token_id=0, chunk_size=7)
+        self.top, self.offsets = top, top.offsets
+
+    def rows(self, indices):
+        parts = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
+        cat = lambda a: torch.from_numpy(np.concatenate([a[p] for p in parts]))  # noqa: E731
+        return (
+            cat(self.top.ids),
+            cat(self.top.logprobs),
+            cat(self.top.tail),
+            [p.stop - p.start for p in parts],
+        )
+
+
+def test_stored_topk_with_k_equal_vocab_trains_like_the_live_teacher(tiny_llama, tmp_path):
+    feats = [{**f, "example_index": i} for i, f in enumerate(_features(8))]
+    live = _trainer(tiny_llama, tmp_path / "live", feats, max_steps=3, per_device_train_batch_size=3)
+    live.train()
+    stored = _trainer(tiny_llama, tmp_path / "stored", feats, max_steps=3, per_device_train_batch_size=3)
+    stored.data_collator = DistillCollator(
+        pad_token_id=0, teacher_store=_StoredRows(stored.teacher, feats, VOCAB)
+    )
+    stored.teacher = None  # the stored rows stand in for it
+    stored.train()
+    torch.testing.assert_close(_params(stored.model), _params(live.model), rtol=1e-5, atol=1e-6)
+    kd = [h["kd"] for h in stored.state.log_history if "kd" in h]
+    assert kd == pytest.approx([h["kd"] for h in live.state.log_history if "kd" in h], rel=1e-4)
+
+
+def test_stored_rows_that_do_not_line_up_are_refused(tiny_llama, tmp_path):
+    feats = [{**f, "example_index": i} for i, f in enumerate(_features(8))]
+    trainer = _trainer(tiny_llama, tmp_path, feats)
+    rows = _StoredRows(trainer.teacher, feats, 4)
+    shifted = [{**f, "example_index": (i + 1) % 8} for i, f in enumerate(feats)]
+    with pytest.raises(ValueError, match="do not line up"):
+        DistillCollator(pad_token_id=0, teacher_store=rows)(shifted[:4])
+
+
+def test_record_weights_reach_the_batch(tiny_tokenizer):
+    from lmdistill.data import tokenize_records
+    from lmdistill.errors import UserError
+
+    rows = [{"text": "Hello world", "weight": 0.25}, {"prompt": "The cat", "completion": " sat."}]
+    feats, _ = tokenize_records(rows, tiny_tokenizer, 32)
+    assert feats[0]["weight"] == 0.25 and "weight" not in feats[1]
+    batch = DistillCollator(pad_token_id=0)(feats)
+    assert batch["loss_weights"].dtype == torch.float32 and batch["loss_weights"].tolist() == [0.25, 1.0]
+    assert "loss_weights" not in DistillCollator(pad_token_id=0)(feats[1:])
+    for bad in (-1, float("nan"), "high", True):
+        with pytest.raises(UserError, match=r'train\.jsonl:2: "weight" must be a finite number >= 0'):
+            tokenize_records(
+                [rows[1], {"text": "x y", "weight": bad}], tiny_tokenizer, 32, source="train.jsonl"
+            )

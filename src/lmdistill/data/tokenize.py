@@ -8,6 +8,10 @@ Targets are found by character span: the text is tokenized once with offsets, an
 target when its character span overlaps a target span. A BPE token that straddles the
 prompt/completion boundary therefore counts as a target.
 
+A record may carry a numeric ``"weight"`` (>= 0, default 1.0): it is kept in the feature as
+``"weight"`` and multiplies that example's per-token CE and KD terms in training (the collator turns it
+into ``loss_weights``). Records without one give features without the key.
+
 Position 0 is never a target: a causal LM predicts token t from tokens < t, so the first token has
 no prediction. Forcing ``labels[0] = -100`` keeps target-token counts identical whether or not a
 tokenizer adds a BOS token, and across transformers versions that shift labels differently.
@@ -15,6 +19,7 @@ tokenizer adds a BOS token, and across transformers versions that shift labels d
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from lmdistill.data.records import detect_format, validate_record
@@ -83,7 +88,7 @@ def chat_target_spans(messages: list[dict], tokenizer: Any) -> tuple[str, list[S
     return full, spans
 
 
-def tokenize_record(record: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, list[int]] | None:
+def tokenize_record(record: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, Any] | None:
     """Tokenize one record into ``{"input_ids", "labels", "attention_mask"}`` (lists of length <= max_length).
 
     * text: every token is a target; EOS is appended (as a target) if the tokenizer has one.
@@ -92,7 +97,8 @@ def tokenize_record(record: dict[str, Any], tokenizer: Any, max_length: int) -> 
     * messages: rendered with the chat template (special tokens written by the template, not added);
       assistant replies and their end-of-turn text are targets (see `chat_target_spans`).
 
-    Truncation keeps the first max_length tokens. ``labels[0]`` is always -100. Returns None
+    Truncation keeps the first max_length tokens. ``labels[0]`` is always -100. A numeric ``"weight"``
+    in the record is kept as ``feature["weight"]`` (float). Returns None
     when no target token survives.
     """
     fmt = detect_format(record)
@@ -119,21 +125,34 @@ def tokenize_record(record: dict[str, Any], tokenizer: Any, max_length: int) -> 
         labels[0] = IGNORE_INDEX
     if all(lab == IGNORE_INDEX for lab in labels):
         return None
-    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+    feature = {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+    if record.get("weight") is not None:
+        feature["weight"] = float(record["weight"])
+    return feature
+
+
+def check_weight(record: dict[str, Any], where: str) -> None:
+    """A record's optional "weight" must be a finite number >= 0 (UserError naming `where` otherwise)."""
+    w = record.get("weight")
+    if w is None:
+        return
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+        raise UserError(f'{where}: "weight" must be a finite number >= 0, got {w!r}')
 
 
 def tokenize_records(
     records: list[dict[str, Any]], tokenizer: Any, max_length: int, source: str = "<records>"
-) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Tokenize all records; drop those with no target left.
 
     Each record is validated first (errors name ``source:index+1``).
     Returns (features, stats) with stats ``{"examples", "kept", "dropped_no_target",
     "target_tokens"}``. Raises UserError when nothing is kept.
     """
-    features: list[dict[str, list[int]]] = []
+    features: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         validate_record(rec, f"{source}:{i + 1}")
+        check_weight(rec, f"{source}:{i + 1}")
         feat = tokenize_record(rec, tokenizer, max_length)
         if feat is not None:
             features.append(feat)

@@ -3,6 +3,11 @@
 Steps: load the teacher (frozen); build the student (a model of its own, or the teacher shrunk to
 fewer layers); check that both share a tokenizer and find the shared real vocabulary; tokenize the
 data with completion-only labels; train with `DistillTrainer`; save the student atomically.
+
+With `distill.teacher_store` (a folder from `lmdistill capture`) no teacher runs: the store is checked
+against the run first (finished, same temperature, tokenizer and tokenized data), each training example
+carries its index into the store, and the collator adds the stored top-k rows to each batch. The
+teacher's weights are loaded only to shrink it into the student, and dropped before training.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_recor
 from lmdistill.errors import UserError
 from lmdistill.models import (
     check_vocab,
+    count_parameters,
     describe_sizes,
+    head_rows,
     load_model,
     load_teacher,
     load_tokenizer,
@@ -38,39 +45,32 @@ CONFIG_FILE = "lmdistill_config.yaml"
 
 @dataclass
 class Models:
-    """What a run trains with: the frozen teacher, the student, their shared tokenizer and vocab size."""
+    """What a run trains with: the frozen teacher (None from a teacher store), the student, their shared
+    tokenizer and vocab size."""
 
-    teacher: torch.nn.Module
+    teacher: torch.nn.Module | None
     student: torch.nn.Module
     tokenizer: object
     vocab: int
 
 
-def build_models(cfg: RunConfig, log=print) -> Models:
-    """Load the teacher, build the student, check the vocabularies; print sizes."""
+def build_models(cfg: RunConfig, log=print, store=None, tokenizer=None) -> Models:
+    """Load the teacher, build the student, check the vocabularies; print sizes.
+
+    With `store` (a `TeacherStore` already checked against `tokenizer`, the run's tokenizer), no teacher
+    is kept: its weights are loaded only when the student is shrunk from it.
+    """
+    if store is not None:
+        return _models_for_store(cfg, store, tokenizer, log)
     teacher_tok = load_tokenizer(cfg.teacher.name)
     teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
     if cfg.student.name:
         student = load_model(cfg.student.name, dtype=cfg.student.dtype)
         student_tok = load_tokenizer(cfg.student.name)
     else:
-        s = cfg.student
-        student = shrink_model(
-            teacher,
-            num_layers=None if s.layers else s.num_layers,
-            layers=s.layers,
-            hidden_size=s.hidden_size,
-            num_attention_heads=s.num_attention_heads,
-            num_key_value_heads=s.num_key_value_heads,
-            intermediate_size=s.intermediate_size,
-        )
-        student = student.to(
-            resolve_dtype(cfg.student.dtype) if cfg.student.dtype != "auto" else teacher.dtype
-        )
+        student = _shrunk_student(cfg, teacher)
         student_tok = teacher_tok
-    student.requires_grad_(True).train()
-    if cfg.student.lora_r:
-        student = add_lora(student, cfg.student)
+    student = _trainable(student, cfg)
     vocab = check_vocab(
         teacher_tok,
         student_tok,
@@ -81,6 +81,62 @@ def build_models(cfg: RunConfig, log=print) -> Models:
     )
     log(describe_sizes(teacher, student))
     return Models(teacher, student, student_tok, vocab)
+
+
+def _shrunk_student(cfg: RunConfig, teacher) -> torch.nn.Module:
+    s = cfg.student
+    student = shrink_model(
+        teacher,
+        num_layers=None if s.layers else s.num_layers,
+        layers=s.layers,
+        hidden_size=s.hidden_size,
+        num_attention_heads=s.num_attention_heads,
+        num_key_value_heads=s.num_key_value_heads,
+        intermediate_size=s.intermediate_size,
+    )
+    return student.to(resolve_dtype(s.dtype) if s.dtype != "auto" else teacher.dtype)
+
+
+def _trainable(student, cfg: RunConfig) -> torch.nn.Module:
+    student.requires_grad_(True).train()
+    return add_lora(student, cfg.student) if cfg.student.lora_r else student
+
+
+def _models_for_store(cfg: RunConfig, store, tokenizer, log) -> Models:
+    """The student alone; the store stands in for the teacher (its vocabulary is the shared one)."""
+    if cfg.student.name:
+        student = load_model(cfg.student.name, dtype=cfg.student.dtype)
+    else:
+        teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
+        student = _shrunk_student(cfg, teacher)
+        del teacher  # its layers are copied; training reads the store, so no teacher stays in memory
+    student = _trainable(student, cfg)
+    if head_rows(student) < store.vocab:
+        raise UserError(
+            f"the student's output head has {head_rows(student)} rows but teacher store {store.folder} "
+            f"has a vocabulary of {store.vocab}"
+        )
+    log(
+        f"student: {count_parameters(student):,} parameters; teacher: top-{store.k} log-probs from "
+        f"{store.folder} (no teacher in memory)"
+    )
+    return Models(None, student, tokenizer, store.vocab)
+
+
+def open_teacher_store(cfg: RunConfig):
+    """The run's `TeacherStore` (None without distill.teacher_store): finished, same temperature, no hints."""
+    if not cfg.distill.teacher_store:
+        return None
+    from lmdistill.capture import TeacherStore
+
+    if cfg.hints.enabled:
+        raise UserError(
+            "hint terms (hints.*_weight > 0) need the live teacher's internal states, which a teacher store "
+            "does not hold: set the hint weights to 0 or drop distill.teacher_store"
+        )
+    store = TeacherStore.open(cfg.distill.teacher_store)
+    store.check_temperature(cfg.distill.temperature)
+    return store
 
 
 def add_lora(student, s) -> torch.nn.Module:
@@ -160,8 +216,9 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike, config: RunConfig
 
 
 def make_trainer(
-    cfg: RunConfig, models: Models, train_features, eval_features=None, log=print
+    cfg: RunConfig, models: Models, train_features, eval_features=None, log=print, store=None
 ) -> DistillTrainer:
+    """The run's trainer; with `store`, features carrying "example_index" get its rows in each batch."""
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
     return DistillTrainer(
         model=models.student,
@@ -172,7 +229,7 @@ def make_trainer(
         args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
         train_dataset=train_features,
         eval_dataset=eval_features,
-        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer), teacher_store=store),
     )
 
 
@@ -207,18 +264,29 @@ def run(cfg: RunConfig, log=print) -> Path:
     # Data is read before any model is loaded: a bad file fails in a second, not after a minute.
     train_rows = read_data(cfg.data.train, cfg.data.max_examples)
     eval_rows = read_data(cfg.data.eval) if cfg.data.eval else None
-    models = build_models(cfg, log)
+    store = open_teacher_store(cfg)
     n = cfg.data.max_length
-    train, _ = tokenize_records(train_rows, models.tokenizer, n, source=cfg.data.train)
+    tokenizer = None
+    if store is not None:  # the store is checked against the run before any weights are loaded
+        tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)
+        train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
+        store.check_run(tokenizer, train, cfg.distill.temperature)
+        for i, feature in enumerate(train):
+            feature["example_index"] = i  # travels with the example through shuffling and resume
+    models = build_models(cfg, log, store=store, tokenizer=tokenizer)
+    if store is None:
+        train, _ = tokenize_records(train_rows, models.tokenizer, n, source=cfg.data.train)
     evalf = tokenize_records(eval_rows, models.tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
-    trainer = make_trainer(cfg, models, train, evalf, log)
+    trainer = make_trainer(cfg, models, train, evalf, log, store=store)
     needs = (PROJECTIONS_FILE,) if trainer.hints is not None and trainer.hints.projections is not None else ()
     resume = resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir, needs=needs)
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
-        if evalf:
+        if evalf and models.teacher is not None:
             report_agreement(trainer.model, models, evalf, out / "eval.json", log)
+        elif evalf:
+            log("held-out agreement with the teacher needs the live teacher: skipped (distill.teacher_store)")
         path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
         log(f"student saved to {path}")
         if trainer.hints is not None and trainer.hints.projections is not None:

@@ -4,6 +4,10 @@ Checkpoints, resume, logging, `accelerate launch`/`torchrun` (DDP, DeepSpeed ZeR
 students work as they do with the plain Trainer. FSDP and ZeRO-3 shard the output head, which the
 chunked loss reads whole: they are refused with a clear message for now. What this class adds:
 - the loss, computed from final hidden states through both heads in token chunks (`lmdistill.chunked`);
+- or, with no teacher, from the teacher's stored top-k (`lmdistill capture`) that the collator puts in
+  the batch as `teacher_topk_ids`/`teacher_topk_logprobs`/`teacher_tail` (same normalisation and logs);
+- per-example loss weights (the batch's `loss_weights` [B]) on each target token's CE and KD terms
+  (hint terms are not weighted);
 - normalisation by the number of target tokens in the whole optimizer step (Trainer's
   `num_items_in_batch`), so gradient accumulation gives the same update as the larger batch;
 - optional hint terms (`HintTerms`: hidden states, attention relations and maps), same tokens;
@@ -20,7 +24,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from lmdistill.chunked import Head, LossSpec, chunked_loss
+from lmdistill.chunked import Head, LossSpec, SparseTeacher, chunked_loss
 from lmdistill.errors import TrainingDiverged
 
 
@@ -68,7 +72,8 @@ class DistillTrainer(Trainer):
     """Trainer for logits and hint KD. `model` is the student; `teacher` is frozen and never saved.
 
     Args:
-        teacher: the teacher causal LM, or None for CE only (then `spec.kd_weight` is ignored).
+        teacher: the teacher causal LM, or None: then KD comes from stored top-k rows in the batch
+            (`lmdistill capture`), and without them the loss is CE only.
         spec: what to compute per token (`LossSpec.from_config(distill_config, vocab)`).
         hints: resolved hint terms (`HintTerms`), or None for logits KD only. Their projections are
             optimised with the student and saved in each checkpoint as `hint_projections.safetensors`.
@@ -107,7 +112,12 @@ class DistillTrainer(Trainer):
         targets = inputs["labels"][:, 1:]
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
         hints = self.hints
-        use_kd = self.teacher is not None and self.spec.kd_weight != 0.0
+        stored = _stored_teacher(inputs)  # [N, k] rows from a teacher store, or None
+        if stored is not None and hints is not None:
+            raise ValueError("hint terms need the live teacher; they cannot come from a teacher store")
+        use_kd = self.teacher is not None and stored is None and self.spec.kd_weight != 0.0
+        weights = inputs.get("loss_weights")  # [B] per example -> [N] per target token
+        weights = None if weights is None else weights[:, None].expand_as(mask)[mask]
         s_out = t_out = s_cap = t_cap = t_final = None
         if hints is None:  # logits KD only: no intermediate states are returned or kept
             s_final = final_hidden(model, ids, attn)
@@ -123,7 +133,16 @@ class DistillTrainer(Trainer):
         s_hidden = s_final[:, :-1][mask]  # [N, H_s]
         t_hidden = t_final[:, :-1][mask] if use_kd else None  # [N, H_t]
         t_head = Head.of(self.teacher, trainable=False) if use_kd else None
-        sums = chunked_loss(s_hidden, Head.of(unwrap(model)), targets[mask], self.spec, t_hidden, t_head)
+        sums = chunked_loss(
+            s_hidden,
+            Head.of(unwrap(model)),
+            targets[mask],
+            self.spec,
+            t_hidden,
+            t_head,
+            t_sparse=stored,
+            weights=weights,
+        )
         total = sums.total
         parts = {"ce": sums.ce, "kd": sums.kd}
         if hints is not None:
@@ -202,6 +221,13 @@ class DistillTrainer(Trainer):
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, *args, **kwargs)
+
+
+def _stored_teacher(inputs: dict) -> SparseTeacher | None:
+    """The batch's stored teacher top-k (put there by `DistillCollator(teacher_store=...)`), or None."""
+    if "teacher_topk_ids" not in inputs:
+        return None
+    return SparseTeacher(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], inputs["teacher_tail"])
 
 
 class _ProjectionCallback(TrainerCallback):

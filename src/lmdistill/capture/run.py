@@ -1,0 +1,294 @@
+"""`lmdistill capture`: run the teacher once over a data set and store its top-k knowledge.
+
+The data is read and tokenized exactly as `lmdistill train` does (same `data` keys, same
+completion-only labels), so training can line the stored rows up with its own target tokens.
+For every target position (labels[:, 1:] != -100, row-major, as the trainer's `final[:, :-1][mask]`)
+the teacher's log_softmax(logits / T) over the real vocabulary is computed in float32, chunk by chunk
+through its head (never [batch, seq, vocab] at once), and its k largest entries, their ids and the log
+of the mass outside them are kept (see `lmdistill.chunked` for how training uses them).
+
+Resume: shards whose completion record matches the settings and the file's checksum are skipped;
+anything else is computed again. A store written with other settings stops the run with one
+message naming each difference (or is deleted first with capture.overwrite=true).
+
+Several processes (torchrun/accelerate: torch.distributed initialised, or WORLD_SIZE > 1 in the
+environment): rank r computes the shards s with s % world == r; rank 0 writes the manifest once all
+are done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmdistill.capture.codec import FORMAT, TopK, storage
+from lmdistill.capture.config import CaptureConfig
+from lmdistill.capture.store import (
+    MATCHED,
+    data_hashes,
+    differences,
+    done_record,
+    read_manifest,
+    remove_store_files,
+    shard_ranges,
+    tokenizer_hash,
+    write_manifest,
+    write_shard,
+)
+from lmdistill.chunked import TAIL_FLOOR, Head
+from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
+from lmdistill.errors import UserError
+
+
+@dataclass
+class CaptureSummary:
+    """What a capture did. tokens/s counts the target tokens of the shards computed by this run."""
+
+    folder: Path
+    examples: int
+    target_tokens: int
+    bytes: int
+    shards_computed: int
+    shards_reused: int
+    computed_tokens: int
+    input_tokens: int
+    seconds: float
+
+    def line(self) -> str:
+        speed = "nothing to compute"
+        if self.computed_tokens and self.seconds > 0:
+            speed = (
+                f"{self.computed_tokens / self.seconds:.0f} target tokens/s "
+                f"({self.input_tokens / self.seconds:.0f} input tokens/s through the teacher)"
+            )
+        return (
+            f"teacher store {self.folder}: {self.examples} examples, {self.target_tokens} target tokens, "
+            f"{self.bytes / 1e6:.2f} MB on disk, {self.bytes / max(self.target_tokens, 1):.1f} bytes/token; "
+            f"shards computed {self.shards_computed}, reused {self.shards_reused}; {speed}"
+        )
+
+
+@torch.no_grad()
+def teacher_topk(
+    teacher: torch.nn.Module,
+    features: list[dict],
+    *,
+    k: int,
+    temperature: float,
+    vocab: int,
+    pad_token_id: int,
+    batch_size: int = 8,
+    chunk_size: int = 256,
+) -> TopK:
+    """The teacher's top-k at every target token of `features`, in feature order (see `TopK`).
+
+    Examples are batched longest first (less padding; the order within a call is fixed, so the
+    result is reproducible); logits are computed `chunk_size` target tokens at a time, in float32.
+    """
+    from lmdistill.training.trainer import final_hidden
+
+    head = Head.of(teacher, trainable=False)
+    device = next(teacher.parameters()).device
+    collate = DistillCollator(pad_token_id=pad_token_id)
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+    parts: list = [None] * len(features)
+    for start in range(0, len(order), batch_size):
+        members = order[start : start + batch_size]
+        batch = collate([features[i] for i in members])
+        mask = batch["labels"][:, 1:] != -100  # [B, S-1]: position t predicts token t+1
+        hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        hidden = hidden[:, :-1][mask.to(device)]  # [N, H]
+        top = topk_rows(head, hidden, k=k, temperature=temperature, vocab=vocab, chunk_size=chunk_size)
+        rows = zip(*(x.split(mask.sum(1).tolist()) for x in top), strict=True)
+        for member, row in zip(members, rows, strict=True):
+            parts[member] = row
+    return TopK(
+        ids=torch.cat([p[0] for p in parts]).numpy().astype(np.int64),
+        logprobs=torch.cat([p[1] for p in parts]).numpy().astype(np.float32),
+        tail=torch.cat([p[2] for p in parts]).numpy().astype(np.float32),
+        counts=np.array([len(p[2]) for p in parts], dtype=np.int64),
+    )
+
+
+@torch.no_grad()
+def topk_rows(
+    head: Head, hidden: torch.Tensor, *, k: int, temperature: float, vocab: int, chunk_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[N, H] teacher final hidden states -> (ids int64 [N, k], logprobs float32 [N, k], tail float32 [N]) on CPU.
+
+    log_softmax(logits / T) in float32 over the first `vocab` logits, `chunk_size` rows at a time;
+    values sorted descending.
+    """
+    ids, values, tails = [], [], []
+    for c in range(0, hidden.shape[0], chunk_size):
+        logp = torch.log_softmax(head.logits(hidden[c : c + chunk_size], vocab) / temperature, dim=-1)
+        v, i = logp.topk(k, dim=-1)  # [n, k]
+        # The tail is summed over the tokens outside the k (exact), not 1 - sum of the k (cancels).
+        tail = logp.scatter(1, i, float("-inf")).logsumexp(-1).clamp(min=TAIL_FLOOR)
+        ids.append(i.cpu())
+        values.append(v.cpu())
+        tails.append(tail.cpu())
+    return torch.cat(ids), torch.cat(values), torch.cat(tails)
+
+
+def real_vocab(tokenizer) -> int:
+    """The real vocabulary size, as `check_vocab` computes it."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
+def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
+    """Capture the teacher's top-k over cfg.data.train into cfg.capture.output_dir (see module docstring)."""
+    from lmdistill.capture.distributed import Processes
+    from lmdistill.models import check_vocab, load_teacher, load_tokenizer, resolve_device
+    from lmdistill.teachers.local import weights_fingerprint
+
+    cfg.validate()
+    c, folder = cfg.capture, Path(cfg.capture.output_dir)
+    records = load_records(cfg.data.train)[: cfg.data.max_examples]  # [:None] keeps all
+    tokenizer = load_tokenizer(cfg.teacher.name)
+    features, stats = tokenize_records(records, tokenizer, cfg.data.max_length, source=cfg.data.train)
+    settings, shard_hashes = _settings(cfg, tokenizer, features)
+    procs = Processes.start()
+    try:
+        existing = _check_folder(folder, settings, c.overwrite, procs.rank, skip=("teacher_hash",))
+        teacher = load_teacher(
+            cfg.teacher.name, dtype=cfg.teacher.dtype, device=procs.device(c.device, resolve_device)
+        )
+        check_vocab(
+            tokenizer,
+            tokenizer,
+            teacher,
+            teacher,
+            teacher_name=cfg.teacher.name,
+            student_name=cfg.teacher.name,
+        )
+        settings["teacher_hash"] = weights_fingerprint(teacher)
+        if existing is not None:
+            _check_folder(folder, settings, c.overwrite, procs.rank, skip=())
+        ranges = shard_ranges(len(features), c.shard_size)
+        if procs.rank == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+            remove_store_files(folder, temps_only=True)  # a killed run's temporary files: never trusted
+            done = [
+                done_record(folder, s, settings, shard_hashes[s], verify=False) for s in range(len(ranges))
+            ]
+            if read_manifest(folder) is None or None in done:
+                write_manifest(folder, settings)  # complete: false until every shard is there
+        procs.barrier()
+        t0 = time.perf_counter()
+        counts = [0, 0, 0, 0]  # shards computed, reused, target and input tokens computed
+        for s in range(procs.rank, len(ranges), procs.world):
+            _one_shard(cfg, teacher, tokenizer, features, settings, s, ranges, shard_hashes[s], counts, log)
+        seconds = time.perf_counter() - t0
+        counts = procs.sum(counts)
+        shards = []
+        if procs.rank == 0:
+            for s in range(len(ranges)):
+                record = done_record(folder, s, settings, shard_hashes[s], verify=False)
+                if record is None:
+                    raise RuntimeError(f"shard {s} has no completion record after every process finished")
+                shards.append(record)
+            write_manifest(folder, settings, shards, complete=True, tokenization=stats)
+        procs.barrier()
+    finally:
+        procs.close()
+    summary = CaptureSummary(
+        folder, len(features), stats["target_tokens"], sum(r["bytes"] for r in shards), *counts, seconds
+    )
+    if procs.rank == 0:
+        log(summary.line())
+    return summary
+
+
+def _settings(cfg: CaptureConfig, tokenizer, features: list[dict]) -> tuple[dict, list[str]]:
+    """What the store records about how it was made (teacher_hash filled in later), and per-shard data hashes."""
+    c = cfg.capture
+    vocab = real_vocab(tokenizer)
+    if c.k > vocab:
+        raise UserError(f"capture.k={c.k} is larger than the vocabulary ({vocab} tokens)")
+    data_hash, shard_hashes = data_hashes(features, c.shard_size)
+    settings = {
+        "format": FORMAT,
+        "teacher": cfg.teacher.name,
+        "teacher_dtype": cfg.teacher.dtype,
+        "teacher_hash": None,  # known once the teacher is loaded
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "data_hash": data_hash,
+        "data_source": cfg.data.train,
+        "max_examples": cfg.data.max_examples,
+        "examples": len(features),
+        "max_length": cfg.data.max_length,
+        "k": c.k,
+        "temperature": c.temperature,
+        "vocab": vocab,
+        "codec": c.codec,
+        "dtypes": storage(c.codec, vocab),
+        "shard_size": c.shard_size,
+    }
+    return settings, shard_hashes
+
+
+def _one_shard(cfg, teacher, tokenizer, features, settings, s, ranges, data_sha, counts, log) -> None:
+    """Reuse shard s if it is complete, else compute and write it; add to counts (see `capture`)."""
+    c, folder = cfg.capture, Path(cfg.capture.output_dir)
+    start, end = ranges[s]
+    where = f"shard {s + 1}/{len(ranges)} (examples {start}-{end - 1})"
+    if done_record(folder, s, settings, data_sha) is not None:
+        counts[1] += 1
+        log(f"{where}: already complete, reused")
+        return
+    t0 = time.perf_counter()
+    top = teacher_topk(
+        teacher,
+        features[start:end],
+        k=c.k,
+        temperature=c.temperature,
+        vocab=settings["vocab"],
+        pad_token_id=pad_id(tokenizer),
+        batch_size=c.batch_size,
+        chunk_size=c.chunk_size,
+    )
+    record = write_shard(folder, s, start, top, settings, data_sha)
+    counts[0] += 1
+    counts[2] += record["target_tokens"]
+    counts[3] += sum(len(f["input_ids"]) for f in features[start:end])
+    log(
+        f"{where}: {record['target_tokens']} target tokens, {record['bytes'] / 1e6:.2f} MB "
+        f"({record['bytes'] / record['target_tokens']:.1f} bytes/token), {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def _check_folder(
+    folder: Path, settings: dict, overwrite: bool, rank: int, skip: tuple[str, ...]
+) -> dict | None:
+    """The existing manifest if it matches `settings` (keys in `skip` aside); else a UserError naming
+    each difference or, with overwrite, None after rank 0 deleted the old store's files."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        raise UserError(f"capture.output_dir {folder} is a file, not a folder")
+    manifest = read_manifest(folder)
+    if manifest is None:
+        strangers = [p.name for p in folder.iterdir() if not p.name.startswith(("shard-", ".shard-", "."))]
+        if strangers:
+            raise UserError(
+                f"capture.output_dir {folder} holds other files ({', '.join(sorted(strangers)[:3])}) and no "
+                "teacher store manifest; choose an empty or new folder"
+            )
+        return None
+    diff = differences(manifest, settings, [key for key in MATCHED if key not in skip])
+    if not diff:
+        return manifest
+    if not overwrite:
+        raise UserError(
+            f"capture.output_dir {folder} holds a store captured with other settings ("
+            + "; ".join(diff)
+            + "); use another output_dir, or capture.overwrite=true to replace it"
+        )
+    if rank == 0:
+        remove_store_files(folder)
+    return None
