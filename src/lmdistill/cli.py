@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         action="append",
         default=[],
-        metavar="FILE.jsonl",
-        help="question+answer or prompt+reference rows; repeatable",
+        metavar="TASK",
+        help="a JSONL file of question+answer or prompt+reference rows, or a built-in task "
+        "(arithmetic:1..5, sentiment, format_one_word, format_json); repeatable",
     )
     p.add_argument("--text", default=None, metavar="FILE.txt", help="held-out plain text for perplexity")
     p.add_argument("--output-dir", default="runs/eval", help="where report.md, results.json, PNGs go")

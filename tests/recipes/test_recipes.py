@@ -5,6 +5,7 @@ the real Trainer, and the report is checked."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,26 @@ def test_bad_recipe_config(tmp_path, student_dir, override, message):
 def test_api_teacher_cannot_add_logits_kd(tmp_path, student_dir):
     with pytest.raises(UserError, match="kd_ratio"):
         _cfg(tmp_path, student_dir, "http://127.0.0.1:1/v1", "icl", "distill.kd_ratio=0.5")
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "recipes"
+
+
+@pytest.mark.parametrize("name", ["icl", "cot", "instruct"])
+def test_shipped_recipe_configs_load(name):
+    cfg = load_recipe_config(CONFIGS / f"{name}.yaml")
+    assert cfg.method == name and cfg.teacher.backend == "local"
+
+
+def test_recipe_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
+    from lmdistill.cli import main
+
+    assert main(["recipe", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["recipe", str(CONFIGS / "icl.yaml"), "method=distil"]) == 2
+    bad = tmp_path / "task.jsonl"
+    bad.write_text('{"question": "2 + 2?"}\n')
+    out = tmp_path / "out"
+    code = main(["recipe", str(CONFIGS / "icl.yaml"), f"tasks.names=[{bad}]", f"output_dir={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:1" in err and "Traceback" not in err
+    assert not (out / "data").exists()
