@@ -21,6 +21,7 @@ Ask = Callable[[Sequence[Request], str], list[Response]]
 
 
 def base_sampling(cfg: GenerateConfig) -> Sampling:
+    """The `sampling` section of a generate (or recipe) config as a `Sampling`."""
     s = cfg.sampling
     return Sampling(
         max_new_tokens=s.max_new_tokens,

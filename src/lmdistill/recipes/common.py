@@ -32,6 +32,16 @@ class Probe:
     read: str = "check"
 
 
+def user_message(text: str) -> tuple[dict, ...]:
+    """One user turn, the chat every recipe prompt is sent as."""
+    return ({"role": "user", "content": text},)
+
+
+def probe_requests(probes: list[Probe]) -> list[Request]:
+    """Greedy requests for the probes, each with its own token budget."""
+    return [Request.chat(list(p.messages), Sampling(max_new_tokens=p.max_new_tokens)) for p in probes]
+
+
 @dataclass
 class DataStats:
     """What generation cost and what the filters did: counts by verdict, requests, tokens."""
@@ -96,8 +106,15 @@ class TeacherSession:
         return out
 
     def answer(self, probes: list[Probe], desc: str = "teacher on held-out") -> list[str]:
-        requests = [Request.chat(list(p.messages), Sampling(max_new_tokens=p.max_new_tokens)) for p in probes]
-        return [r.text for r in self.ask(requests, desc)]
+        return [r.text for r in self.ask(probe_requests(probes), desc)]
+
+    def file(self, row: dict, verdict: str, kept: list[dict], rejected: list[dict]) -> None:
+        """Put a generated row with the kept ones, or count its reason and put it with the rejected."""
+        if verdict == "kept":
+            kept.append(row)
+        else:
+            self.stats.dropped[verdict] += 1
+            rejected.append(row)
 
 
 def model_answers(model, tokenizer, probes: list[Probe], *, batch_size: int, name: str) -> list[str]:
@@ -105,8 +122,7 @@ def model_answers(model, tokenizer, probes: list[Probe], *, batch_size: int, nam
     from lmdistill.teachers.local import LocalTeacher
 
     runner = LocalTeacher(model, tokenizer, name=name, batch_size=batch_size)
-    requests = [Request.chat(list(p.messages), Sampling(max_new_tokens=p.max_new_tokens)) for p in probes]
-    return [r.text for r in runner.generate(requests)]
+    return [r.text for r in runner.generate(probe_requests(probes))]
 
 
 def score(probes: list[Probe], outputs: list[str], reader=None) -> dict[str, dict]:

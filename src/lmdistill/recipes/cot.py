@@ -16,13 +16,9 @@ from __future__ import annotations
 
 from lmdistill.generate.config import CoTConfig, GenerateConfig
 from lmdistill.generate.modes import cot as generate_cot
-from lmdistill.recipes.common import Probe, TeacherSession
+from lmdistill.recipes.common import Probe, TeacherSession, user_message
 
 TEMPLATE = CoTConfig().template
-
-
-def _user(text: str) -> tuple[dict, ...]:
-    return ({"role": "user", "content": text},)
 
 
 def generate_config(cfg, task) -> GenerateConfig:
@@ -100,15 +96,19 @@ def probes(cfg, tasks, splits) -> list[Probe]:
                     "cot",
                     task,
                     ex,
-                    _user(TEMPLATE.replace("{question}", ex.question)),
+                    user_message(TEMPLATE.replace("{question}", ex.question)),
                     cfg.eval.cot_max_new_tokens,
                 )
             )
-            out.append(Probe("direct", task, ex, _user(task.prompt(ex)), cfg.eval.max_new_tokens))
+            out.append(Probe("direct", task, ex, user_message(task.prompt(ex)), cfg.eval.max_new_tokens))
             if cfg.cot.variant == "step_by_step":
                 out.append(
                     Probe(
-                        "label", task, ex, _user(cfg.cot.label_prefix + ex.question), cfg.eval.max_new_tokens
+                        "label",
+                        task,
+                        ex,
+                        user_message(cfg.cot.label_prefix + ex.question),
+                        cfg.eval.max_new_tokens,
                     )
                 )
     return out

@@ -14,18 +14,9 @@ from __future__ import annotations
 import dataclasses
 
 from lmdistill.errors import UserError
-from lmdistill.generate.modes import response_verdict
-from lmdistill.recipes.common import Probe, TeacherSession
-from lmdistill.teachers.types import Request, Sampling
-
-
-def _user(text: str) -> tuple[dict, ...]:
-    return ({"role": "user", "content": text},)
-
-
-def _sampling(cfg) -> Sampling:
-    s = cfg.sampling
-    return Sampling(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+from lmdistill.generate.modes import base_sampling, response_verdict
+from lmdistill.recipes.common import Probe, TeacherSession, user_message
+from lmdistill.teachers.types import Request
 
 
 def label_demos(cfg, task, pool, session: TeacherSession, rejected: list[dict]) -> list:
@@ -34,7 +25,8 @@ def label_demos(cfg, task, pool, session: TeacherSession, rejected: list[dict]) 
 
     prompts = [icl_prompt(task, [], ex, template=cfg.icl.template) for ex in pool]
     responses = session.ask(
-        [Request.chat(list(_user(p)), _sampling(cfg)) for p in prompts], f"{task.name}: teacher labels demos"
+        [Request.chat(list(user_message(p)), base_sampling(cfg)) for p in prompts],
+        f"{task.name}: teacher labels demos",
     )
     labelled = []
     for ex, resp in zip(pool, responses, strict=True):
@@ -70,14 +62,15 @@ def build_rows(cfg, tasks, splits, session: TeacherSession, log=print) -> tuple[
                     demos_pool, query, k, method=cfg.icl.selection, seed=cfg.tasks.seed + 1000 * qi + k
                 )
                 layouts.append((query, k, icl_prompt(task, demos, query, template=cfg.icl.template)))
-        requests = [Request.chat(list(_user(p)), _sampling(cfg)) for _, _, p in layouts]
+        requests = [Request.chat(list(user_message(p)), base_sampling(cfg)) for _, _, p in layouts]
         responses = session.ask(requests, f"{task.name}: teacher answers k-shot queries")
         for (query, k, prompt), req, resp in zip(layouts, requests, responses, strict=True):
             verdict = response_verdict(resp, keep_cut=False)
             label = task.extract(resp.text, query) if verdict == "kept" else None
+            correct = bool(task.check(resp.text, query))
             if verdict == "kept" and cfg.icl.keep != "all" and label is None:
                 verdict = "no_answer"
-            elif verdict == "kept" and cfg.icl.keep == "gold" and not task.check(resp.text, query):
+            elif verdict == "kept" and cfg.icl.keep == "gold" and not correct:
                 verdict = "wrong_answer"
             target = label if label is not None else resp.text.strip()
             row = {
@@ -86,15 +79,11 @@ def build_rows(cfg, tasks, splits, session: TeacherSession, log=print) -> tuple[
                 "k": k,
                 "gold": query.answer,
                 "teacher_raw": resp.text,
-                "teacher_correct": bool(task.check(resp.text, query)),
+                "teacher_correct": correct,
                 "filter": verdict,
                 "request_hash": session.teacher.key(req),
             }
-            if verdict == "kept":
-                rows.append(row)
-            else:
-                session.stats.dropped[verdict] += 1
-                rejected.append(row)
+            session.file(row, verdict, rows, rejected)
     session.stats.kept = len(rows)
     return rows, rejected
 
@@ -110,5 +99,5 @@ def probes(cfg, tasks, splits) -> list[Probe]:
             for k in sorted({0, cfg.icl.eval_k}):
                 demos = select_demos(pool, ex, k, method=cfg.icl.selection, seed=cfg.tasks.seed + 7 * qi + k)
                 prompt = icl_prompt(task, demos, ex, template=cfg.icl.template)
-                out.append(Probe(f"{k}-shot", task, ex, _user(prompt), cfg.eval.max_new_tokens))
+                out.append(Probe(f"{k}-shot", task, ex, user_message(prompt), cfg.eval.max_new_tokens))
     return out

@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from lmdistill.data import read_jsonl
 from lmdistill.errors import UserError
-from lmdistill.generate.modes import response_verdict
-from lmdistill.recipes.common import Probe, TeacherSession
-from lmdistill.teachers.types import Request, Sampling
+from lmdistill.generate.modes import base_sampling, response_verdict
+from lmdistill.recipes.common import Probe, TeacherSession, user_message
+from lmdistill.teachers.types import Request
 from lmdistill.text import rouge_l
-
-
-def _user(text: str) -> tuple[dict, ...]:
-    return ({"role": "user", "content": text},)
 
 
 def _extra_prompts(path: str) -> list[str]:
@@ -41,11 +37,8 @@ def build_rows(cfg, tasks, splits, session: TeacherSession, log=print) -> tuple[
     items = [(task, ex, task.prompt(ex)) for task in tasks for ex in splits[task.name]["train"]]
     if cfg.instruct.instructions:
         items += [(None, None, p) for p in _extra_prompts(cfg.instruct.instructions)]
-    s = cfg.sampling
-    sampling = Sampling(
-        max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed
-    )
-    requests = [Request.chat(list(_user(p)), sampling) for _, _, p in items]
+    sampling = base_sampling(cfg)  # the recipe's `sampling` section, as `lmdistill generate` reads it
+    requests = [Request.chat(list(user_message(p)), sampling) for _, _, p in items]
     responses = session.ask(requests, "teacher answers instructions")
     rows, rejected = [], []
     for (task, ex, prompt), req, resp in zip(items, requests, responses, strict=True):
@@ -66,18 +59,14 @@ def build_rows(cfg, tasks, splits, session: TeacherSession, log=print) -> tuple[
             "filter": verdict,
             "request_hash": session.teacher.key(req),
         }
-        if verdict == "kept":
-            rows.append(row)
-        else:
-            session.stats.dropped[verdict] += 1
-            rejected.append(row)
+        session.file(row, verdict, rows, rejected)
     session.stats.kept = len(rows)
     return rows, rejected
 
 
 def probes(cfg, tasks, splits) -> list[Probe]:
     return [
-        Probe("0-shot", task, ex, _user(task.prompt(ex)), cfg.eval.max_new_tokens)
+        Probe("0-shot", task, ex, user_message(task.prompt(ex)), cfg.eval.max_new_tokens)
         for task in tasks
         for ex in splits[task.name]["heldout"]
     ]
