@@ -39,7 +39,8 @@ from lmdistill.capture.store import data_hashes, shard_ranges, write_manifest, w
 from lmdistill.chunked import Head, LossSpec, SparseTeacher, chunked_loss
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.models import load_teacher, load_tokenizer, shrink_model
-from lmdistill.training.trainer import DistillTrainer, final_hidden
+from lmdistill.models.forward import final_hidden
+from lmdistill.training.trainer import DistillTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER, DATA, VOCAB = "smollm2-135m", ROOT / "data/smollm2_chatterbot/train.jsonl", 49152

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lmdistill.chunked import Head
 from lmdistill.data import DistillCollator
 from lmdistill.losses import forward_kl
-from lmdistill.training.trainer import final_hidden
+from lmdistill.models.forward import final_hidden
 
 
 @dataclass

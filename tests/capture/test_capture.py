@@ -21,7 +21,7 @@ from lmdistill.capture.store import file_sha256
 from lmdistill.data import DistillCollator, load_records, tokenize_records
 from lmdistill.errors import UserError
 from lmdistill.models import load_teacher, load_tokenizer
-from lmdistill.training.trainer import final_hidden
+from lmdistill.models.forward import final_hidden
 from tests.capture.conftest import capture_config
 
 

@@ -11,7 +11,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
 from lmdistill.chunked import Head, LossSpec
 from lmdistill.data import DistillCollator
 from lmdistill.errors import TrainingDiverged
-from lmdistill.training.trainer import DistillTrainer, final_hidden
+from lmdistill.models.forward import final_hidden
+from lmdistill.training.trainer import DistillTrainer
 
 VOCAB = 96
 

@@ -89,7 +89,7 @@ def teacher_topk(
     Examples are batched longest first (less padding; the order within a call is fixed, so the
     result is reproducible); logits are computed `chunk_size` target tokens at a time, in float32.
     """
-    from lmdistill.training.trainer import final_hidden
+    from lmdistill.models.forward import final_hidden
 
     head = Head.of(teacher, trainable=False)
     device = next(teacher.parameters()).device
@@ -144,7 +144,7 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
     """Capture the teacher's top-k over cfg.data.train into cfg.capture.output_dir (see module docstring)."""
     from lmdistill.capture.distributed import Processes
     from lmdistill.models import check_vocab, load_teacher, load_tokenizer, resolve_device
-    from lmdistill.teachers.local import weights_fingerprint
+    from lmdistill.models.forward import weights_fingerprint
 
     cfg.validate()
     c, folder = cfg.capture, Path(cfg.capture.output_dir)

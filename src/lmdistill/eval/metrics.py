@@ -18,8 +18,8 @@ from lmdistill.chunked import Head
 from lmdistill.data import IGNORE_INDEX, DistillCollator
 from lmdistill.errors import UserError
 from lmdistill.models import head_rows
+from lmdistill.models.forward import final_hidden
 from lmdistill.text import rouge_l
-from lmdistill.training.trainer import final_hidden
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

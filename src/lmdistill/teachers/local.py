@@ -8,13 +8,12 @@ is reproducible for the same batch composition.
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 
+from lmdistill.models.forward import weights_fingerprint
 from lmdistill.teachers.types import Request, Response, Sampling, collect
 
 
@@ -129,20 +128,6 @@ class LocalTeacher:
             completion_tokens=length,
             logprobs=logprobs,
         )
-
-
-def weights_fingerprint(model) -> str:
-    """A short hash of a model's identity: its config, dtype, and (for a local folder) the weight
-    files' names, sizes and modification times. Cheap: no weights are read."""
-    h = hashlib.sha256()
-    h.update(model.config.to_json_string(use_diff=False).encode())
-    h.update(str(next(model.parameters()).dtype).encode())
-    folder = Path(str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")))
-    if folder.is_dir():
-        for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
 
 
 def _top_logprobs(tok, ids: list[int], logits: torch.Tensor, k: int) -> list[dict]:
