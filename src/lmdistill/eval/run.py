@@ -27,14 +27,12 @@ from lmdistill.eval.metrics import (
     compression_ratio,
     generation_agreement,
     percentile,
-    perplexity,
     read_text,
-    real_vocab,
     speedup,
     text_features,
 )
+from lmdistill.eval.scoring import score_tokens
 from lmdistill.eval.tasks import Task, load_tasks, score_task
-from lmdistill.evaluation import compare_to_teacher
 
 
 def _looks_like_path(name: str) -> bool:
@@ -199,7 +197,7 @@ def run_eval(
     as results.json). See the package docs for what each number means and how it is measured.
     """
     from lmdistill.eval.report import write_report
-    from lmdistill.models import check_vocab, count_parameters, load_model, resolve_device
+    from lmdistill.models import check_vocab, checked_vocab_size, count_parameters, load_model, resolve_device
     from lmdistill.models.vocab import describe_vocab_difference
     from lmdistill.teachers.local import LocalTeacher
     from lmdistill.teachers.types import Request, Sampling
@@ -282,8 +280,8 @@ def run_eval(
         # ---- held-out text: perplexity, token agreement, prefill speed ---------------------------
         if text_str is not None:
             feats = text_features(text_str, tok, max_length)
-            vocab = real_vocab(tok, model)
-            agreement = None
+            vocab = checked_vocab_size(tok, model)
+            compared = None  # the teacher, when this model's token distributions can be compared with it
             if teacher is not None and not is_teacher:
                 if t_tok.get_vocab() != tok.get_vocab():
                     row["notes"].append(
@@ -292,25 +290,18 @@ def run_eval(
                         "generation agreement still compares the texts"
                     )
                 else:
-                    shared = check_vocab(
+                    vocab = check_vocab(
                         t_tok, tok, t_model, model, teacher_name=teacher, student_name=spec["name"]
                     )
-                    log(f"eval: {label}: agreement with the teacher on {len(feats)} text chunks")
-                    agreement = compare_to_teacher(
-                        model, t_model, feats, vocab=shared, pad_token_id=pad_id, batch_size=batch_size
-                    )
-                    row["agreement"] = {
-                        "top1": agreement.top1,
-                        "kl": agreement.kl,
-                        "tokens": agreement.tokens,
-                    }
-            if agreement is not None:
-                row["perplexity"], row["text_tokens"] = agreement.perplexity, agreement.tokens
-            else:
-                log(f"eval: {label}: perplexity on {len(feats)} text chunks")
-                row["perplexity"], row["text_tokens"] = perplexity(
-                    model, feats, vocab=vocab, pad_token_id=pad_id, batch_size=batch_size
-                )
+                    compared = t_model
+            what = "perplexity and agreement with the teacher" if compared is not None else "perplexity"
+            log(f"eval: {label}: {what} on {len(feats)} text chunks")
+            scores = score_tokens(
+                model, feats, vocab=vocab, pad_token_id=pad_id, teacher=compared, batch_size=batch_size
+            )
+            row["perplexity"], row["text_tokens"] = scores.perplexity, scores.tokens
+            if compared is not None:
+                row["agreement"] = {"top1": scores.top1, "kl": scores.kl, "tokens": scores.tokens}
             fixed = feats
         else:
             row["notes"].append("perplexity and token agreement skipped: no --text given")
