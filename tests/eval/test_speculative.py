@@ -7,28 +7,29 @@ import math
 import pytest
 import torch
 
+from lmdistill.chunked import Head
+from lmdistill.eval.scoring import ScoreSums
 from lmdistill.eval.speculative import (
     AssistedRun,
-    acceptance_on_own_greedy,
-    acceptance_sum,
     assisted_speedup,
     block_efficiency,
     fixed_length_latency,
+    scores_on_own_greedy,
     summarise,
 )
-from lmdistill.losses import tvd
 from tests.conftest import build_tiny_tokenizer, make_tiny_llama
 
 PROMPTS = ["Hello world, how are", "The cat sat on", "What is the capital of"]
 
 
 def test_acceptance_is_one_minus_tvd_by_hand():
+    # Two positions through identity heads: hidden states are the logits themselves.
     p = torch.tensor([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5]])
     q = torch.tensor([[0.2, 0.3, 0.5], [0.25, 0.25, 0.5]])
-    # row 1: min = 0.2 + 0.3 + 0.2 = 0.7 (TVD 0.3); row 2: identical, 1.0
-    got = acceptance_sum(p.log(), q.log())
-    assert got.item() == pytest.approx(1.7, abs=1e-6)
-    assert got.item() == pytest.approx((1 - tvd(q.log(), p.log(), reduction="none")).sum().item(), abs=1e-6)
+    head = Head(torch.eye(3))
+    sums = ScoreSums().add(head, q.log(), torch.tensor([0, 2]), 3, t_head=head, t_hidden=p.log())
+    # row 1: sum min(p, q) = 0.2 + 0.3 + 0.2 = 0.7 (TVD 0.3); row 2: identical, 1.0
+    assert sums.scores(with_teacher=True).acceptance == pytest.approx(0.85, abs=1e-6)
 
 
 def test_block_efficiency_values():
@@ -76,13 +77,10 @@ def test_assisted_generation_gives_the_targets_text(pair, tiny_tokenizer):
 def test_acceptance_of_a_model_with_itself_is_one_and_of_another_matches_direct(pair, tiny_tokenizer):
     target, draft = pair
     vocab = len(tiny_tokenizer)
-    alpha, n = acceptance_on_own_greedy(
-        target, target, tiny_tokenizer, PROMPTS, vocab=vocab, max_new_tokens=6
-    )
-    assert n == 18 and alpha == pytest.approx(1.0, abs=1e-6)
-    alpha, n = acceptance_on_own_greedy(
-        target, draft, tiny_tokenizer, PROMPTS[:1], vocab=vocab, max_new_tokens=6
-    )
+    same = scores_on_own_greedy(target, target, tiny_tokenizer, PROMPTS, vocab=vocab, max_new_tokens=6)
+    assert same.tokens == 18 and same.acceptance == pytest.approx(1.0, abs=1e-6) and same.top1 == 1.0
+    own = scores_on_own_greedy(target, draft, tiny_tokenizer, PROMPTS[:1], vocab=vocab, max_new_tokens=6)
+    alpha, n = own.acceptance, own.tokens
     enc = tiny_tokenizer(PROMPTS[0], return_tensors="pt")
     seq = draft.generate(**enc, do_sample=False, max_new_tokens=6, pad_token_id=tiny_tokenizer.pad_token_id)
     k = enc["input_ids"].shape[1]

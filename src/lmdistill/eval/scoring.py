@@ -2,8 +2,9 @@
 
 Per target token (labels != -100, shifted like training: position t predicts token t + 1):
 - cross-entropy of the model on the token; perplexity = exp(mean CE);
-- with a teacher: top-1 agreement (argmax model == argmax teacher) and KL(teacher ‖ model) at T = 1,
-  in nats per token.
+- with a teacher: top-1 agreement (argmax model == argmax teacher), KL(teacher ‖ model) at T = 1,
+  in nats per token, and the acceptance rate 1 - TVD(teacher, model), the probability that
+  speculative sampling accepts a token the model drafts (`lmdistill.eval.speculative`).
 
 Both models' final hidden states go through their heads a chunk of tokens at a time (logits sliced to
 the shared real vocabulary), so no [tokens, vocab] tensor is kept. Training's held-out report,
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from lmdistill.chunked import Head
 from lmdistill.data import IGNORE_INDEX, DistillCollator
-from lmdistill.losses import forward_kl
+from lmdistill.losses import forward_kl, tvd
 from lmdistill.models.forward import final_hidden
 
 
@@ -29,12 +30,14 @@ from lmdistill.models.forward import final_hidden
 class TokenScores:
     """Means over `tokens` target tokens. perplexity: exp(mean CE) of the model; top1: fraction of
     tokens where argmax model == argmax teacher; kl: mean KL(teacher ‖ model) in nats per token
-    (T = 1). top1 and kl are None when no teacher was given."""
+    (T = 1); acceptance: mean 1 - TVD(teacher, model) per token (T = 1). top1, kl and acceptance are
+    None when no teacher was given."""
 
     perplexity: float
     tokens: int
     top1: float | None = None
     kl: float | None = None
+    acceptance: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -42,10 +45,11 @@ class TokenScores:
 
 @dataclass
 class ScoreSums:
-    """Running sums over target tokens: CE and KL in nats, agreement as a count."""
+    """Running sums over target tokens: CE and KL in nats, TVD in probability, agreement as a count."""
 
     ce: float = 0.0
     kl: float = 0.0
+    tvd: float = 0.0
     agree: int = 0
     tokens: int = 0
 
@@ -70,6 +74,7 @@ class ScoreSums:
                 t_logits = t_head.logits(t_hidden[rows], vocab)
                 self.agree += int((logits.argmax(-1) == t_logits.argmax(-1)).sum())
                 self.kl += forward_kl(logits, t_logits, reduction="sum").item()
+                self.tvd += tvd(logits, t_logits, reduction="sum").item()
         self.tokens += targets.shape[0]
         return self
 
@@ -77,7 +82,13 @@ class ScoreSums:
         n = max(self.tokens, 1)
         if not with_teacher:
             return TokenScores(perplexity=math.exp(self.ce / n), tokens=self.tokens)
-        return TokenScores(math.exp(self.ce / n), self.tokens, top1=self.agree / n, kl=self.kl / n)
+        return TokenScores(
+            math.exp(self.ce / n),
+            self.tokens,
+            top1=self.agree / n,
+            kl=self.kl / n,
+            acceptance=1.0 - self.tvd / n,
+        )
 
 
 @torch.no_grad()

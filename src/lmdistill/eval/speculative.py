@@ -21,6 +21,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from lmdistill.chunked import Head
+from lmdistill.eval.scoring import ScoreSums, TokenScores
+from lmdistill.models.forward import final_hidden
+
 
 def block_efficiency(alpha: float, gamma: int) -> float:
     """Expected tokens per target call with draft length `gamma` and per-token acceptance `alpha`.
@@ -37,28 +41,17 @@ def block_efficiency(alpha: float, gamma: int) -> float:
     return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
-def acceptance_sum(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
-    """[N, V] logits of both models at the same N positions -> sum over positions of
-    sum_x min(p(x), q(x)) = 1 - TVD(p, q), in float32 (T = 1). Divide by N for alpha."""
-    p = torch.softmax(target_logits.float(), dim=-1)
-    q = torch.softmax(draft_logits.float(), dim=-1)
-    return torch.minimum(p, q).sum()
-
-
 @torch.no_grad()
-def acceptance_on_own_greedy(
+def scores_on_own_greedy(
     target, draft, tokenizer, prompts: list[str], *, vocab: int, max_new_tokens: int = 32
-) -> tuple[float, int]:
-    """alpha = mean of 1 - TVD(p, q) over the tokens the draft itself generates greedily after each
-    prompt (the states a draft meets when it drafts), both models teacher-forced on the draft's
-    continuation. Returns (alpha, number of scored tokens); (nan, 0) when nothing was generated."""
-    from lmdistill.chunked import Head
-    from lmdistill.models.forward import final_hidden
-
+) -> TokenScores:
+    """The draft scored against the target on the tokens it generates greedily itself after each
+    prompt (the states a draft meets when it drafts), both teacher-forced on that continuation:
+    `.acceptance` is alpha there, `.top1` the greedy acceptance (draft argmax == target argmax)."""
     device = next(draft.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     t_head, d_head = Head.of(target, trainable=False), Head.of(draft, trainable=False)
-    total, count = 0.0, 0
+    sums = ScoreSums()
     for prompt in prompts:
         enc = tokenizer(prompt, return_tensors="pt").to(device)
         n = enc["input_ids"].shape[1]
@@ -66,12 +59,11 @@ def acceptance_on_own_greedy(
         if seq.shape[1] <= n:
             continue
         mask = torch.ones_like(seq)
-        # position t predicts token t + 1: the generated tokens n..end are predicted at n-1..end-1
-        t_h = final_hidden(target, seq, mask)[0, n - 1 : -1]
+        # position t predicts token t + 1: the generated tokens n.. are predicted at n-1..end-1
         d_h = final_hidden(draft, seq, mask)[0, n - 1 : -1]
-        total += acceptance_sum(t_head.logits(t_h, vocab), d_head.logits(d_h, vocab)).item()
-        count += t_h.shape[0]
-    return (total / count if count else float("nan")), count
+        t_h = final_hidden(target, seq, mask)[0, n - 1 : -1]
+        sums.add(d_head, d_h, seq[0, n:], vocab, t_head=t_head, t_hidden=t_h)
+    return sums.scores(with_teacher=True)
 
 
 @dataclass
