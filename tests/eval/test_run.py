@@ -181,3 +181,66 @@ def test_task_rows_without_answers(tmp_path, tiny_model_dirs, inputs):
         run_eval([str(student)], tasks=[str(bad)], text=text, output_dir=str(tmp_path / "o"), log=_quiet)
     with pytest.raises(UserError, match="nothing to evaluate"):
         run_eval([str(student)], output_dir=str(tmp_path / "o"), log=_quiet)
+
+
+def test_drafts_measured_against_the_teacher(tmp_path, tiny_model_dirs, inputs):
+    """--speculative: acceptance on text and on own answers, real assisted generation whose text
+    equals the teacher's, fixed-length latency; the report shows each."""
+    teacher, student = tiny_model_dirs
+    tasks, text = inputs
+    out = tmp_path / "report"
+    results = run_eval(
+        [str(student)],
+        teacher=str(teacher),
+        tasks=tasks[:1],
+        text=text,
+        output_dir=str(out),
+        max_new_tokens=6,
+        batch_size=4,
+        max_length=24,
+        measure_memory=False,
+        speculative=True,
+        draft_tokens=3,
+        fixed_length=4,
+        command="lmdistill eval test",
+        log=_quiet,
+    )
+    t_row, s_row = results["models"]
+    agreement = s_row["agreement"]
+    assert 0.0 < agreement["acceptance"] < 1.0  # random tiny models: neither identical nor disjoint
+    alpha = agreement["acceptance"]
+    assert agreement["tokens_per_target_call"][4] == pytest.approx((1 - alpha**5) / (1 - alpha))
+    draft = s_row["draft"]
+    assert draft["same_tokenizer"] and draft["draft_tokens"] == 3 and draft["prompts"] == 2
+    assert draft["own_greedy"]["tokens"] == 12  # 2 prompts x 6 tokens (no early EOS from these seeds)
+    assert draft["assisted"]["identical"] == 2 and draft["assisted"]["mismatches"] == []
+    assert "draft" not in t_row
+    for row in (t_row, s_row):
+        assert row["cost"]["fixed_length_tokens"] == 4 and row["cost"]["ttft_s"] > 0
+    report = (out / "report.md").read_text()
+    for metric in (
+        "draft acceptance 1 − TVD",
+        "tokens per target call",
+        "assisted generation speedup (γ = 3",
+        "| assisted text identical to teacher's | — | 2/2 |",
+        "per-token latency at 4 tokens",
+    ):
+        assert metric in report, metric
+    assert "FAILED" not in report
+
+
+def test_speculative_needs_teacher_and_task(tmp_path, tiny_model_dirs, inputs):
+    teacher, student = tiny_model_dirs
+    tasks, text = inputs
+    with pytest.raises(UserError, match="--speculative needs --teacher"):
+        run_eval([str(student)], tasks=tasks, output_dir=str(tmp_path / "r"), speculative=True, log=_quiet)
+    with pytest.raises(UserError, match="--speculative needs --teacher"):
+        run_eval(
+            [str(student)],
+            teacher=str(teacher),
+            text=text,
+            output_dir=str(tmp_path / "r"),
+            speculative=True,
+            log=_quiet,
+        )
+    assert not (tmp_path / "r").exists()

@@ -27,6 +27,13 @@ from lmdistill.eval.cost import disk_size, peak_memory, prefill_tokens_per_s, we
 from lmdistill.eval.metrics import compression_ratio, generation_agreement, percentile, speedup, text_features
 from lmdistill.eval.preflight import EvalPlan, preflight_eval
 from lmdistill.eval.scoring import score_tokens
+from lmdistill.eval.speculative import (
+    DRAFT_LENGTHS,
+    assisted_speedup,
+    block_efficiency,
+    fixed_length_latency,
+    scores_on_own_greedy,
+)
 from lmdistill.eval.tasks import score_task
 from lmdistill.models.generation import ChatGenerator
 
@@ -126,6 +133,9 @@ def run_eval(
     dtype: str = "float32",
     device: str = "cpu",
     measure_memory: bool = True,
+    speculative: bool = False,
+    draft_tokens: int = 4,
+    fixed_length: int = 32,
     command: str | None = None,
     log: Callable[[str], object] = print,
 ) -> dict:
@@ -133,11 +143,22 @@ def run_eval(
 
     Writes `output_dir/report.md`, `results.json` and PNG plots; returns the results dict (the same
     as results.json). See the package docs for what each number means and how it is measured.
-    Steps: preflight (every input and model checked), then per model its text metrics and its
-    generation and latency, then the summary across models (compression, speedup, peak memory).
+    Steps: preflight (every input and model checked), then per model its text metrics, its
+    generation and latency and (with `speculative`) its figures as a draft for the teacher, then
+    the summary across models (compression, speedup, peak memory).
+    speculative: measure every model as a speculative-decoding draft of the teacher: acceptance on
+        its own greedy answers and real greedy assisted generation against the teacher alone, with
+        `draft_tokens` tokens drafted per target call (needs --teacher and a task).
+    fixed_length: tokens generated for the fixed-length latency (time to first token, per-token).
     """
     from lmdistill.eval.report import write_report
 
+    if speculative and (teacher is None or not tasks):
+        raise UserError("--speculative needs --teacher (the target) and at least one --task (the prompts)")
+    if draft_tokens < 1:
+        raise UserError(f"--draft-tokens must be >= 1, got {draft_tokens}")
+    if fixed_length < 2:
+        raise UserError(f"--fixed-length must be >= 2, got {fixed_length}")
     plan = preflight_eval(
         models,
         teacher=teacher,
@@ -160,6 +181,9 @@ def run_eval(
         "max_length": max_length,
         "dtype": dtype,
         "device": plan.device,
+        "speculative": speculative,
+        "draft_tokens": draft_tokens,
+        "fixed_length": fixed_length,
     }
 
     reference: _Reference | None = None  # the teacher, once evaluated (it is the first column)
@@ -183,8 +207,17 @@ def run_eval(
         if plan.requests:
             teacher_outputs = None if reference is None else reference.outputs
             outputs = generation_metrics(
-                row, model, tok, plan, teacher_outputs, batch_size=batch_size, log=log
+                row,
+                model,
+                tok,
+                plan,
+                teacher_outputs,
+                batch_size=batch_size,
+                fixed_length=fixed_length,
+                log=log,
             )
+            if speculative and not is_teacher and reference is not None:
+                draft_metrics(row, model, tok, plan, reference, draft_tokens, max_new_tokens, log=log)
         else:
             row["notes"].append("task quality, generation speed and latency skipped: no --task given")
         rows.append(row)
@@ -300,7 +333,13 @@ def text_metrics(
     )
     row["perplexity"], row["text_tokens"] = scores.perplexity, scores.tokens
     if compared is not None:
-        row["agreement"] = {"top1": scores.top1, "kl": scores.kl, "tokens": scores.tokens}
+        row["agreement"] = {
+            "top1": scores.top1,
+            "kl": scores.kl,
+            "acceptance": scores.acceptance,
+            "tokens_per_target_call": {g: block_efficiency(scores.acceptance, g) for g in DRAFT_LENGTHS},
+            "tokens": scores.tokens,
+        }
     return feats
 
 
@@ -323,10 +362,12 @@ def generation_metrics(
     teacher_outputs: list[str] | None,
     *,
     batch_size: int,
+    fixed_length: int,
     log,
 ) -> list[str]:
     """Greedy answers to every task prompt: task quality, generation tokens/s, agreement with the
-    teacher's answers, then latency one request at a time. Fills `row`; returns the answers."""
+    teacher's answers, then latency one request at a time (as answered, and at a fixed output length
+    of `fixed_length` tokens). Fills `row`; returns the answers."""
     label = row["label"]
     gen = ChatGenerator(model, tok, batch_size=batch_size)
     gen.generate(plan.warmup)
@@ -356,7 +397,83 @@ def generation_metrics(
     row["cost"]["latency_p50_s"] = percentile(latencies, 50)
     row["cost"]["latency_p95_s"] = percentile(latencies, 95)
     row["cost"]["latency_requests"] = len(latencies)
+    # Per request, a model that never stops looks slower than one that answers briefly: the same
+    # output length for every model makes the time per token comparable.
+    fixed = fixed_length_latency(
+        model, tok, chat_prompts(tok, plan.prompts[:FIXED_LENGTH_PROMPTS]), n=fixed_length
+    )
+    row["cost"]["ttft_s"] = fixed.ttft_s
+    row["cost"]["per_token_latency_s"] = fixed.per_token_s
+    row["cost"]["fixed_length_tokens"] = fixed.n
     return outputs
+
+
+FIXED_LENGTH_PROMPTS = 4  # prompts timed at the fixed output length (medians over them)
+DRAFT_PROMPTS = 16  # at most this many task prompts for assisted generation (two generations each)
+
+
+def chat_prompts(tok, prompts: list[str]) -> list[str]:
+    """Each prompt as one user message through the tokenizer's chat template, ready to generate."""
+    return [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def draft_metrics(
+    row: dict,
+    model,
+    tok,
+    plan: EvalPlan,
+    reference: _Reference,
+    draft_tokens: int,
+    max_new_tokens: int,
+    *,
+    log,
+) -> None:
+    """The model as a speculative-decoding draft for the teacher on the task prompts: acceptance on
+    its own greedy answers (same tokenizer only) and greedy assisted generation against the teacher
+    alone, side by side; universal assisted generation for a draft of another tokenizer, or a note.
+    Assisted text that differs from the teacher's own is recorded as a failure."""
+    from lmdistill.models import check_vocab
+
+    prompts = chat_prompts(reference.tokenizer, plan.prompts[:DRAFT_PROMPTS])
+    same = reference.tokenizer.get_vocab() == tok.get_vocab()
+    result: dict = {"draft_tokens": draft_tokens, "prompts": len(prompts), "same_tokenizer": same}
+    log(f"eval: {row['label']}: as a draft for the teacher on {len(prompts)} prompts")
+    if same:
+        vocab = check_vocab(reference.tokenizer, tok, reference.model, model)
+        own = scores_on_own_greedy(
+            reference.model, model, tok, prompts, vocab=vocab, max_new_tokens=max_new_tokens
+        )
+        result["own_greedy"] = {"acceptance": own.acceptance, "top1": own.top1, "tokens": own.tokens}
+    try:
+        speed = assisted_speedup(
+            reference.model,
+            model,
+            reference.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            draft_tokens=draft_tokens,
+            draft_tokenizer=None if same else tok,
+        )
+    except Exception as exc:  # universal assisted generation does not support every pair
+        row["notes"].append(
+            f"assisted generation with this draft failed in transformers ({type(exc).__name__}: {exc}); "
+            "no speedup measured"
+        )
+    else:
+        result["assisted"] = speed.as_dict()
+        if speed.identical < speed.prompts:
+            row["notes"].append(
+                f"FAILED: greedy assisted generation differs from the teacher's own text on "
+                f"{speed.prompts - speed.identical} of {speed.prompts} prompts (indices {speed.mismatches})"
+            )
+        if not same:
+            row["notes"].append(
+                "assisted generation across tokenizers (transformers' universal assisted generation)"
+            )
+    row["draft"] = result
 
 
 def summarise(rows: list[dict], *, teacher: str | None, memory_jobs: list | None, log) -> None:

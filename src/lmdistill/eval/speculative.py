@@ -25,6 +25,8 @@ from lmdistill.chunked import Head
 from lmdistill.eval.scoring import ScoreSums, TokenScores
 from lmdistill.models.forward import final_hidden
 
+DRAFT_LENGTHS = tuple(range(1, 9))  # draft lengths gamma the reports tabulate
+
 
 def block_efficiency(alpha: float, gamma: int) -> float:
     """Expected tokens per target call with draft length `gamma` and per-token acceptance `alpha`.
@@ -136,7 +138,7 @@ def assisted_speedup(
 ) -> SpeedupReport:
     """Greedy generation of each prompt by `target` alone and with `draft` as its assistant,
     alternating per prompt (which goes first alternates too), one prompt at a time (assisted
-    generation takes batch size 1). With `draft_tokenizer` (a draft of another tokenizer),
+    generation takes batch size 1), after one untimed warm-up of each. With `draft_tokenizer` (a draft of another tokenizer),
     transformers' universal assisted generation is used.
 
     Returns the totals; `identical` counts prompts whose assisted text equals the target's.
@@ -146,6 +148,11 @@ def assisted_speedup(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     common = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad)
     extra = {"tokenizer": tokenizer, "assistant_tokenizer": draft_tokenizer} if draft_tokenizer else {}
+    if prompts:  # untimed: the first generate call of each kind pays one-time setup costs
+        enc = tokenizer(prompts[0], return_tensors="pt").to(device)
+        warm = dict(common, max_new_tokens=min(4, max_new_tokens))
+        target.generate(**enc, **warm)
+        target.generate(**enc, assistant_model=draft, **warm, **extra)
     runs = []
     for i, prompt in enumerate(prompts):
         enc = tokenizer(prompt, return_tensors="pt").to(device)
@@ -188,12 +195,15 @@ class FixedLengthLatency:
 @torch.no_grad()
 def fixed_length_latency(model, tokenizer, prompts: list[str], *, n: int = 32) -> FixedLengthLatency:
     """Greedy generation of exactly `n` tokens per prompt (EOS ignored: min_new_tokens = n), one
-    prompt at a time, and of exactly 1 token; medians over prompts."""
+    prompt at a time, and of exactly 1 token, after one untimed warm-up; medians over prompts."""
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     first, per = [], []
+    if prompts:  # untimed warm-up
+        enc = tokenizer(prompts[0], return_tensors="pt").to(device)
+        model.generate(**enc, do_sample=False, max_new_tokens=2, min_new_tokens=2, pad_token_id=pad)
     for prompt in prompts:
         enc = tokenizer(prompt, return_tensors="pt").to(device)
         times = {}
