@@ -15,6 +15,7 @@ import torch
 
 from lmdistill.chunked import Head
 from lmdistill.eval.scoring import ScoreSums, score_tokens
+from tests.conftest import float64_token_scores
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -60,25 +61,6 @@ def _features(tok, texts, prompt_tokens):
     return feats
 
 
-def _reference(model, teacher, features, vocab):
-    """Float64, every logit at once, one example at a time (no padding): (perplexity, top1, kl, tokens)."""
-    ce = kl = agree = 0.0
-    n = 0
-    with torch.no_grad():
-        for f in features:
-            ids = torch.tensor([f["input_ids"]])
-            y = torch.tensor(f["labels"][1:])
-            keep = y != -100
-            s = model(input_ids=ids).logits[0, :-1, :vocab].double()[keep]
-            t = teacher(input_ids=ids).logits[0, :-1, :vocab].double()[keep]
-            logq, logp = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
-            ce -= logq.gather(1, y[keep, None]).sum().item()
-            kl += (logp.exp() * (logp - logq)).sum().item()
-            agree += (s.argmax(-1) == t.argmax(-1)).sum().item()
-            n += int(keep.sum())
-    return math.exp(ce / n), agree / n, kl / n, n
-
-
 def test_score_tokens_matches_float64_reference(tiny_tokenizer, tiny_llama):
     vocab = len(tiny_tokenizer)
     # heads padded past the real vocabulary, as Qwen's are: the extra rows must not count
@@ -101,7 +83,7 @@ def test_score_tokens_matches_float64_reference(tiny_tokenizer, tiny_llama):
     )
     assert model.training and not teacher.training
     model.eval()
-    ppl, top1, kl, tokens = _reference(model, teacher, features, vocab)
+    ppl, top1, kl, tokens = float64_token_scores(model, teacher, features, vocab)
     assert scores.tokens == tokens == sum(len(f["input_ids"]) - 2 for f in features)
     assert scores.perplexity == pytest.approx(ppl, rel=1e-4)
     assert scores.top1 == pytest.approx(top1)
