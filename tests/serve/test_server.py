@@ -268,8 +268,8 @@ def test_errors_in_openai_shape(server, client):
     assert r.status_code == 400 and _error(r)
     r = httpx.get(f"{base}/v1/nowhere")
     assert r.status_code == 404 and _error(r)
-    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "echo": True})
-    assert r.status_code == 400 and _error(r)["param"] == "echo"
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "best_of": 2})
+    assert r.status_code == 400 and _error(r)["param"] == "best_of"
     r = httpx.post(
         f"{base}/v1/chat/completions",
         json={"model": MODEL_NAME, "messages": user("a " * 300), "max_tokens": 5},

@@ -22,12 +22,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmdistill.serve.batcher import Batcher, ServeError, raw_request
 from lmdistill.serve.protocol import (
+    MAX_TOP_LOGPROBS,
     ChatBody,
     CompletionBody,
     chat_completion,
     check_common,
+    check_logprobs_cap,
+    completion_choice,
+    completion_logprobs,
+    echo_logprobs,
+    join_logprobs,
     message_dicts,
     parse_body,
+    prompt_list,
+    prompt_logprobs_json,
     sampling_for,
     text_completion,
 )
@@ -41,14 +49,23 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    teacher: LocalTeacher, *, model_name: str, max_batch: int = 8, max_wait_ms: float = 5.0
+    teacher: LocalTeacher,
+    *,
+    model_name: str,
+    max_batch: int = 8,
+    max_wait_ms: float = 5.0,
+    max_logprobs: int = MAX_TOP_LOGPROBS,
 ) -> FastAPI:
     """An OpenAI-compatible app serving `teacher` under the name `model_name`.
 
     Requests are queued and run on one worker thread in groups of at most `max_batch` requests with
     identical sampling, waiting up to `max_wait_ms` for a group to fill. `app.state.stats` (a
-    `BatchStats`) counts requests and `teacher.generate` calls; `app.state.batcher` is the batcher.
+    `BatchStats`) counts requests and model calls; `app.state.batcher` is the batcher.
+    `max_logprobs` is the most top log-probs per token a request may ask for (`logprobs`,
+    `top_logprobs`, `prompt_logprobs`); more is a 400 naming `--max-logprobs`, as vLLM does.
     """
+    if max_logprobs < 0:
+        raise ValueError(f"max_logprobs must be >= 0, got {max_logprobs}")
     batcher = Batcher(teacher, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
     @asynccontextmanager
@@ -109,6 +126,7 @@ def create_app(
                 param="top_logprobs",
                 code="invalid_value",
             )
+        check_logprobs_cap(body.top_logprobs, "top_logprobs", max_logprobs)
         k = (body.top_logprobs or 0) if body.logprobs else None
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         # the teacher only computes log-probs with top_logprobs >= 1; trim the list back to k on the way out
@@ -121,27 +139,69 @@ def create_app(
     async def completions(request: HTTPRequest) -> JSONResponse:
         body: CompletionBody = parse_body(CompletionBody, await _json_body(request))
         check_common(body, model_name)
-        if body.echo:
-            raise ServeError("echo is not supported.", param="echo", code="unsupported_value")
         if body.best_of not in (None, 1):
             raise ServeError("Only best_of=1 is supported.", param="best_of", code="unsupported_value")
         if body.suffix:
             raise ServeError("suffix is not supported.", param="suffix", code="unsupported_value")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        if not prompts:
-            raise ServeError("prompt must not be empty.", param="prompt", code="invalid_value")
-        k = body.logprobs
+        prompts = prompt_list(body.prompt, vocab=batcher.vocab)
+        k, k_prompt, echo = body.logprobs, body.prompt_logprobs, bool(body.echo)
+        check_logprobs_cap(k, "logprobs", max_logprobs)
+        check_logprobs_cap(k_prompt, "prompt_logprobs", max_logprobs)
+        scoring = echo or k_prompt is not None
+        if body.max_tokens == 0 and not scoring:
+            raise ServeError(
+                "max_tokens=0 generates nothing: use it with echo=true or prompt_logprobs to score the prompt.",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        generating = body.max_tokens != 0
         explicit = body.max_tokens is not None
         sampling = sampling_for(
             body,
             max_tokens=body.max_tokens if explicit else COMPLETIONS_DEFAULT_MAX_TOKENS,
             top_logprobs=0 if k is None else max(k, 1),
         )
-        futures = [
-            batcher.submit("raw", raw_request(p, sampling), explicit_max_tokens=explicit) for p in prompts
-        ]
-        responses = list(await asyncio.gather(*(_result(f) for f in futures)))
-        return JSONResponse(text_completion(responses, prompts, model=model_name, logprobs=k))
+        # one scoring job (a forward over the prompt) and/or one generation job per prompt
+        score_k = max(k_prompt or 0, (k or 0) if echo else 0)
+        scores = [batcher.submit_score(p, score_k) if scoring else None for p in prompts]
+        gens = []
+        for p in prompts:
+            if not generating:
+                gens.append(None)
+            elif isinstance(p, str):
+                gens.append(batcher.submit("raw", raw_request(p, sampling), explicit_max_tokens=explicit))
+            else:
+                gens.append(batcher.submit_ids(p, sampling, explicit_max_tokens=explicit))
+        scored = await asyncio.gather(*(_result(f) if f is not None else _none() for f in scores))
+        responses = await asyncio.gather(*(_result(f) if f is not None else _none() for f in gens))
+
+        choices, n_prompt, n_completion = [], 0, 0
+        for i, (p, sc, r) in enumerate(zip(prompts, scored, responses, strict=True)):
+            text, logprobs = "", None
+            if echo:
+                text = p if isinstance(p, str) else sc.text
+                if k is not None:
+                    logprobs = echo_logprobs(sc, k)
+            if r is not None:
+                if k is not None:
+                    offset = len(text) if echo else (len(p) if isinstance(p, str) else 0)
+                    generated = completion_logprobs(r, k, offset)
+                    logprobs = generated if logprobs is None else join_logprobs(logprobs, generated)
+                text += r.text
+            n_prompt += len(sc.ids) if sc is not None else r.prompt_tokens
+            n_completion += r.completion_tokens if r is not None else 0
+            choices.append(
+                completion_choice(
+                    i,
+                    text,
+                    r.finish_reason if r is not None else "length",
+                    logprobs=logprobs,
+                    prompt_logprobs=None if k_prompt is None else prompt_logprobs_json(sc, k_prompt),
+                )
+            )
+        return JSONResponse(
+            text_completion(choices, model=model_name, prompt_tokens=n_prompt, completion_tokens=n_completion)
+        )
 
     return app
 
@@ -158,8 +218,13 @@ async def _json_body(request: HTTPRequest):
         ) from None
 
 
-async def _result(future: Future) -> Response:
-    """Await a batcher future; generation failures become 500 server errors in the OpenAI shape."""
+async def _none() -> None:
+    return None
+
+
+async def _result(future: Future):
+    """Await a batcher future (a `Response`, or a `Scored`); failures become 500 server errors in the
+    OpenAI shape."""
     try:
         response = await asyncio.wrap_future(future)
     except ServeError:
@@ -168,7 +233,7 @@ async def _result(future: Future) -> Response:
         # The details go to the server's log, not to the client.
         log.exception("generation failed")
         raise ServeError("Generation failed (see the server log).", status=500, type="server_error") from exc
-    if response.finish_reason == "error":
+    if isinstance(response, Response) and response.finish_reason == "error":
         raise ServeError(f"Generation failed: {response.error}", status=500, type="server_error")
     return response
 
@@ -181,6 +246,7 @@ def load_app(
     max_batch: int = 8,
     name: str | None = None,
     max_wait_ms: float = 5.0,
+    max_logprobs: int = MAX_TOP_LOGPROBS,
 ) -> FastAPI:
     """Load `model` (short name, local folder or hub id) with lmdistill.models and build its app.
 
@@ -192,7 +258,9 @@ def load_app(
     tokenizer = load_tokenizer(model)
     lm = load_teacher(model, dtype=dtype, device=device, quantized=True)  # an int8 export serves as int8
     teacher = LocalTeacher(lm, tokenizer, name=served, batch_size=max_batch)
-    return create_app(teacher, model_name=served, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    return create_app(
+        teacher, model_name=served, max_batch=max_batch, max_wait_ms=max_wait_ms, max_logprobs=max_logprobs
+    )
 
 
 def serve(
@@ -204,6 +272,7 @@ def serve(
     device: str = "cpu",
     max_batch: int = 8,
     name: str | None = None,
+    max_logprobs: int = MAX_TOP_LOGPROBS,
 ) -> None:
     """Load `model` and serve it over HTTP until interrupted (Ctrl+C).
 
@@ -218,9 +287,15 @@ def serve(
         from lmdistill.errors import UserError
 
         raise UserError(f"--max-batch must be >= 1, got {max_batch}")
+    if max_logprobs < 0:
+        from lmdistill.errors import UserError
+
+        raise UserError(f"--max-logprobs must be >= 0, got {max_logprobs}")
     sock = bind_socket(host, port)  # before loading, so a busy port fails fast
     try:
-        app = load_app(model, dtype=dtype, device=device, max_batch=max_batch, name=name)
+        app = load_app(
+            model, dtype=dtype, device=device, max_batch=max_batch, name=name, max_logprobs=max_logprobs
+        )
         bound_host, bound_port = sock.getsockname()[:2]
         print(
             f"lmdistill serve: {app.state.model_name} at {format_url(bound_host, bound_port)} "

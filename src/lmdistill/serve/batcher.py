@@ -5,6 +5,11 @@ thread owns the model and the tokenizer: it renders and counts each prompt as it
 prompts that do not fit the context), waits up to `max_wait_ms` for more requests with the same
 sampling settings, and calls `teacher.generate` once per group of at most `max_batch` requests. The
 model is never called from two threads at once.
+
+Four kinds of job: "chat" (messages through the chat template), "raw" (a text prompt as is), "ids" (a
+token-id prompt, generated from without re-tokenising) and "score" (log-probs of a given sequence, one
+forward, no generation; see `lmdistill.serve.scoring`). Only jobs of one kind and, for generation, one
+sampling setting share a model call; every scoring job batches with every other one.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from lmdistill.teachers.types import Request, Response, Sampling
+from lmdistill.serve.scoring import TokenTexts, generate_ids, score_batch, score_vocab, split_by_tokens
+from lmdistill.teachers.types import Request, Sampling
 
 #: Completion length used when a request does not set max_tokens (cut to the context that is left).
 DEFAULT_MAX_TOKENS = 256
 
-Kind = Literal["chat", "raw"]
+Kind = Literal["chat", "raw", "ids", "score"]
 
 
 class ServeError(Exception):
@@ -57,6 +63,7 @@ class BatchStats:
     largest_batch: int = 0
     rejected: int = 0  # requests refused before generation (prompt too long, bad chat template)
     failed: int = 0  # requests whose generation raised
+    scored: int = 0  # scoring requests (prompt log-probs, no generation) among `requests`
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -96,13 +103,16 @@ def context_length(model) -> int | None:
 @dataclass
 class _Job:
     kind: Kind
-    request: Request
+    request: Request | None  # None for "score"
     explicit_max_tokens: bool
     future: Future
+    ids: list[int] | None = None  # "ids" and "score": the prompt's token ids
+    text: str | None = None  # "score" of a text prompt: tokenized on the worker
+    k: int = 0  # "score": top log-probs per position
 
     @property
-    def key(self) -> tuple[Kind, Sampling]:
-        return self.kind, self.request.sampling
+    def key(self) -> tuple[Kind, Sampling | None]:
+        return self.kind, None if self.request is None else self.request.sampling
 
 
 _STOP = object()
@@ -127,6 +137,8 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.context_length = context_length(getattr(teacher, "model", None))
+        self.vocab = score_vocab(teacher.model, teacher.tokenizer)
+        self._token_texts = TokenTexts(teacher.tokenizer)
         self.stats = BatchStats()
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -176,8 +188,25 @@ class Batcher:
         """
         if kind not in ("chat", "raw"):
             raise ValueError(f"unknown request kind {kind!r}")
-        future: Future = Future()
-        job = _Job(kind, request, explicit_max_tokens, future)
+        return self._put(_Job(kind, request, explicit_max_tokens, Future()))
+
+    def submit_ids(self, ids: list[int], sampling: Sampling, *, explicit_max_tokens: bool = True) -> Future:
+        """Queue generation from a token-id prompt (ids already checked against `self.vocab`); the future
+        resolves to a `Response`."""
+        return self._put(_Job("ids", Request((), sampling), explicit_max_tokens, Future(), ids=list(ids)))
+
+    def submit_score(self, prompt: str | list[int], k: int) -> Future:
+        """Queue scoring of a text prompt (tokenized as "raw" prompts are, without special tokens) or of
+        token ids (checked against `self.vocab`); the future resolves to a `scoring.Scored` with the top
+        `k` log-probs per position."""
+        if isinstance(prompt, str):
+            job = _Job("score", None, True, Future(), text=prompt, k=k)
+        else:
+            job = _Job("score", None, True, Future(), ids=list(prompt), k=k)
+        return self._put(job)
+
+    def _put(self, job: _Job) -> Future:
+        future = job.future
         if self._thread is None:
             self.start()
         with self._lock:
@@ -254,9 +283,20 @@ class Batcher:
             return
         pending.append(job)
 
-    def _prepare(self, job: _Job) -> Request:
-        request, s = job.request, job.request.sampling
+    def _prepare(self, job: _Job) -> Request | None:
         param = "messages" if job.kind == "chat" else "prompt"
+        if job.kind == "score":
+            if job.ids is None:
+                job.ids = self.teacher.tokenizer(job.text, add_special_tokens=False)["input_ids"]
+            if not job.ids:
+                raise ServeError("the prompt is empty", param=param)
+            if self.context_length is not None and len(job.ids) > self.context_length:
+                raise _too_long(self.context_length, len(job.ids), 0, param)
+            return None
+        request = job.request
+        if job.kind == "ids":
+            n_prompt = len(job.ids)
+            return self._fit(request, n_prompt, job.explicit_max_tokens, param)
         if job.kind == "chat":
             try:
                 text = self.teacher.prompt_text(request)
@@ -267,12 +307,17 @@ class Batcher:
         else:
             text = self.raw_teacher.prompt_text(request)
         n_prompt = len(self.teacher.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self._fit(request, n_prompt, job.explicit_max_tokens, param)
+
+    def _fit(self, request: Request, n_prompt: int, explicit: bool, param: str) -> Request:
+        """Refuse a prompt + completion longer than the context, or cut a default max_tokens to it."""
+        s = request.sampling
         if n_prompt == 0:
             raise ServeError("the prompt is empty", param=param)
         limit = self.context_length
         if limit is None:
             return request
-        if job.explicit_max_tokens:
+        if explicit:
             if n_prompt + s.max_new_tokens > limit:
                 raise _too_long(limit, n_prompt, s.max_new_tokens, param)
             return request
@@ -298,12 +343,32 @@ class Batcher:
         for job, response in zip(group, responses, strict=True):
             job.future.set_result(response)
 
-    def _generate(self, group: list[_Job]) -> list[Response]:
-        teacher = self.teacher if group[0].kind == "chat" else self.raw_teacher
+    def _generate(self, group: list[_Job]) -> list:
         with self.stats._lock:
             self.stats.batches += 1
             self.stats.requests += len(group)
             self.stats.largest_batch = max(self.stats.largest_batch, len(group))
+            if group[0].kind == "score":
+                self.stats.scored += len(group)
+        kind = group[0].kind
+        if kind == "score":
+            seqs = [j.ids for j in group]
+            k = max(j.k for j in group)
+            out: list = [None] * len(group)
+            for part in split_by_tokens(seqs):
+                scored = score_batch(
+                    self.teacher.model,
+                    [seqs[i] for i in part],
+                    k=k,
+                    vocab=self.vocab,
+                    texts=self._token_texts,
+                )
+                for i, result in zip(part, scored, strict=True):
+                    out[i] = result
+            return out
+        if kind == "ids":
+            return generate_ids(self.teacher, [j.ids for j in group], group[0].request.sampling)
+        teacher = self.teacher if kind == "chat" else self.raw_teacher
         return teacher.generate([j.request for j in group])
 
 

@@ -1,7 +1,11 @@
 """The OpenAI wire format: request bodies in, chat.completion / text_completion objects out.
 
-Only what a local causal LM can honour is accepted: one choice (n=1), no streaming, no echo. Fields the
-server does not use (user, frequency_penalty, ...) are ignored, as other OpenAI-compatible servers do.
+Only what a local causal LM can honour is accepted: one choice (n=1), no streaming. Fields the server
+does not use (user, frequency_penalty, ...) are ignored, as other OpenAI-compatible servers do.
+
+Scoring (`/v1/completions` with `prompt_logprobs: k`, vLLM's field, or `echo: true, logprobs: k,
+max_tokens: 0`, the OpenAI-legacy form) returns the log-probs of the prompt's own tokens; see
+`prompt_logprobs_json` and `echo_logprobs` for the two shapes.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmdistill.serve.batcher import DEFAULT_MAX_TOKENS, ServeError
+from lmdistill.serve.scoring import Scored
 from lmdistill.teachers.types import Response, Sampling
 
-#: Most top log-probs per token a client may ask for (OpenAI's own limit).
+#: Default most top log-probs per token a client may ask for (OpenAI's and vLLM's default limit);
+#: `lmdistill serve --max-logprobs` raises it.
 MAX_TOP_LOGPROBS = 20
 #: Most stop strings per request.
 MAX_STOP = 16
@@ -53,12 +59,15 @@ class ChatBody(_Body):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: int | None = Field(default=None, ge=0)
 
 
 class CompletionBody(_Body):
-    prompt: str | list[str]
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    # a string, a list of strings, a list of token ids, or a list of lists of token ids: see `prompt_list`
+    prompt: Any
+    max_tokens: int | None = Field(default=None, ge=0)  # 0: score only (with echo or prompt_logprobs)
+    logprobs: int | None = Field(default=None, ge=0)
+    prompt_logprobs: int | None = Field(default=None, ge=0)  # vLLM's scoring field
     echo: bool | None = None
     best_of: int | None = Field(default=None, ge=1)
     suffix: str | None = None
@@ -78,6 +87,60 @@ def parse_body(model: type[BaseModel], data: Any) -> Any:
         else:
             message = f"Invalid value for '{param}': {err.get('msg', 'invalid')}."
         raise ServeError(message, param=param, code="invalid_value") from None
+
+
+def _is_id(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def prompt_list(prompt: Any, *, vocab: int) -> list[str | list[int]]:
+    """The prompts of a completions body, as the OpenAI API allows them: a string, a list of strings, a
+    list of token ids (one prompt) or a list of lists of token ids (several). Token ids must lie in
+    [0, vocab); they are used as given, never re-tokenised."""
+    if isinstance(prompt, str):
+        return [prompt]
+    bad = ServeError(
+        "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids.",
+        param="prompt",
+        code="invalid_value",
+    )
+    if not isinstance(prompt, list):
+        raise bad
+    if not prompt:
+        raise ServeError("prompt must not be empty.", param="prompt", code="invalid_value")
+    if all(_is_id(x) for x in prompt):
+        items: list = [prompt]
+    elif all(isinstance(x, str) for x in prompt):
+        return list(prompt)
+    elif all(isinstance(x, list) and all(_is_id(t) for t in x) for x in prompt):
+        items = prompt
+    else:
+        raise bad
+    for i, ids in enumerate(items):
+        if not ids:
+            raise ServeError(
+                f"prompt {i} is an empty list of token ids.", param="prompt", code="invalid_value"
+            )
+        wrong = next((t for t in ids if not 0 <= t < vocab), None)
+        if wrong is not None:
+            raise ServeError(
+                f"Token id {wrong} in prompt {i} is out of vocabulary (this model's ids are 0..{vocab - 1}).",
+                param="prompt",
+                code="invalid_value",
+            )
+    return [list(ids) for ids in items]
+
+
+def check_logprobs_cap(k: int | None, param: str, cap: int) -> None:
+    """A 400 naming `--max-logprobs` when a client asks for more top log-probs than the server allows
+    (vLLM refuses such requests the same way)."""
+    if k is not None and k > cap:
+        raise ServeError(
+            f"Requested {param} of {k}, which is greater than max allowed: {cap} "
+            f"(start lmdistill serve with --max-logprobs {k} to allow more).",
+            param=param,
+            code="invalid_value",
+        )
 
 
 def check_common(body: _Body, model_name: str) -> None:
@@ -218,24 +281,79 @@ def completion_logprobs(response: Response, k: int, offset: int) -> dict:
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
-def text_completion(
-    responses: list[Response], prompts: list[str], *, model: str, logprobs: int | None
+def prompt_logprobs_json(scored: Scored, k: int) -> list[dict | None]:
+    """vLLM's `prompt_logprobs`: one entry per prompt token, the first None (nothing predicts it), each
+    other {"<token id>": {"logprob", "rank", "decoded_token"}} holding the actual prompt token first,
+    then the k most likely tokens best first (k + 1 entries, or k when the actual token is among them).
+    Keys are token ids as strings, as vLLM's JSON has them; rank 1 is the most likely token."""
+    out: list[dict | None] = [None]
+    for t in range(len(scored.logprobs)):
+        actual = scored.ids[t + 1]
+        entry = {
+            str(actual): {
+                "logprob": _logprob(scored.logprobs[t]),
+                "rank": scored.ranks[t],
+                "decoded_token": scored.tokens[t + 1],
+            }
+        }
+        for r, (j, v, text) in enumerate(
+            zip(scored.top_ids[t][:k], scored.top_logprobs[t][:k], scored.top_tokens[t][:k], strict=True)
+        ):
+            entry.setdefault(str(j), {"logprob": _logprob(v), "rank": r + 1, "decoded_token": text})
+        out.append(entry)
+    return out
+
+
+def echo_logprobs(scored: Scored, k: int) -> dict:
+    """The OpenAI-legacy log-probs of an echoed prompt: `tokens`, `token_logprobs` and `top_logprobs`
+    (the first entry None in both), `text_offset` from 0. `top_logprobs` maps token *strings* to
+    log-probs (the actual token first, then the top k, as vLLM does): two ids that decode to the same
+    string collide there, so a client that needs ids should use `prompt_logprobs`."""
+    tokens, values, tops, offsets = [], [], [], []
+    offset = 0
+    for t, token in enumerate(scored.tokens):
+        offsets.append(offset)
+        offset += len(token)
+        tokens.append(token)
+        if t == 0:
+            values.append(None)
+            tops.append(None)
+            continue
+        values.append(_logprob(scored.logprobs[t - 1]))
+        top = {token: _logprob(scored.logprobs[t - 1])}
+        for text, v in zip(scored.top_tokens[t - 1][:k], scored.top_logprobs[t - 1][:k], strict=True):
+            top.setdefault(text, _logprob(v))
+        tops.append(top)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def join_logprobs(first: dict, second: dict) -> dict:
+    """Two legacy log-prob objects (an echoed prompt's, then its completion's) as one."""
+    return {key: first[key] + second[key] for key in first}
+
+
+def completion_choice(
+    index: int, text: str, finish_reason: str, *, logprobs: dict | None, prompt_logprobs: list | None
 ) -> dict:
+    """One choice of a text_completion; `prompt_logprobs` only when the client asked for it."""
+    choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
+    if prompt_logprobs is not None:
+        choice["prompt_logprobs"] = prompt_logprobs
+    return choice
+
+
+def text_completion(choices: list[dict], *, model: str, prompt_tokens: int, completion_tokens: int) -> dict:
     """A text_completion object with one choice per prompt."""
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "text": r.text,
-                "index": i,
-                "logprobs": None if logprobs is None else completion_logprobs(r, logprobs, len(p)),
-                "finish_reason": r.finish_reason,
-            }
-            for i, (r, p) in enumerate(zip(responses, prompts, strict=True))
-        ],
-        "usage": usage(responses),
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
         "system_fingerprint": None,
     }
