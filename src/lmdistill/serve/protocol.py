@@ -1,7 +1,9 @@
 """The OpenAI wire format: request bodies in, chat.completion / text_completion objects out.
 
-Only what a local causal LM can honour is accepted: one choice (n=1), no streaming. Fields the server
-does not use (user, frequency_penalty, ...) are ignored, as other OpenAI-compatible servers do.
+Only what a local causal LM can honour is accepted: one choice (n=1), text only. A field that would
+change the answer and that the server cannot honour (`response_format`, `tools`, `logit_bias`, a
+penalty, vLLM's guided decoding, ...; see `UNSUPPORTED`) is refused with a 400 naming it, unless it has
+its neutral value; fields that change nothing (user, metadata, store, ...) are ignored.
 
 Scoring (`/v1/completions` with `prompt_logprobs: k`, vLLM's field, or `echo: true, logprobs: k,
 max_tokens: 0`, the OpenAI-legacy form) returns the log-probs of the prompt's own tokens; see
@@ -35,10 +37,11 @@ class _Body(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64, as vLLM and torch take
     stop: str | list[str] | None = None
     n: int | None = Field(default=None, ge=1)
     stream: bool | None = None
+    stream_options: dict | None = None
 
 
 class ContentPart(BaseModel):
@@ -73,10 +76,85 @@ class CompletionBody(_Body):
     suffix: str | None = None
 
 
+def _none(v: Any) -> bool:
+    return v is None
+
+
+def _empty(v: Any) -> bool:
+    return not v
+
+
+def _is(*neutral: float):
+    """None or a number equal to one of `neutral` (a penalty of 0, a top_k of -1, ...)."""
+    return lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v in neutral)
+
+
+#: Fields the server cannot honour, and the test for a value that asks for nothing (sent by some clients
+#: by default): any other value is refused with a 400 naming the field.
+UNSUPPORTED: dict[str, Any] = {
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "tools": _empty,
+    "tool_choice": lambda v: v in (None, "none"),
+    "functions": _empty,
+    "function_call": lambda v: v in (None, "none"),
+    "logit_bias": _empty,
+    "presence_penalty": _is(0),
+    "frequency_penalty": _is(0),
+    "audio": _none,
+    "modalities": lambda v: v is None or v == ["text"],
+    "prediction": _none,
+    "web_search_options": _none,
+    "reasoning_effort": _none,
+    # vLLM's extensions that change the output
+    "top_k": _is(0, -1),
+    "min_p": _is(0),
+    "repetition_penalty": _is(1),
+    "length_penalty": _is(1),
+    "min_tokens": _is(0),
+    "stop_token_ids": _empty,
+    "bad_words": _empty,
+    "allowed_token_ids": _none,
+    "use_beam_search": _empty,
+    "include_stop_str_in_output": _empty,
+    "ignore_eos": _empty,
+    "skip_special_tokens": lambda v: v in (None, True),
+    "truncate_prompt_tokens": _none,
+    "guided_json": _none,
+    "guided_regex": _none,
+    "guided_choice": _none,
+    "guided_grammar": _none,
+    "structured_outputs": _none,
+    "logits_processors": _none,
+}
+#: Chat-only fields the server cannot honour (chat echo and prompt log-probs are vLLM extensions;
+#: score a prompt through /v1/completions instead).
+CHAT_UNSUPPORTED: dict[str, Any] = {
+    "add_generation_prompt": lambda v: v in (None, True),
+    "continue_final_message": _empty,
+    "echo": _empty,
+    "prompt_logprobs": _none,
+}
+
+
+def check_unsupported(data: dict, table: dict[str, Any]) -> None:
+    """Refuse the first field of `data` that asks for something the server cannot do."""
+    for name, neutral in table.items():
+        if name in data and not neutral(data[name]):
+            raise ServeError(
+                f"{name} is not supported by this server (lmdistill serve); remove it from the request.",
+                param=name,
+                code="unsupported_parameter",
+            )
+
+
 def parse_body(model: type[BaseModel], data: Any) -> Any:
-    """Validate a decoded JSON body; a problem becomes a 400 ServeError naming the parameter."""
+    """Validate a decoded JSON body; a problem becomes a 400 ServeError naming the parameter. Fields
+    the server cannot honour (`UNSUPPORTED`, and `CHAT_UNSUPPORTED` for chat) are refused first."""
     if not isinstance(data, dict):
         raise ServeError("the request body must be a JSON object")
+    check_unsupported(data, UNSUPPORTED)
+    if model is ChatBody:
+        check_unsupported(data, CHAT_UNSUPPORTED)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -144,7 +222,7 @@ def check_logprobs_cap(k: int | None, param: str, cap: int) -> None:
 
 
 def check_common(body: _Body, model_name: str) -> None:
-    """The checks shared by both endpoints: the model name, n=1 and no streaming."""
+    """The checks shared by both endpoints: the model name, n=1, stream_options only with stream."""
     if body.model is not None and body.model != model_name:
         raise ServeError(
             f"The model '{body.model}' does not exist; this server serves '{model_name}'.",
@@ -154,9 +232,18 @@ def check_common(body: _Body, model_name: str) -> None:
         )
     if body.n not in (None, 1):
         raise ServeError("Only n=1 is supported.", param="n", code="unsupported_value")
-    if body.stream:
+    if body.stream_options is not None and not body.stream:
         raise ServeError(
-            "Streaming is not supported; send stream=false.", param="stream", code="unsupported_value"
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    if body.stream_options is not None and set(body.stream_options) - {"include_usage"}:
+        extra = sorted(set(body.stream_options) - {"include_usage"})[0]
+        raise ServeError(
+            f"stream_options.{extra} is not supported (only include_usage).",
+            param="stream_options",
+            code="unsupported_parameter",
         )
 
 

@@ -1,4 +1,4 @@
-"""Teacher scoring on the worker thread: log-probs of given token sequences, and generation from token ids.
+"""Teacher scoring on the worker thread: log-probs of given token sequences.
 
 `score_batch` runs several token sequences through the model in one padded forward (right padding, so
 every real position sees exactly its own prefix) and, per position t >= 1, returns the log-prob of the
@@ -7,9 +7,6 @@ log_softmax at temperature 1 in float32. Logits are computed a chunk of position
 the model's head, never [batch, seq, vocab] at once, as `lmdistill capture` does; the vocabulary is the
 tokenizer's real one (head rows past it, padding, are dropped), so a server score equals an offline
 capture's at the same k.
-
-`generate_ids` is `LocalTeacher`'s batched generation with token-id prompts instead of text, so a
-client that sends ids gets exactly those ids as the prompt (no re-tokenisation).
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import torch
 from lmdistill.chunked import Head
 from lmdistill.models.forward import final_hidden
 from lmdistill.models.vocab import head_rows
-from lmdistill.teachers.types import Response, Sampling
 
 #: Positions per chunk through the head: [CHUNK, vocab] float32 logits at a time.
 CHUNK_POSITIONS = 256
@@ -127,40 +123,3 @@ def score_batch(
 
 def _cat(parts: list[torch.Tensor]) -> list:
     return torch.cat(parts).tolist() if parts else []
-
-
-@torch.no_grad()
-def generate_ids(teacher, seqs: list[list[int]], s: Sampling) -> list[Response]:
-    """`LocalTeacher._generate_batch` for token-id prompts: left padding, the same decoding settings,
-    the same `Response` (text, finish reason, log-probs) via `teacher._response`."""
-    tok, model = teacher.tokenizer, teacher.model
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    width = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, x in enumerate(seqs):
-        ids[b, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-        mask[b, width - len(x) :] = 1
-    device = next(model.parameters()).device
-    kwargs = dict(
-        max_new_tokens=s.max_new_tokens,
-        do_sample=not s.greedy,
-        pad_token_id=pad,
-        return_dict_in_generate=True,
-        output_logits=s.top_logprobs > 0,
-    )
-    if not s.greedy:
-        kwargs.update(temperature=s.temperature, top_p=s.top_p)
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if s.stop:
-        kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    new = out.sequences[:, width:]
-    logits = torch.stack(out.logits, dim=1) if s.top_logprobs > 0 else None
-    return [
-        teacher._response(new[b], len(seqs[b]), s, None if logits is None else logits[b])
-        for b in range(len(seqs))
-    ]
