@@ -371,3 +371,30 @@ def test_credentials_in_base_url_are_refused_before_anything_is_written(tmp_path
         )
     assert "SENTINEL" not in str(exc.value) and "***@127.0.0.1" in str(exc.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_requests_that_differ_only_in_max_tokens_share_a_batch(app, server, teacher):
+    """Each row stops at its own max_tokens: the same answers as alone, in fewer model calls."""
+    lengths = [1, 3, 6, 12, 2, 9, 4, 7]
+    expected = [direct(teacher, user(p), greedy(n)) for p, n in zip(PROMPTS, lengths, strict=True)]
+    barrier = threading.Barrier(len(PROMPTS))
+    results: list = [None] * len(PROMPTS)
+
+    def ask(i: int) -> None:
+        with openai.OpenAI(base_url=server.url, api_key="EMPTY", max_retries=0, timeout=60) as c:
+            barrier.wait(timeout=30)
+            results[i] = c.chat.completions.create(
+                model=MODEL_NAME, messages=user(PROMPTS[i]), max_tokens=lengths[i], temperature=0
+            )
+
+    workers = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    for out, ref, n in zip(results, expected, lengths, strict=True):
+        assert out.choices[0].message.content == ref.text
+        assert out.choices[0].finish_reason == ref.finish_reason
+        assert out.usage.completion_tokens == ref.completion_tokens <= n
+    assert app.state.stats.largest_batch >= 2
+    assert app.state.stats.batches < len(PROMPTS)
