@@ -221,3 +221,19 @@ def test_neutral_values_of_those_fields_are_accepted(server):
         timeout=30,
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "frequency_penalty"
+
+
+def test_wrong_method_is_405_and_a_rejecting_chat_template_is_400(teacher):
+    teacher.tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] not in ('user', 'system') %}"
+        "{{ raise_exception('roles must be user or system') }}{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    with ServerThread(create_app(teacher, model_name=MODEL_NAME)) as server:
+        r = httpx.get(f"{server.base_url}/v1/chat/completions", timeout=30)
+        assert r.status_code == 405 and r.json()["error"]["message"]
+        body = {"messages": [{"role": "tool", "content": "x"}], "max_tokens": 2}
+        r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "messages" and "roles must be" in r.json()["error"]["message"]
+        body["messages"] = user("hi")
+        assert httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30).status_code == 200
