@@ -12,7 +12,9 @@ Checks, all written to the JSON:
 - no starvation: every latency is below the stated bound, clients x the slowest request alone x 1.5
   (the worker always serves the oldest waiting request's group next, so at most one request per
   other client can run before it, none slower than the slowest alone; 1.5 for the machine's noise);
-- memory flat: the server's RSS after the soak is within max(10 %, 50 MB) of its RSS after warm-up;
+- memory flat: the same requests are sent `--rounds` times (2); the server's RSS after the last round
+  is within max(5 %, 20 MB) of its RSS after the first, and never more than max(10 %, 50 MB) above
+  its RSS after warm-up;
 - the server still answers, and its /stats counted the abandoned requests.
 
     python benchmarks/soak_serve.py                       # 200 requests, 16 clients -> results/soak_serve.json
@@ -265,7 +267,10 @@ def run(
     max_batch: int,
     threads: int,
     seed: int = 0,
+    rounds: int = 2,
 ) -> dict:
+    """Soak a fresh server with `requests` specs from `clients` clients, `rounds` times over; see the
+    module docstring for the checks. Returns the figures (the JSON)."""
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         folder = model or str(build_tiny_model(Path(tmp) / "model"))
@@ -289,8 +294,10 @@ def run(
 
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
-            todo = list(specs)
             lock = threading.Lock()
+            rounds_out: list[dict[int, dict]] = []
+            rss_rounds: list[int] = []
+            todo: list[dict] = []
             results: dict[int, dict] = {}
 
             def client_loop():
@@ -312,13 +319,18 @@ def run(
                         }
 
             t0 = time.monotonic()
-            workers = [threading.Thread(target=client_loop) for _ in range(clients)]
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            soak_s = time.monotonic() - t0
-            time.sleep(1.0)  # let abandoned work drain
+            for _ in range(rounds):  # the same requests again: a leak grows round after round
+                todo[:] = list(specs)
+                results = {}
+                workers = [threading.Thread(target=client_loop) for _ in range(clients)]
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                time.sleep(1.0)  # let abandoned work drain
+                rounds_out.append(results)
+                rss_rounds.append(server.rss())
+            soak_s = time.monotonic() - t0 - rounds * 1.0
             stop_sampling.set()
             sampler.join()
             rss_end = server.rss()
@@ -328,7 +340,6 @@ def run(
             alone_latency, mismatches = [], []
             with httpx.Client() as c:
                 for spec in specs:
-                    got = results[spec["id"]]
                     if spec["abandon"] is not None:
                         continue
                     start = time.monotonic()
@@ -337,21 +348,37 @@ def run(
                     except Exception as exc:  # the same request fails alone: a bad spec, reported
                         ref = f"error alone: {exc}"
                     alone_latency.append(time.monotonic() - start)
-                    if got["error"] is None and not same(got["answer"], ref):
-                        mismatches.append(
-                            {"id": spec["id"], "kind": spec["kind"], "soak": got["answer"], "alone": ref}
-                        )
+                    for r, res in enumerate(rounds_out):
+                        got = res[spec["id"]]
+                        if got["error"] is None and not same(got["answer"], ref):
+                            mismatches.append(
+                                {
+                                    "round": r,
+                                    "id": spec["id"],
+                                    "kind": spec["kind"],
+                                    "soak": got["answer"],
+                                    "alone": ref,
+                                }
+                            )
                 alive = c.get(f"{server.base}/v1/models", timeout=30).status_code == 200
         finally:
             server.stop()
-    completed = [r for s, r in ((s, results[s["id"]]) for s in specs) if s["abandon"] is None]
-    latencies = [r["latency"] for r in completed]
+    latencies = [res[s["id"]]["latency"] for res in rounds_out for s in specs if s["abandon"] is None]
     bound = clients * max(alone_latency) * 1.5
-    errors = [{"id": s["id"], "error": results[s["id"]]["error"]} for s in specs if results[s["id"]]["error"]]
-    growth = rss_end - rss_warm
-    flat = growth <= max(0.10 * rss_warm, 50 * 2**20)
+    errors = [
+        {"round": r, "id": s["id"], "error": res[s["id"]]["error"]}
+        for r, res in enumerate(rounds_out)
+        for s in specs
+        if res[s["id"]]["error"]
+    ]
+    # flat: the last round ends within max(5 %, 20 MB) of the first round's end (a leak grows per
+    # round), and nowhere above max(10 %, 50 MB) over the RSS after warm-up
+    flat = rss_rounds[-1] - rss_rounds[0] <= max(0.05 * rss_rounds[0], 20 * 2**20) and (
+        max(rss_samples) - rss_warm <= max(0.10 * rss_warm, 50 * 2**20)
+    )
     out = {
         "requests": requests,
+        "rounds": rounds,
         "clients": clients,
         "abandoned_sent": sum(s["abandon"] is not None for s in specs),
         "abandoned_counted_by_server": stats.get("abandoned"),
@@ -360,7 +387,7 @@ def run(
         "max_batch": max_batch,
         "server_threads": threads,
         "soak_seconds": round(soak_s, 2),
-        "requests_per_second": round(requests / soak_s, 2),
+        "requests_per_second": round(rounds * requests / soak_s, 2),
         "latency_s": {
             "p50": round(statistics.median(latencies), 3),
             "p95": round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 3),
@@ -372,6 +399,7 @@ def run(
         "mismatches": mismatches,
         "rss_mb": {
             "after_warmup": round(rss_warm / 2**20, 1),
+            "after_each_round": [round(x / 2**20, 1) for x in rss_rounds],
             "end": round(rss_end / 2**20, 1),
             "max": round(max(rss_samples) / 2**20, 1),
         },
@@ -398,6 +426,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2, help="send the same requests this many times")
     p.add_argument("--abandon", type=float, default=0.1, help="fraction of requests abandoned midway")
     p.add_argument("--model", default=None, help="model to serve (default: a tiny random Llama)")
     p.add_argument("--max-batch", type=int, default=8)
@@ -411,6 +440,7 @@ def main() -> int:
         abandon=args.abandon,
         max_batch=args.max_batch,
         threads=args.threads,
+        rounds=args.rounds,
     )
     out["command"] = " ".join(["python", "benchmarks/soak_serve.py", *sys.argv[1:]])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
