@@ -65,8 +65,9 @@ def create_app(
 ) -> FastAPI:
     """An OpenAI-compatible app serving `teacher` under the name `model_name`.
 
-    Requests are queued and run on one worker thread in groups of at most `max_batch` requests with
-    identical sampling, waiting up to `max_wait_ms` for a group to fill. `app.state.stats` (a
+    Requests are queued and run on one worker thread in groups of at most `max_batch` requests of one
+    kind with the same sampling but for max_tokens (seeded sampled requests alone), waiting up to
+    `max_wait_ms` for a group to fill. `app.state.stats` (a
     `BatchStats`) counts requests and model calls; `app.state.batcher` is the batcher.
     `max_logprobs` is the most top log-probs per token a request may ask for (`logprobs`,
     `top_logprobs`, `prompt_logprobs`); more is a 400 naming `--max-logprobs`, as vLLM does.
