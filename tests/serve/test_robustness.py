@@ -56,7 +56,8 @@ def test_a_client_that_times_out_cancels_its_generation(slow_server):
     r = chat(server, 3, temperature=0)
     waited = time.monotonic() - start
     assert r.status_code == 200
-    assert waited < 2.0, f"the next request waited {waited:.1f} s behind an abandoned one"
+    # the abandoned generation had >= 3.5 s left; stopping it leaves the next request ~0.1 s of work
+    assert waited < 2.5, f"the next request waited {waited:.1f} s behind an abandoned one"
     assert wait_for(lambda: app.state.stats.snapshot()["abandoned"] == 1)
 
 

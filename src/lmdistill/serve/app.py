@@ -194,7 +194,12 @@ def create_app(
             raise ServeError("Only best_of=1 is supported.", param="best_of", code="unsupported_value")
         if body.suffix:
             raise ServeError("suffix is not supported.", param="suffix", code="unsupported_value")
-        prompts = prompt_list(body.prompt, vocab=batcher.vocab)
+        if (
+            isinstance(body.prompt, list) and len(body.prompt) > 10_000
+        ):  # a long id list: check it off the loop
+            prompts = await asyncio.to_thread(prompt_list, body.prompt, vocab=batcher.vocab)
+        else:
+            prompts = prompt_list(body.prompt, vocab=batcher.vocab)
         for p in prompts:
             check_prompt_size(len(p) if isinstance(p, str) else 0, "prompt")
         k, k_prompt, echo = body.logprobs, body.prompt_logprobs, bool(body.echo)
