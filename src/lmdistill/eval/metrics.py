@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from lmdistill.chunked import Head
 from lmdistill.data import IGNORE_INDEX, DistillCollator
 from lmdistill.errors import UserError
+from lmdistill.io import read_text as read_utf8
 from lmdistill.models import head_rows
 from lmdistill.models.forward import final_hidden
 from lmdistill.text import rouge_l
@@ -64,7 +65,7 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)  # not UTF-8: a UserError naming the line
     if not text.strip():
         raise UserError(f"text file {path} is empty")
     return text
