@@ -149,7 +149,7 @@ def test_generate_refuses_another_jobs_output_but_resumes_its_own(tmp_path, caps
     with FaultServer() as server:
         base = [
             "generate",
-            _empty_yaml(tmp_path),
+            str(_empty_yaml(tmp_path)),
             f"input={src}",
             f"output={out}",
             "teacher.backend=api",
@@ -206,6 +206,7 @@ def test_recipe_output_dir_checks(tmp_path, tiny_model_dirs, a_file, capsys):
     save(
         load_recipe_config(recipe, [f"output_dir={other}", "tasks.seed=7"]), _mk(other) / "recipe_config.yaml"
     )
+    (other / "report.md").write_text("the other recipe's report")
     _fails(["recipe", recipe, f"output_dir={other}"], capsys, "tasks.seed", "overwrite_output_dir")
 
 
@@ -229,14 +230,14 @@ def test_serve_port_out_of_range(port, capsys):
 
 
 def test_float_notation_is_a_float(train_yaml, tmp_path, capsys):
-    assert main(["config", train_yaml, "train.learning_rate=2e-5", "distill.temperature=2"]) == 0
+    assert main(["config", str(train_yaml), "train.learning_rate=2e-5", "distill.temperature=2"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["train"]["learning_rate"] == 2e-5 and resolved["distill"]["temperature"] == 2.0
     cfg = yaml.safe_load(train_yaml.read_text())
     text = yaml.safe_dump(cfg) + "distill:\n  kd_ratio: 5E-1\n"
     in_file = tmp_path / "floats.yaml"
     in_file.write_text(text.replace("max_steps: 1", "max_steps: 1\n  learning_rate: 1.5e-4"))
-    assert main(["config", in_file]) == 0
+    assert main(["config", str(in_file)]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["train"]["learning_rate"] == 1.5e-4 and resolved["distill"]["kd_ratio"] == 0.5
     _fails(["config", train_yaml, "train.learning_rate=fast"], capsys, "train.learning_rate", "float")

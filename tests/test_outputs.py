@@ -117,7 +117,7 @@ def test_train_refuses_a_folder_holding_another_run(train_config, capsys):
 
 
 def test_resume_with_another_model_is_one_clear_message(train_config, capsys):
-    config, out = train_config
+    config, _ = train_config
     assert main(["train", str(config)]) == 0
     _fails(
         [

@@ -170,7 +170,9 @@ class Output:
             except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
                 return f"its {self.marker.name} cannot be read ({type(exc).__name__})"
             diff = differences(old, job, ignore)
-            if diff:
+            # A job that left nothing but its record (it failed before any output) is nothing to protect:
+            # the user fixing a typo in a model name must not be told the folder is someone else's.
+            if diff and self.products:
                 more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
                 return f"it holds a different job's output ({'; '.join(diff[:4])}{more})"
             return None
@@ -253,3 +255,11 @@ def remove(path: Path) -> None:
 def is_primary() -> bool:
     """True in a single process, or in the rank-0 process under torchrun/accelerate (RANK unset or 0)."""
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def check_output_folder(path: str | os.PathLike, command: str, key: str) -> Path:
+    """The preflight of a command that keeps no record of its job (eval): the folder path is usable and
+    holds no other command's output. Read-only; returns the path."""
+    output = Output.folder(command, path, key, marker=False)
+    output.check(None)
+    return output.path

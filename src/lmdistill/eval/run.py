@@ -200,6 +200,9 @@ def run_eval(
     """
     from lmdistill.eval.report import write_report
     from lmdistill.models import check_vocab, count_parameters, load_model, resolve_device
+    from lmdistill.outputs import check_output_folder
+
+    check_output_folder(output_dir, "eval", "--output-dir")  # before any work: not a file, no other job's
     from lmdistill.models.vocab import describe_vocab_difference
     from lmdistill.teachers.local import LocalTeacher
     from lmdistill.teachers.types import Request, Sampling
