@@ -140,7 +140,9 @@ class Output:
     ) -> Output:
         """A file output with sidecar files `<path><suffix>` (marker `<path>.config.yaml`)."""
         p = check_path(path, key, folder=False)
-        products = [p, *(Path(f"{p}{s}") for s in sidecars)]
+        # Only a finished output makes the job one to protect: a job that failed before writing it
+        # (e.g. nothing kept, only the rejected rows written) may be rerun with other settings.
+        products = [p, *(Path(f"{p}{s}") for s in sidecars)] if p.exists() else []
         return cls(
             command,
             p,

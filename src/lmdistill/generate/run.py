@@ -3,6 +3,9 @@
 Every response is committed to the SQLite cache the moment it arrives, so a killed run loses
 nothing and a rerun sends only the missing requests. The output JSONL is written to a temporary
 file and renamed at the end: a file named `output` is always complete.
+
+The job (the resolved config) is recorded in `<output>.config.yaml`: a rerun of the same job resumes,
+an output written by a different job is refused unless `overwrite: true` (see `lmdistill.outputs`).
 """
 
 from __future__ import annotations
