@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from lmdistill.cli import main
+from lmdistill.errors import UserError
 
 ROWS = [
     {
@@ -195,7 +196,8 @@ def test_latest_skips_incomplete_checkpoints(tmp_path):
             (folder / name).write_text("{}")
     (tmp_path / "checkpoint-foo").mkdir()
     assert resolve_checkpoint("latest", str(tmp_path)).endswith("checkpoint-10")  # 20 was cut mid-save
-    assert resolve_checkpoint("latest", str(tmp_path), needs=("x.bin",)) is None
+    with pytest.raises(UserError, match="no checkpoint to resume from"):  # never a silent fresh start
+        resolve_checkpoint("latest", str(tmp_path), needs=("x.bin",))
     assert resolve_checkpoint(None, str(tmp_path)) is None
 
 

@@ -177,11 +177,15 @@ def test_existing_output_needs_force(tiny_model_dirs, tmp_path):
     (out / "old.txt").write_text("keep me")
     with pytest.raises(UserError, match="--force"):
         export_model(student, out, log=quiet)
+    with pytest.raises(UserError, match="not a previous export"):  # --force replaces only an export
+        export_model(student, out, force=True, log=quiet)
     assert (out / "old.txt").read_text() == "keep me"
-    export_model(student, out, force=True, log=quiet)
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
     (tmp_path / "empty_out").mkdir()  # an empty folder is fine without --force
     export_model(student, tmp_path / "empty_out", log=quiet)
+    with pytest.raises(UserError, match="--force"):
+        export_model(student, tmp_path / "empty_out", log=quiet)
+    export_model(student, tmp_path / "empty_out", force=True, log=quiet)  # an earlier export: replaced
+    assert (tmp_path / "empty_out" / "model.safetensors").is_file()
     with pytest.raises(UserError, match="source"):
         export_model(student, student, force=True, log=quiet)
 

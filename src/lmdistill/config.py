@@ -137,7 +137,13 @@ class TrainConfig:
     save_steps: int = _f(500, "Checkpoint every N steps.")
     save_total_limit: int | None = _f(2, "Keep at most this many checkpoints.")
     resume_from_checkpoint: str | None = _f(
-        None, "Resume: a checkpoint folder, or `latest` for the newest one in output_dir."
+        None,
+        "Resume: a checkpoint folder, or `latest` for the newest one in output_dir (an error when there is none).",
+    )
+    overwrite_output_dir: bool = _f(
+        False,
+        "Replace output_dir when it holds a run with other settings (its checkpoints and student are deleted); "
+        "without it such a folder is refused. A recipe applies it to its folder and its students.",
     )
     bf16: bool = _f(False, "bf16 mixed precision (GPU).")
     gradient_checkpointing: bool = _f(False, "Recompute student activations in backward to save memory.")
@@ -196,6 +202,11 @@ class RunConfig:
         if s.lora_r < 0:
             raise UserError(f"student.lora_r must be >= 0, got {s.lora_r}")
         t = self.train
+        if t.max_steps <= 0 and not t.num_train_epochs > 0:
+            raise UserError(
+                f"train.max_steps={t.max_steps} and train.num_train_epochs={t.num_train_epochs}: nothing to "
+                "train; set train.max_steps > 0, or train.max_steps=0 with train.num_train_epochs > 0"
+            )
         if t.per_device_train_batch_size <= 0 or t.gradient_accumulation_steps <= 0:
             raise UserError(
                 "train.per_device_train_batch_size and gradient_accumulation_steps must be positive"

@@ -4,6 +4,8 @@ clean Hugging Face folder for deployment and evaluation.
 The folder holds safetensors weights, the tokenizer, the generation config and, when there is one,
 the lmdistill config; nothing used only for training (optimizer state, hint projections, ...). It is
 written into a temporary sibling and renamed into place, so a half-written export never looks finished.
+Every export holds `lmdistill_export.json` (source, dtype, quantisation); `--force` replaces a folder
+only when it holds that file, never the working directory, the source or any other folder.
 
 `--quantize int8-dynamic` keeps the float weights (Hugging Face cannot store dynamically quantised
 modules) and writes `lmdistill_quantization.json`; `load_exported` applies the quantisation on load.
@@ -15,7 +17,6 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from lmdistill.errors import UserError
+from lmdistill.io import atomic_write_json, make_temp_dir, public_tree
 from lmdistill.models.loading import DTYPES, resolve_dtype
 from lmdistill.models.quantize import (
     QUANTIZATION_FILE,
@@ -30,6 +32,7 @@ from lmdistill.models.quantize import (
     read_quantization,
 )
 from lmdistill.models.quantize import check_quantize as _check_quantize
+from lmdistill.outputs import check_path, hold_lock
 
 #: Files a training run may leave in or beside a student folder; an export never contains them.
 TRAINING_ONLY_FILES = (
@@ -41,6 +44,8 @@ TRAINING_ONLY_FILES = (
     "scaler.pt",
 )
 TRAINING_ONLY_GLOBS = ("rng_state*.pth",)
+#: Written into every export (source, dtype, quantisation): how `--force` knows a folder is an export.
+EXPORT_MARKER = "lmdistill_export.json"
 #: The lmdistill run config (same name as `lmdistill.training.run.CONFIG_FILE`).
 CONFIG_FILE = "lmdistill_config.yaml"
 STUDENT_DIR = "student"
@@ -82,7 +87,7 @@ def export_model(
             )
         target_dtype = torch.float32
     kind, model_dir, run_dir = resolve_source(src)
-    out = Path(out)
+    out = check_path(out, "export: output")
     _check_output(out, model_dir, run_dir, force=force)
 
     if kind == "adapter":
@@ -97,8 +102,20 @@ def export_model(
     model.eval()
     log(f"export: {kind} {model_dir} -> {out} ({_dtype_name(next(model.parameters()).dtype)} weights)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    with hold_lock(out.parent / f".{out.name}.lock", f"export: output {out}", "export"):
+        _check_output(out, model_dir, run_dir, force=force)  # again, now that no other export can write
+        dtype_name = _dtype_name(next(model.parameters()).dtype)
+        marker = {"source": str(src), "kind": kind, "dtype": dtype_name, "quantize": method}
+        _write_export(out, model, tokenizer, model_dir, run_dir, method, marker, log)
+    log(f"export: wrote {out}")
+    return out
+
+
+def _write_export(
+    out: Path, model, tokenizer, model_dir: Path, run_dir: Path | None, method, marker: dict, log
+) -> None:
+    """Save into a temporary sibling, then swap it in for `out` (an earlier export, checked, or nothing)."""
+    tmp = make_temp_dir(out)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
@@ -114,13 +131,15 @@ def export_model(
             if tokenizer is not None:
                 report = quantization_report(tmp, DEFAULT_REPORT_TEXTS)
                 log(format_quantization_report(report))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        atomic_write_json(tmp / EXPORT_MARKER, marker)
+        public_tree(tmp)
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.is_dir():
+            os.replace(out, old)  # an earlier export or an empty folder (checked); deleted once replaced
         os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"export: wrote {out}")
-    return out
 
 
 def resolve_source(src: str | os.PathLike) -> tuple[str, Path, Path | None]:
@@ -242,15 +261,27 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _check_output(out: Path, model_dir: Path, run_dir: Path | None, *, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"export: output {out} exists and is a file")
+    """OUT may be new, an empty folder, or (with --force) an earlier export: never the working directory,
+    the source, a folder holding either, or any other folder (`--force` replaces an export, nothing else)."""
     resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UserError(
+            f"export: output {out} is or contains the working directory; give a new folder, e.g. {out / 'export'}"
+        )
     for source in filter(None, (model_dir, run_dir)):
         s = source.resolve()
         if resolved == s or resolved in s.parents:
             raise UserError(f"export: output {out} would replace the source {source}; choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"export: output folder {out} exists and is not empty; use --force to replace it")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise UserError(
+            f"export: output folder {out} is not empty and is not a previous export (no {EXPORT_MARKER}); "
+            "choose a new or empty folder (--force replaces only an earlier export)"
+        )
+    if not force:
+        raise UserError(f"export: output folder {out} holds an earlier export; use --force to replace it")
 
 
 def _load_tokenizer_or_none(folder: Path, log):

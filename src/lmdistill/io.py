@@ -1,4 +1,8 @@
-"""Writing files so that a reader never sees half of one: temp file in the same folder, fsync, rename."""
+"""Writing files so that a reader never sees half of one: temp file in the same folder, fsync, rename.
+
+Files and folders end up with the modes any other tool would give them (0666 / 0777 less the umask),
+not the private 0600 / 0700 of a temporary file or folder, so an output can be shared or served.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,43 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+
+def umask() -> int:
+    """The process umask (read from /proc where it can be, so no other thread sees it changed)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike) -> None:
+    """Give a file made by mkstemp (0600) or a folder made by mkdtemp (0700) its ordinary mode."""
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~umask())
+
+
+def public_tree(folder: str | os.PathLike) -> None:
+    """`public_mode` on a folder and everything in it (some writers, e.g. safetensors through
+    transformers, also leave 0600 files)."""
+    for path in Path(folder).rglob("*"):
+        if not path.is_symlink():
+            public_mode(path)
+    public_mode(folder)
+
+
+def make_temp_dir(out: Path) -> Path:
+    """A temporary sibling folder of `out` (for a write-then-rename), with an ordinary mode."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    public_mode(tmp)
+    return tmp
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -19,6 +60,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        public_mode(tmp)
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -40,3 +82,30 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, value) -> Path:
     return atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_text_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a UTF-8 text file (newlines kept); bytes that are not UTF-8 are a UserError naming
+    the file and the line."""
+    from lmdistill.errors import UserError
+
+    data = Path(path).read_bytes()
+    lines = data.splitlines(keepends=True)
+    out = []
+    for lineno, raw in enumerate(lines, start=1):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                "save the file as UTF-8"
+            ) from None
+    return out
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file; not-UTF-8 bytes are a UserError naming the file and the line."""
+    try:
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(read_text_lines(path))  # raises, naming the line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import field
@@ -27,8 +28,13 @@ def f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# Decimal and scientific notation; YAML 1.1 (PyYAML) reads `2e-5` (no dot) as a string.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` (from YAML) against annotation `tp`; ints are accepted for floats."""
+    """Check `value` (from YAML) against annotation `tp`; ints and float notation such as `2e-5`
+    (which YAML 1.1 leaves a string) are accepted for floats."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -48,6 +54,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return float(value)
     if tp is int and isinstance(value, bool):
         raise UserError(f"{key}: expected an integer, got {value!r}")
@@ -108,12 +116,21 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
-            raise UserError(f"override {item!r}: value is not valid YAML ({e})") from None
+            raise UserError(f"override {item!r}: value is not valid YAML ({_yaml_problem(e)})") from None
         if len(parts) == 1:
             nested[parts[0]] = value
         else:
             nested.setdefault(parts[0], {})[parts[1]] = value
     return nested
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line (PyYAML's own message spans several, with a drawing of the spot)."""
+    problem = getattr(e, "problem", None)
+    context = getattr(e, "context", None)
+    if problem:
+        return f"{problem} ({context})" if context else problem
+    return " ".join(str(e).split())
 
 
 def load(root: type, path: str | os.PathLike | None, overrides: list[str] = ()):
@@ -125,10 +142,14 @@ def load(root: type, path: str | os.PathLike | None, overrides: list[str] = ()):
         p = Path(path)
         if not p.is_file():
             raise UserError(f"config file not found: {path}")
+        from lmdistill.io import read_text
+
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(read_text(p)) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"{path}: not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise UserError(f"{where}: not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(raw, dict):
             raise UserError(
                 f"{path}: the config must be a mapping of {', '.join(typing.get_type_hints(root))}"

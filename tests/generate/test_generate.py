@@ -80,10 +80,32 @@ def test_responses_with_provenance_filters_and_cache(tmp_path, server):
     assert summary["dropped"] == {"failed": 1}
 
     before = server.total
-    again = _run(_config(tmp_path, server, "responses", rows, "sampling.max_new_tokens=16", "keep_cut=true"))
+    # Other settings are another job: its output replaces this one only when asked (overwrite=true);
+    # the cache is kept, so answers already received are not asked again.
+    again = _run(
+        _config(
+            tmp_path,
+            server,
+            "responses",
+            rows,
+            "sampling.max_new_tokens=16",
+            "keep_cut=true",
+            "overwrite=true",
+        )
+    )
     assert server.total - before == 1  # only the failed request is retried: failures are never cached
     assert again["requests_cached"] == 4
-    _run(_config(tmp_path, server, "responses", rows, "sampling.max_new_tokens=16", "sampling.seed=7"))
+    _run(
+        _config(
+            tmp_path,
+            server,
+            "responses",
+            rows,
+            "sampling.max_new_tokens=16",
+            "sampling.seed=7",
+            "overwrite=true",
+        )
+    )
     assert server.total - before == 1 + 5  # a new seed misses the cache
 
 
@@ -150,7 +172,13 @@ def test_self_instruct_filters_then_answers(tmp_path, server):
 
     server.script_next(("ok",))  # an echo of the request is not an instruction
     cfg = _config(
-        tmp_path, server, "self_instruct", seeds, "self_instruct.num_instructions=1", "sampling.seed=100"
+        tmp_path,
+        server,
+        "self_instruct",
+        seeds,
+        "self_instruct.num_instructions=1",
+        "sampling.seed=100",
+        "overwrite=true",  # another job into the same output
     )
     server.script_next(("reply", "Name a country in Europe and its capital city."))
     summary = _run(cfg)

@@ -13,11 +13,13 @@ message naming each difference (or is deleted first with capture.overwrite=true)
 
 Several processes (torchrun/accelerate: torch.distributed initialised, or WORLD_SIZE > 1 in the
 environment): rank r computes the shards s with s % world == r; rank 0 writes the manifest once all
-are done.
+are done. Rank 0 holds the folder's lock (`lmdistill.outputs`) while the store is written: a second
+capture into the same folder is refused at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ from lmdistill.capture.store import (
 from lmdistill.chunked import TAIL_FLOOR, Head
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.errors import UserError
+from lmdistill.outputs import LOCK_FILE, check_output_folder, hold_lock
 
 
 @dataclass
@@ -142,12 +145,13 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
     from lmdistill.models.forward import weights_fingerprint
 
     cfg.validate()
-    c, folder = cfg.capture, Path(cfg.capture.output_dir)
+    c, folder = cfg.capture, check_output_folder(cfg.capture.output_dir, "capture", "capture.output_dir")
     records = load_records(cfg.data.train)[: cfg.data.max_examples]  # [:None] keeps all
     tokenizer = load_tokenizer(cfg.teacher.name)
     features, stats = tokenize_records(records, tokenizer, cfg.data.max_length, source=cfg.data.train)
     settings, shard_hashes = _settings(cfg, tokenizer, features)
     procs = Processes.start()
+    lock = contextlib.ExitStack()
     try:
         existing = _check_folder(folder, settings, c.overwrite, procs.rank, skip=("teacher_hash",))
         teacher = load_teacher(
@@ -162,6 +166,9 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
             student_name=cfg.teacher.name,
         )
         settings["teacher_hash"] = weights_fingerprint(teacher)
+        if procs.rank == 0:  # one writer per folder; the other ranks write only their own shards
+            lock.enter_context(hold_lock(folder / LOCK_FILE, f"capture.output_dir {folder}", "capture"))
+            existing = _check_folder(folder, settings, c.overwrite, procs.rank, skip=("teacher_hash",))
         if existing is not None:
             _check_folder(folder, settings, c.overwrite, procs.rank, skip=())
         ranges = shard_ranges(len(features), c.shard_size)
@@ -190,6 +197,7 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
             write_manifest(folder, settings, shards, complete=True, tokenization=stats)
         procs.barrier()
     finally:
+        lock.close()
         procs.close()
     summary = CaptureSummary(
         folder, len(features), stats["target_tokens"], sum(r["bytes"] for r in shards), *counts, seconds

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lmdistill.errors import UserError
+from lmdistill.io import read_text_lines
 
 FORMATS = ("messages", "prompt_completion", "text")
 LAYOUTS_HELP = (
@@ -28,17 +29,16 @@ def _read_jsonl_numbered(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise UserError(f"data file not found: {path}")
     out: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-            out.append((lineno, obj))
+    for lineno, line in enumerate(read_text_lines(path), start=1):  # not UTF-8: names the line
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+        out.append((lineno, obj))
     return out
 
 
@@ -128,12 +128,15 @@ def load_records(path_or_name: str | Path, split: str = "train") -> list[dict[st
     * a folder written by ``datasets.Dataset.save_to_disk`` (or ``DatasetDict``, using `split`).
     * anything else -> ``datasets.load_dataset(name, split=split)``.
 
-    Returns a list of record dicts; raises UserError for anything the user can fix.
+    Returns a list of record dicts; raises UserError for anything the user can fix, an empty data set
+    included.
     """
     path = Path(path_or_name)
     if path.suffix.lower() in (".jsonl", ".json"):
         numbered = _read_jsonl_numbered(path)
         records = [obj for _, obj in numbered]
+        if not records:
+            raise UserError(f"{path}: no examples, the file is empty")
         validate_records(records, str(path), [n for n, _ in numbered])
         return records
     if path.is_dir():
@@ -144,6 +147,8 @@ def load_records(path_or_name: str | Path, split: str = "train") -> list[dict[st
         raise UserError(f"{path}: unsupported file type; use JSON Lines (.jsonl)")
     else:
         records = _load_hub_dataset(str(path_or_name), split)
+    if not records:
+        raise UserError(f"{path_or_name}: no examples, the data set is empty")
     validate_records(records, str(path_or_name))
     return records
 

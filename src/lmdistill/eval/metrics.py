@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lmdistill.data import IGNORE_INDEX
 from lmdistill.errors import UserError
+from lmdistill.io import read_text as read_utf8
 from lmdistill.text import rouge_l
 
 
@@ -47,7 +48,7 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)  # not UTF-8: a UserError naming the line
     if not text.strip():
         raise UserError(f"text file {path} is empty")
     return text

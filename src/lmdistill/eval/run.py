@@ -152,6 +152,9 @@ def run_eval(
     fixed_length: tokens generated for the fixed-length latency (time to first token, per-token).
     """
     from lmdistill.eval.report import write_report
+    from lmdistill.outputs import check_output_folder
+
+    check_output_folder(output_dir, "eval", "--output-dir")  # before any work: not a file, no other job's
 
     if speculative and (teacher is None or not tasks):
         raise UserError("--speculative needs --teacher (the target) and at least one --task (the prompts)")

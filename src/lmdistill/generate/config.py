@@ -117,6 +117,11 @@ class GenerateConfig:
     cache: str | None = f(
         None, "SQLite response cache; default <output>.cache.sqlite. A rerun sends only missing requests."
     )
+    overwrite: bool = f(
+        False,
+        "Replace an output written by a different job (other settings, recorded in <output>.config.yaml); "
+        "without it that output is refused. A rerun of the same job needs no overwrite: it resumes.",
+    )
     keep_cut: bool = f(False, "Keep answers cut at max_new_tokens in the training file.")
     require_json: list[str] | None = f(
         None,

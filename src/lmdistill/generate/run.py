@@ -3,10 +3,14 @@
 Every response is committed to the SQLite cache the moment it arrives, so a killed run loses
 nothing and a rerun sends only the missing requests. The output JSONL is written to a temporary
 file and renamed at the end: a file named `output` is always complete.
+
+The job (the resolved config) is recorded in `<output>.config.yaml`: a rerun of the same job resumes,
+an output written by a different job is refused unless `overwrite: true` (see `lmdistill.outputs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 from tqdm.auto import tqdm
@@ -16,6 +20,7 @@ from lmdistill.errors import UserError
 from lmdistill.generate.config import GenerateConfig, TeacherBackendConfig
 from lmdistill.generate.modes import MODE_FUNCTIONS
 from lmdistill.io import atomic_write_json, atomic_write_jsonl
+from lmdistill.outputs import Output, check_path
 from lmdistill.teachers.cache import CachedTeacher, ResponseCache
 
 
@@ -58,13 +63,51 @@ def asker(teacher, usage: Counter):
     return ask
 
 
+#: Settings that do not change what a job writes: a rerun may change them and still resume.
+RERUN_MAY_CHANGE = (
+    "overwrite",
+    "cache",
+    "teacher.api_key_env",
+    "teacher.concurrency",
+    "teacher.requests_per_minute",
+    "teacher.tokens_per_minute",
+    "teacher.max_retries",
+    "teacher.timeout",
+    "teacher.batch_size",
+)
+
+
+def output_of(cfg: GenerateConfig) -> tuple[Output, dict]:
+    """The output file (checked: not a folder, not under a file) and the job recorded beside it."""
+    check_path(cfg.cache_path, "cache", folder=False)
+    output = Output.file(
+        "generate",
+        cfg.output,
+        "output",
+        sidecars=(".rejected.jsonl", ".summary.json"),
+        overwrite_hint="set overwrite=true to replace it (answers already received stay in the cache)",
+    )
+    return output, dataclasses.asdict(cfg)
+
+
 def run_generate(cfg: GenerateConfig, teacher=None, log=print) -> dict:
-    """Generate as `cfg` says (with `teacher` if given, else the configured backend); returns the summary."""
+    """Generate as `cfg` says (with `teacher` if given, else the configured backend); returns the summary.
+
+    The output is checked before anything is read or sent, and claimed (locked, job recorded in
+    `<output>.config.yaml`) once the input rows are read: see `lmdistill.outputs`.
+    """
+    output, job = output_of(cfg)
+    output.check(job, overwrite=cfg.overwrite, ignore=RERUN_MAY_CHANGE)
     rows = read_jsonl(cfg.input)
     if cfg.max_rows is not None:
         rows = rows[: cfg.max_rows]
     if not rows:
         raise UserError(f"{cfg.input}: no input rows")
+    with output.claim(job, overwrite=cfg.overwrite, ignore=RERUN_MAY_CHANGE):
+        return _generate(cfg, rows, teacher, log)
+
+
+def _generate(cfg: GenerateConfig, rows: list[dict], teacher, log) -> dict:
     teacher = teacher or build_teacher(cfg.teacher)
     teacher_id = f"{teacher.backend}:{teacher.name}"
     usage: Counter = Counter()

@@ -9,14 +9,15 @@ per-probe answers (predictions.jsonl) and the data (data/*.jsonl, data/rejected.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import sys
 import time
 from pathlib import Path
 
-from lmdistill import yamlconfig
 from lmdistill.errors import UserError
 from lmdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from lmdistill.outputs import Output
 from lmdistill.recipes import cot, icl, instruct
 from lmdistill.recipes.common import (
     TeacherSession,
@@ -48,15 +49,49 @@ def draw_splits(cfg) -> tuple[list, dict]:
     return tasks, splits
 
 
+#: Settings a rerun may change and still be the same recipe (it resumes from the teacher cache).
+RERUN_MAY_CHANGE = (
+    "train.overwrite_output_dir",
+    "train.logging_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.report_to",
+    "teacher.api_key_env",
+    "teacher.concurrency",
+    "teacher.requests_per_minute",
+    "teacher.tokens_per_minute",
+    "teacher.max_retries",
+    "teacher.timeout",
+    "teacher.batch_size",
+    "eval.batch_size",
+)
+
+
 def run_recipe(cfg, teacher=None, log=print) -> dict:
-    """Run the recipe `cfg` describes; returns results.json's content. `teacher`: a ready backend (tests)."""
+    """Run the recipe `cfg` describes; returns results.json's content. `teacher`: a ready backend (tests).
+
+    output_dir is checked first and claimed (locked, config recorded in recipe_config.yaml) once the
+    tasks are drawn; a folder holding another recipe is refused unless train.overwrite_output_dir.
+    """
     start = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    yamlconfig.save(cfg, out / "recipe_config.yaml")
+    output = Output.folder(
+        "recipe",
+        out,
+        "output_dir",
+        products=("report.md", "results.json", "predictions.jsonl", "data"),
+        resume_hint="rerun it with its own settings (answers come from the cache)",
+        overwrite_hint="set train.overwrite_output_dir=true to replace it",
+    )
+    job, overwrite = dataclasses.asdict(cfg), cfg.train.overwrite_output_dir
+    output.check(job, overwrite=overwrite, ignore=RERUN_MAY_CHANGE)
     method = METHODS[cfg.method]
     tasks, splits = draw_splits(cfg)  # before any model loads: a bad task fails at once
+    with output.claim(job, overwrite=overwrite, ignore=RERUN_MAY_CHANGE):
+        return _run(cfg, out, method, tasks, splits, teacher, log, start)
 
+
+def _run(cfg, out: Path, method, tasks, splits, teacher, log, start: float) -> dict:
     with TeacherSession(cfg, out, teacher) as session:
         data, rejected = method.build_rows(cfg, tasks, splits, session, log)
         data_sets = data if isinstance(data, dict) else {cfg.method: data}

@@ -12,19 +12,21 @@ teacher's weights are loaded only to shrink it into the student, and dropped bef
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import TrainingArguments, set_seed
 
 from lmdistill.chunked import LossSpec
 from lmdistill.config import RunConfig, TrainConfig, save_config
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.errors import UserError
+from lmdistill.io import make_temp_dir, public_tree
 from lmdistill.models import (
     check_vocab,
     count_parameters,
@@ -36,6 +38,7 @@ from lmdistill.models import (
     resolve_dtype,
     shrink_model,
 )
+from lmdistill.outputs import Output, differences, is_primary
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
 
@@ -198,8 +201,7 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike, config: RunConfig
     With `config`, the run's resolved config goes inside the folder too, so it always describes that model.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_temp_dir(out)  # the umask's mode, not mkdtemp's private 0700
     if hasattr(model, "merge_and_unload"):  # LoRA: ship one ordinary model folder
         model = model.merge_and_unload()
     try:
@@ -207,6 +209,7 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike, config: RunConfig
         tokenizer.save_pretrained(tmp)
         if config is not None:
             save_config(config, tmp / CONFIG_FILE)
+        public_tree(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -234,7 +237,8 @@ def make_trainer(
 
 
 def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, ...] = ()) -> str | None:
-    """`latest` -> the newest complete checkpoint-N in output_dir (None if there is none); a path is checked.
+    """`latest` -> the newest complete checkpoint-N in output_dir (a UserError if there is none); a path
+    is checked.
 
     Complete means Trainer wrote its `trainer_state.json` (its last file) and every file in `needs`
     is there: a run killed while saving leaves a folder that is skipped, not resumed from.
@@ -248,51 +252,118 @@ def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, 
             files = ("trainer_state.json", *needs)
             if step.isdigit() and all((folder / name).is_file() for name in files):
                 complete.append((int(step), folder))
-        return str(max(complete)[1]) if complete else None
+        if not complete:
+            raise UserError(
+                f"train.resume_from_checkpoint=latest: no checkpoint to resume from in {output_dir} (no complete "
+                f"checkpoint-N folder with {', '.join(('trainer_state.json', *needs))}); drop the setting to "
+                "start a new run"
+            )
+        return str(max(complete)[1])
     if not Path(value).is_dir():
         raise UserError(f"train.resume_from_checkpoint: no checkpoint folder at {value}")
     return value
 
 
 def run(cfg: RunConfig, log=print) -> Path:
-    """Train a student as `cfg` says; returns the saved student folder (output_dir/student)."""
+    """Train a student as `cfg` says; returns the saved student folder (output_dir/student).
+
+    Nothing is written until every input is checked: the output folder (not a file, not another run's),
+    the checkpoint to resume from, the data (read and tokenized before any model loads) and the models.
+    The folder is then locked for the run and its config recorded (`lmdistill.outputs`).
+    """
     if not cfg.data.train:
         raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
-    set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
-    save_config(cfg, out / CONFIG_FILE)
-    # Data is read before any model is loaded: a bad file fails in a second, not after a minute.
+    output, job, ignore = check_output(cfg)
+    set_seed(cfg.train.seed)
+    # Data is read and tokenized before any model is loaded: a bad file fails in a second, not after a minute.
     train_rows = read_data(cfg.data.train, cfg.data.max_examples)
     eval_rows = read_data(cfg.data.eval) if cfg.data.eval else None
     store = open_teacher_store(cfg)
     n = cfg.data.max_length
-    tokenizer = None
+    tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
+    train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
+    evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     if store is not None:  # the store is checked against the run before any weights are loaded
-        tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)
-        train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
         store.check_run(tokenizer, train, cfg.distill.temperature)
         for i, feature in enumerate(train):
             feature["example_index"] = i  # travels with the example through shuffling and resume
     models = build_models(cfg, log, store=store, tokenizer=tokenizer)
-    if store is None:
-        train, _ = tokenize_records(train_rows, models.tokenizer, n, source=cfg.data.train)
-    evalf = tokenize_records(eval_rows, models.tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
     trainer = make_trainer(cfg, models, train, evalf, log, store=store)
     needs = (PROJECTIONS_FILE,) if trainer.hints is not None and trainer.hints.projections is not None else ()
     resume = resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir, needs=needs)
-    trainer.train(resume_from_checkpoint=resume)
-    if trainer.is_world_process_zero():
-        if evalf and models.teacher is not None:
-            report_agreement(trainer.model, models, evalf, out / "eval.json", log)
-        elif evalf:
-            log("held-out agreement with the teacher needs the live teacher: skipped (distill.teacher_store)")
-        path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
-        log(f"student saved to {path}")
-        if trainer.hints is not None and trainer.hints.projections is not None:
-            trainer.hints.save(out)  # training-only: kept apart from the student folder
-            log(f"hint projections saved to {out / PROJECTIONS_FILE}")
+    overwrite = cfg.train.overwrite_output_dir
+    with output.claim(job, overwrite=overwrite, ignore=ignore, primary=is_primary()):
+        trainer.train(resume_from_checkpoint=resume)
+        if trainer.is_world_process_zero():
+            if evalf and models.teacher is not None:
+                report_agreement(trainer.model, models, evalf, out / "eval.json", log)
+            elif evalf:
+                log(
+                    "held-out agreement with the teacher needs the live teacher: skipped (distill.teacher_store)"
+                )
+            path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
+            log(f"student saved to {path}")
+            if trainer.hints is not None and trainer.hints.projections is not None:
+                trainer.hints.save(out)  # training-only: kept apart from the student folder
+                log(f"hint projections saved to {out / PROJECTIONS_FILE}")
     return out / STUDENT_DIR
+
+
+#: Settings that may change between a run and its rerun in the same folder without making it another run.
+RERUN_MAY_CHANGE = (
+    "train.resume_from_checkpoint",
+    "train.overwrite_output_dir",
+    "train.logging_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.report_to",
+)
+#: ... and, when resuming, how long it trains.
+RESUME_MAY_CHANGE = ("train.max_steps", "train.num_train_epochs")
+
+
+def check_output(cfg: RunConfig) -> tuple[Output, dict, tuple[str, ...]]:
+    """Check train.output_dir and the checkpoint to resume from, before any work (read-only).
+
+    Returns the folder, the job recorded in it (the resolved config) and the settings a rerun may change.
+    """
+    t = cfg.train
+    job = dataclasses.asdict(cfg)
+    resuming = t.resume_from_checkpoint is not None
+    ignore = RERUN_MAY_CHANGE + (RESUME_MAY_CHANGE if resuming else ())
+    output = Output.folder(
+        "train",
+        t.output_dir,
+        "train.output_dir",
+        products=("checkpoint-*", STUDENT_DIR, "eval.json", PROJECTIONS_FILE),
+        resume_hint="resume it with train.resume_from_checkpoint=latest and its settings",
+        overwrite_hint="set train.overwrite_output_dir=true to replace it",
+    )
+    if resuming and t.overwrite_output_dir:
+        raise UserError(
+            "train.resume_from_checkpoint and train.overwrite_output_dir=true contradict each other: "
+            "resume the run, or replace it"
+        )
+    if resuming:
+        checkpoint = resolve_checkpoint(t.resume_from_checkpoint, t.output_dir)
+        run_dir = Path(checkpoint).parent
+        recorded = run_dir / CONFIG_FILE
+        if recorded.is_file():
+            try:
+                old = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError) as exc:
+                raise UserError(f"{recorded}: cannot be read ({exc.__class__.__name__})") from None
+            diff = differences(old, job, ignore)
+            if diff:
+                raise UserError(
+                    f"train.resume_from_checkpoint: {checkpoint} belongs to a run with other settings "
+                    f"({'; '.join(diff[:4])}); resume with that run's settings (see {recorded}), or drop "
+                    "train.resume_from_checkpoint to start a new run in another train.output_dir"
+                )
+    output.check(job, overwrite=t.overwrite_output_dir, ignore=ignore)
+    return output, job, ignore
 
 
 def report_agreement(student, models: Models, features, path: Path, log=print) -> dict:

@@ -1,0 +1,267 @@
+"""An output a command owns: checked before any work, locked while written, claimed with its job's config.
+
+Every command that writes results follows the same rules (see docs/bad_input.md):
+
+* The path is checked before any work: a folder output is not an existing file, a file output is not a
+  folder, and no parent is a file (`out.txt/sub`).
+* Ownership is recorded in a marker file, the job's resolved config as YAML: `lmdistill_config.yaml` for
+  `train`, `recipe_config.yaml` for `recipe`, `<output>.config.yaml` for `generate` (capture keeps its
+  `manifest.json`, export its `lmdistill_export.json`). A folder holding a *different* job's output
+  (another config, another command's marker, or this command's files without a marker) is refused with
+  what differs and what to do, unless the user asks to overwrite. The same job again is welcome: that is
+  how generate and capture resume, and how a training run is resumed.
+* While a command writes, an OS lock (`fcntl.flock` on a lock file beside the marker) keeps a second
+  command out. The kernel drops the lock when the process exits or crashes, so a lock file left behind
+  never blocks anyone. Under torchrun only the primary process (rank 0) claims; the others only check.
+* Callers claim only after their inputs are read and checked, so a run that fails on bad input has
+  written nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmdistill.errors import UserError
+
+LOCK_FILE = ".lmdistill.lock"
+#: The marker file that says which command wrote a folder.
+MARKERS = {
+    "export": "lmdistill_export.json",
+    "capture": "manifest.json",
+    "recipe": "recipe_config.yaml",
+    "train": "lmdistill_config.yaml",
+}
+
+
+def check_path(path: str | os.PathLike, key: str, *, folder: bool = True) -> Path:
+    """Refuse a path that cannot be written: a file where a folder is wanted (or the reverse), or a path
+    under a file. `key` names the setting in the message (e.g. train.output_dir)."""
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise UserError(f"{key}: {p} is a file, not a folder; give a folder path")
+    if not folder and p.is_dir():
+        raise UserError(f"{key}: {p} is a folder; give a file path")
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{key}: {p} is inside {parent}, which is a file, not a folder")
+            break
+    return p
+
+
+def owner_of(folder: Path) -> str | None:
+    """The command whose marker is in `folder` (export first: an export also holds a copy of the
+    training config), or None."""
+    for command, marker in MARKERS.items():
+        if (folder / marker).is_file():
+            return command
+    return None
+
+
+def differences(old: Any, new: Any, ignore: Iterable[str] = (), prefix: str = "") -> list[str]:
+    """`["student.num_layers: 10 -> 2", ...]` for the dotted keys whose values differ (keys in `ignore` aside)."""
+    ignore = set(ignore)
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            name = f"{prefix}{key}"
+            if name in ignore:
+                continue
+            out += differences(old.get(key), new.get(key), ignore, f"{name}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    return []
+
+
+@dataclass
+class Output:
+    """What one command writes and how it is guarded.
+
+    `path` is the folder (or, for generate, the file) the command writes; `marker` records the job (its
+    config as YAML; None: the command keeps no record, it only refuses other commands' folders); `lock` is
+    the lock file; `products` are the paths the command writes, removed when the user overwrites another
+    job's output; `key` and `overwrite_hint` word the messages."""
+
+    command: str
+    path: Path
+    key: str
+    marker: Path | None
+    lock: Path
+    products: list[Path] = field(default_factory=list)
+    overwrite_hint: str = ""
+    resume_hint: str = ""
+    is_folder: bool = True
+
+    @classmethod
+    def folder(
+        cls,
+        command: str,
+        path: str | os.PathLike,
+        key: str,
+        *,
+        products: Iterable[str] = (),
+        overwrite_hint: str = "",
+        resume_hint: str = "",
+        marker: bool = True,
+    ) -> Output:
+        """A folder output; `products` are file or glob names inside it."""
+        folder = check_path(path, key)
+        found = [p for pattern in products for p in sorted(folder.glob(pattern))] if folder.is_dir() else []
+        return cls(
+            command,
+            folder,
+            key,
+            folder / MARKERS[command] if marker else None,
+            folder / LOCK_FILE,
+            found,
+            overwrite_hint,
+            resume_hint,
+        )
+
+    @classmethod
+    def file(
+        cls,
+        command: str,
+        path: str | os.PathLike,
+        key: str,
+        *,
+        sidecars: Iterable[str] = (),
+        overwrite_hint="",
+    ) -> Output:
+        """A file output with sidecar files `<path><suffix>` (marker `<path>.config.yaml`)."""
+        p = check_path(path, key, folder=False)
+        # Only a finished output makes the job one to protect: a job that failed before writing it
+        # (e.g. nothing kept, only the rejected rows written) may be rerun with other settings.
+        products = [p, *(Path(f"{p}{s}") for s in sidecars)] if p.exists() else []
+        return cls(
+            command,
+            p,
+            key,
+            Path(f"{p}.config.yaml"),
+            p.parent / f".{p.name}.lock",
+            [q for q in products if q.exists()],
+            overwrite_hint,
+            is_folder=False,
+        )
+
+    # -- checks --------------------------------------------------------------------------------------
+
+    def foreign(self) -> str | None:
+        """The other command whose output the folder holds (never overwritten), or None."""
+        other = owner_of(self.path) if self.is_folder and self.path.is_dir() else None
+        return other if other != self.command else None
+
+    def conflict(self, job: dict | None, ignore: Iterable[str] = ()) -> str | None:
+        """Why `path` holds another job's output (None when it is free or holds this same job)."""
+        other = self.foreign()
+        if other is not None:
+            return f"it holds the output of `lmdistill {other}` ({MARKERS[other]})"
+        if self.marker is not None and self.marker.is_file():
+            try:
+                old = yaml.safe_load(self.marker.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+                return f"its {self.marker.name} cannot be read ({type(exc).__name__})"
+            diff = differences(old, job, ignore)
+            # A job that left nothing but its record (it failed before any output) is nothing to protect:
+            # the user fixing a typo in a model name must not be told the folder is someone else's.
+            if diff and self.products:
+                more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+                return f"it holds a different job's output ({'; '.join(diff[:4])}{more})"
+            return None
+        if self.products:
+            names = ", ".join(p.name for p in self.products[:3])
+            where = f"{self.marker.name}" if self.marker is not None else "a record of this job"
+            return f"it holds {names} but no {where}: not written by this job"
+        return None
+
+    def check(self, job: dict | None, *, overwrite: bool = False, ignore: Iterable[str] = ()) -> None:
+        """Refuse (UserError) a path holding another job's output, unless `overwrite` (read-only)."""
+        reason = self.conflict(job, ignore)
+        if reason is None or (overwrite and self.foreign() is None):
+            return
+        hints = ["choose another " + self.key]
+        if self.foreign() is None:
+            hints = [h for h in (self.resume_hint, *hints, self.overwrite_hint) if h]
+        raise UserError(f"{self.key} {self.path}: {reason}; {', or '.join(hints)}")
+
+    @contextlib.contextmanager
+    def claim(
+        self,
+        job: dict | None,
+        *,
+        overwrite: bool = False,
+        ignore: Iterable[str] = (),
+        primary: bool = True,
+    ) -> Iterator[Output]:
+        """Lock the output, check it again under the lock, remove the old job's products when
+        overwriting one, and record `job` in the marker; the lock is held until the block ends.
+
+        `primary` False (torchrun ranks > 0): check only; rank 0 holds the lock and writes the marker.
+        """
+        self.check(job, overwrite=overwrite, ignore=ignore)
+        if not primary:
+            yield self
+            return
+        with hold_lock(self.lock, f"{self.key} {self.path}", self.command):
+            self.check(job, overwrite=overwrite, ignore=ignore)  # another process may have written since
+            if overwrite and self.conflict(job, ignore) is not None:
+                for product in self.products:
+                    remove(product)
+            if self.marker is not None and job is not None:
+                from lmdistill.io import atomic_write_text
+
+                atomic_write_text(self.marker, yaml.safe_dump(job, sort_keys=False))
+            yield self
+
+
+@contextlib.contextmanager
+def hold_lock(lock: Path, what: str, command: str) -> Iterator[None]:
+    """An exclusive `flock` on `lock` (created with its folder) for the block; UserError if another
+    process holds it. The lock file keeps the holder's pid, for the message."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            raise UserError(
+                f"{what} is in use by another lmdistill process (pid {holder}); wait for it to finish, "
+                "or choose another output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove(path: Path) -> None:
+    """Delete a file or folder this command wrote (never called on anything else)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def is_primary() -> bool:
+    """True in a single process, or in the rank-0 process under torchrun/accelerate (RANK unset or 0)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def check_output_folder(path: str | os.PathLike, command: str, key: str) -> Path:
+    """The preflight of a command that keeps no record of its job (eval): the folder path is usable and
+    holds no other command's output. Read-only; returns the path."""
+    output = Output.folder(command, path, key, marker=False)
+    output.check(None)
+    return output.path

@@ -1,0 +1,229 @@
+"""Output folders are never clobbered: export --force replaces only an export; a training folder holding
+another run is refused (or replaced whole when asked); a lock keeps a second run out; nothing is
+written before the inputs are checked; files and folders honour the umask. Real files, real tiny models,
+the real CLI entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmdistill.cli import main
+from lmdistill.io import atomic_write_text
+from lmdistill.outputs import LOCK_FILE
+
+ROWS = [
+    {
+        "messages": [
+            {"role": "user", "content": "Hello world"},
+            {"role": "assistant", "content": "how are you?"},
+        ]
+    },
+    {"prompt": "The cat sat", "completion": " on the mat."},
+    {"text": "Distillation trains a small student to imitate a large teacher."},
+]
+
+
+def _fails(argv, capsys, match: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert match in err, err
+    assert "Traceback" not in err, err
+    assert len([line for line in err.splitlines() if "error" in line.lower()]) == 1, (
+        err
+    )  # progress bars aside
+    return err
+
+
+@pytest.fixture
+def train_config(tmp_path, tiny_model_dirs):
+    teacher, student = tiny_model_dirs
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 4))
+    cfg = {
+        "teacher": {"name": str(teacher)},
+        "student": {"name": str(student)},
+        "data": {"train": str(data), "max_length": 48},
+        "train": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "extra": {"use_cpu": True, "disable_tqdm": True},
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, tmp_path / "out"
+
+
+# ---- export -----------------------------------------------------------------------------------------
+
+
+def test_export_force_into_the_working_directory_is_refused(tiny_model_dirs, tmp_path, capsys, monkeypatch):
+    _, student = tiny_model_dirs
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("precious")
+    monkeypatch.chdir(work)
+    _fails(["export", str(student), ".", "--force"], capsys, "working directory")
+    _fails(["export", str(student), str(tmp_path), "--force"], capsys, "working directory")
+    assert (work / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # no temporary folder left either
+
+
+def test_export_force_replaces_only_a_previous_export(tiny_model_dirs, tmp_path, capsys):
+    _, student = tiny_model_dirs
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "old.txt").write_text("keep me")
+    _fails(["export", str(student), str(folder), "--force"], capsys, "not a previous export")
+    assert (folder / "old.txt").read_text() == "keep me"
+    out = tmp_path / "exported"
+    assert main(["export", str(student), str(out)]) == 0
+    assert (out / "lmdistill_export.json").is_file()
+    _fails(["export", str(student), str(out)], capsys, "--force")
+    assert main(["export", str(student), str(out), "--force", "--dtype", "bfloat16"]) == 0
+    assert json.loads((out / "lmdistill_export.json").read_text())["dtype"] == "bfloat16"
+    # the source, or a folder holding it, is never a destination
+    _fails(["export", str(student), str(student.parent), "--force"], capsys, "source")
+
+
+# ---- train --------------------------------------------------------------------------------------
+
+
+def test_train_refuses_a_folder_holding_another_run(train_config, capsys):
+    config, out = train_config
+    assert main(["train", str(config), "train.max_steps=6"]) == 0
+    assert (out / "checkpoint-6").is_dir()
+    student = (out / "student" / "model.safetensors").read_bytes()
+    err = _fails(["train", str(config), "train.learning_rate=0.001"], capsys, "train.learning_rate")
+    assert "resume_from_checkpoint=latest" in err and "overwrite_output_dir" in err
+    assert (out / "student" / "model.safetensors").read_bytes() == student
+    assert yaml.safe_load((out / "lmdistill_config.yaml").read_text())["train"]["max_steps"] == 6
+    # Asked to overwrite: the old run goes whole, so `latest` can never pick up its checkpoint-6.
+    assert main(["train", str(config), "train.learning_rate=0.001", "train.overwrite_output_dir=true"]) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert yaml.safe_load((out / "lmdistill_config.yaml").read_text())["train"]["learning_rate"] == 0.001
+
+
+def test_resume_with_another_model_is_one_clear_message(train_config, capsys):
+    config, _ = train_config
+    assert main(["train", str(config)]) == 0
+    _fails(
+        [
+            "train",
+            str(config),
+            "train.resume_from_checkpoint=latest",
+            "student.name=null",
+            "student.num_layers=1",
+        ],
+        capsys,
+        "student.name",
+    )
+    # resuming the same run further is fine (max_steps may grow)
+    assert main(["train", str(config), "train.resume_from_checkpoint=latest", "train.max_steps=6"]) == 0
+
+
+def test_latest_without_a_checkpoint_says_so(train_config, capsys):
+    config, out = train_config
+    _fails(["train", str(config), "train.resume_from_checkpoint=latest"], capsys, "no checkpoint")
+    assert not out.exists()
+
+
+def test_failed_run_rewrites_nothing(train_config, tmp_path, capsys):
+    config, out = train_config
+    assert main(["train", str(config)]) == 0
+    before = (out / "lmdistill_config.yaml").read_text()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
+    # even when asked to replace the run, nothing goes before the new run's inputs are checked
+    _fails(
+        ["train", str(config), f"data.train={bad}", "train.overwrite_output_dir=true"], capsys, "bad.jsonl:2"
+    )
+    assert (out / "lmdistill_config.yaml").read_text() == before
+    assert (out / "student" / "model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
+    fresh = tmp_path / "fresh"
+    _fails(["train", str(config), f"data.train={bad}", f"train.output_dir={fresh}"], capsys, "bad.jsonl:2")
+    assert not fresh.exists()
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(train_config, capsys):
+    config, out = train_config
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            f"fd = os.open({str(out / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()} train'.encode())\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        err = _fails(["train", str(config)], capsys, "in use by another lmdistill process")
+        assert str(holder.pid) in err
+        assert not (out / "student").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died: its lock went with it, the file left behind does not block
+    assert main(["train", str(config), "train.max_steps=1"]) == 0
+
+
+# ---- umask -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_outputs_honour_the_umask(umask_027, tiny_model_dirs, tmp_path):
+    target = atomic_write_text(tmp_path / "a" / "f.txt", "x")
+    assert _mode(target) == 0o640 and _mode(target.parent) == 0o750
+    _, student = tiny_model_dirs
+    out = tmp_path / "exported"
+    assert main(["export", str(student), str(out)]) == 0
+    assert _mode(out) == 0o750
+    assert {_mode(p) for p in out.iterdir()} == {0o640}
+
+
+def test_trained_student_honours_the_umask(umask_027, train_config):
+    config, out = train_config
+    assert main(["train", str(config), "train.max_steps=1"]) == 0
+    assert _mode(out / "student") == 0o750
+    assert {p.name: _mode(p) for p in (out / "student").iterdir()} == {
+        p.name: 0o640 for p in (out / "student").iterdir()
+    }
+    assert _mode(out / "lmdistill_config.yaml") == 0o640
+
+
+def test_stale_lock_file_of_a_finished_run_does_not_block(train_config):
+    config, out = train_config
+    assert main(["train", str(config), "train.max_steps=1"]) == 0
+    assert (out / LOCK_FILE).is_file()  # left in place on purpose: removing it would race
+    t0 = time.time()
+    assert main(["train", str(config), "train.max_steps=1"]) == 0  # the same job again
+    assert time.time() - t0 < 120
