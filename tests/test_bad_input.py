@@ -226,7 +226,7 @@ def test_export_output_that_is_a_file(tiny_model_dirs, a_file, capsys):
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_serve_port_out_of_range(port, capsys):
-    _fails(["serve", "--port", port], capsys, "--port must be in 0..65535")
+    _fails(["serve", "--port", port], capsys, "--port must be between 0 and 65535")
 
 
 def test_float_notation_is_a_float(train_yaml, tmp_path, capsys):

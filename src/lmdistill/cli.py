@@ -43,7 +43,7 @@ def _recipe(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:  # before the server package loads: one line, not an OverflowError
-        raise UserError(f"--port must be in 0..65535, got {args.port}")
+        raise UserError(f"--port must be between 0 and 65535 (0: any free port), got {args.port}")
     from lmdistill.serve import serve
 
     serve(
