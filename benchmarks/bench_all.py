@@ -31,10 +31,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmdistill.eval.measure import machine_info, table, versions
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_peers_loss import machine_info, versions  # noqa: E402
 
 
 @dataclass
@@ -359,16 +359,24 @@ def run_bench(b: Bench, python: str, out: Path, quick: bool, threads: int | None
 
 
 def print_table(rows: list[dict]) -> None:
-    w = max([len(r["figure"]) for r in rows] + [6])
-    print(f"\n{'figure':<{w}}  {'ours':>10}  {'peer/base':>10}  {'ratio':>8}  {'aim':>8}  met?")
-    for r in rows:
-        met = "-" if r["met"] is None else ("yes" if r["met"] else "NO")
-        ratio = (
+    def ratio(r: dict) -> str:
+        return (
             "-" if r["ratio"] is None else _f(r["ratio"]) if abs(r["ratio"]) < 0.01 else f"{r['ratio']:.2f}"
         )
-        print(
-            f"{r['figure']:<{w}}  {_f(r['ours']):>10}  {_f(r['peer']):>10}  {ratio:>8}  {r['aim'] or '-':>8}  {met}"
-        )
+
+    def met(r: dict) -> str:
+        return "-" if r["met"] is None else ("yes" if r["met"] else "NO")
+
+    columns = [
+        ("figure", "<"),
+        ("ours", ">"),
+        ("peer/base", ">"),
+        ("ratio", ">"),
+        ("aim", ">"),
+        ("met?", "<"),
+    ]
+    cells = [(r["figure"], _f(r["ours"]), _f(r["peer"]), ratio(r), r["aim"] or "-", met(r)) for r in rows]
+    print("\n" + table(columns, cells))
 
 
 def main() -> None:

@@ -34,11 +34,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
+
+from lmdistill.eval.measure import (
+    PeakMemory,
+    Worker,
+    command_line,
+    load_line,
+    machine_info,
+    reply,
+    table,
+    versions,
+)
 
 RESULT = "benchmarks/results/peers_loss.json"
 # name -> (implementation, chunk size, compiled)
@@ -53,44 +62,6 @@ CE_WEIGHT = KD_WEIGHT = 0.5
 # Between calls: the previous worker's OpenMP threads spin for a while after its call returns, and
 # would otherwise steal the CPU from the next worker's timed call.
 PAUSE_S = 1.0
-
-
-def status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-
-
-class _Memory:
-    """Peak memory growth over a baseline: peak RSS on CPU, the CUDA allocator's peak on a GPU."""
-
-    def __init__(self, device: str):
-        self.device = device
-
-    def start(self) -> None:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.base = status_kb("VmRSS") * 1024
-            reset_peak()
-
-    def peak_mb(self) -> float:
-        import torch
-
-        if self.device == "cuda":
-            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        return (status_kb("VmHWM") * 1024 - self.base) / 2**20
 
 
 def liger_unavailable() -> str | None:
@@ -157,7 +128,7 @@ def worker(variant: str, tokens: int, hidden: int, vocab: int, threads: int) -> 
     probe_h = torch.randn(tokens, hidden, generator=gen).to(device)
     probe_w = torch.randn(vocab, hidden, generator=gen).to(device)
     fn = _make_loss(variant, vocab)
-    mem = _Memory(device)
+    mem = PeakMemory(device)
 
     def call() -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -166,10 +137,6 @@ def worker(variant: str, tokens: int, hidden: int, vocab: int, threads: int) -> 
         if device == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0, loss.item()
-
-    def reply(obj: dict) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
 
     reply({"built": True})
     if sys.stdin.readline().strip() != "warmup":
@@ -199,24 +166,11 @@ def worker(variant: str, tokens: int, hidden: int, vocab: int, threads: int) -> 
             return
 
 
-class _Worker:
-    def __init__(self, variant: str, a: argparse.Namespace):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant]
-        cmd += ["--tokens", str(a.tokens), "--hidden", str(a.hidden), "--vocab", str(a.vocab)]
-        cmd += ["--threads", str(a.threads)]
-        self.variant = variant
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def read(self) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                return json.loads(line)
-        raise RuntimeError(f"worker {self.variant} exited with {self.proc.wait()}")
-
-    def send(self, command: str) -> dict:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.read()
+def _worker(variant: str, a: argparse.Namespace) -> Worker:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant]
+    cmd += ["--tokens", str(a.tokens), "--hidden", str(a.hidden), "--vocab", str(a.vocab)]
+    cmd += ["--threads", str(a.threads)]
+    return Worker(variant, cmd)
 
 
 def _rel(a: float, b: float) -> float:
@@ -258,21 +212,21 @@ def run(a: argparse.Namespace) -> dict:
         skipped = {v: why_not for v in variants if VARIANTS[v][0] == "liger"}
         variants = [v for v in variants if v not in skipped]
     load_before = os.getloadavg()
-    workers = [_Worker(v, a) for v in variants]  # started (imports, inputs) together
+    workers = [_worker(v, a) for v in variants]  # started (imports, inputs) together
     for w in workers:
         w.read()  # built
     rows = {}
     for w in workers:  # warmed up one after another
         time.sleep(PAUSE_S)
-        rows[w.variant] = w.send("warmup")
-        rows[w.variant]["times_ms"] = []
+        rows[w.name] = w.send("warmup")
+        rows[w.name]["times_ms"] = []
     for _ in range(a.repeats):  # interleaved: A B C A B C
         for w in workers:
             time.sleep(PAUSE_S)
-            rows[w.variant]["times_ms"].append(w.send("run")["ms"])
+            rows[w.name]["times_ms"].append(w.send("run")["ms"])
     for w in workers:
-        rows[w.variant].update(w.send("done"))
-        w.proc.wait()
+        rows[w.name].update(w.send("done"))
+        w.wait()
     load_after = os.getloadavg()
 
     naive = rows.get("naive")
@@ -309,64 +263,29 @@ def run(a: argparse.Namespace) -> dict:
     }
 
 
-def command_line() -> str:
-    """This process's command line, paths inside the working directory made relative, thread env first."""
-    here = os.getcwd()
-
-    def rel(x: str) -> str:
-        return os.path.relpath(x) if os.path.isabs(x) and x.startswith(here + os.sep) else x
-
-    env = [f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS",) if k in os.environ]
-    return " ".join([*env, os.path.relpath(sys.executable), *map(rel, sys.argv)])
-
-
-def machine_info() -> dict:
-    import torch
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "platform": platform.platform(),
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": gpu,
-    }
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "transformers", "accelerate", "trl", "liger-kernel", "lmdistill"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 def report(result: dict) -> None:
     s = result["shape"]
     print(
         f"KD loss fwd+bwd (CE + forward KL), tokens {s['tokens']}, hidden {s['hidden']}, vocab {s['vocab']}, "
         f"fp32, {result['machine']['torch_threads']} threads"
     )
-    print(
-        f"{'variant':<22}{'ms (median)':>12}{'first ms':>10}{'peak MB':>10}{'1st peak MB':>12}"
-        f"{'loss/token':>12}{'loss diff':>10}{'grad diff':>10}"
-    )
-    for name, r in result["rows"].items():
-        print(
-            f"{name:<22}{r['ms']:>12.1f}{r['first_ms']:>10.1f}{r['peak_mb']:>10.1f}{r['peak_first_mb']:>12.1f}"
-            f"{r['loss']:>12.6f}{r.get('loss_rel_diff_vs_naive', float('nan')):>10.1e}"
-            f"{r.get('grad_rel_diff_vs_naive', float('nan')):>10.1e}"
-        )
+    columns = [
+        ("variant", "<"),
+        ("ms (median)", ".1f"),
+        ("first ms", ".1f"),
+        ("peak MB", ".1f"),
+        ("1st peak MB", ".1f"),
+        ("loss/token", ".6f"),
+        ("loss diff", ".1e"),
+        ("grad diff", ".1e"),
+    ]
+    nan = float("nan")
+    rows = [
+        (name, r["ms"], r["first_ms"], r["peak_mb"], r["peak_first_mb"], r["loss"],
+         r.get("loss_rel_diff_vs_naive", nan), r.get("grad_rel_diff_vs_naive", nan))
+        for name, r in result["rows"].items()
+    ]  # fmt: skip
+    print(table(columns, rows))
     for name, r in result["ratios"].items():
         print(f"{name}: memory {r['memory']:.2f}x, time {r['time']:.2f}x")
     for name, why in result["skipped"].items():
@@ -374,10 +293,7 @@ def report(result: dict) -> None:
     if result["jsd_agreement"]:
         diffs = ", ".join(f"{k} {v['rel_diff']:.1e}" for k, v in result["jsd_agreement"].items())
         print(f"lmdistill vs Liger generalized JSD (256 x 64 x 4096), relative difference: {diffs}")
-    lb, la = result["loadavg_before"], result["loadavg_after"]
-    print(
-        f"load average before {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}, after {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
-    )
+    print(load_line(result["loadavg_before"], result["loadavg_after"]))
 
 
 def main() -> None:

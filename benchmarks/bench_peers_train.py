@@ -41,13 +41,20 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_peers_loss import command_line, machine_info, reset_peak, status_kb, versions
+from lmdistill.eval.measure import (
+    PeakMemory,
+    Worker,
+    command_line,
+    load_line,
+    machine_info,
+    reply,
+    table,
+    versions,
+)
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 RESULT = "benchmarks/results/peers_train.json"
@@ -96,8 +103,7 @@ def _models(a: argparse.Namespace):
 
 
 def _reply(obj: dict) -> None:
-    sys.stdout.write(MARK + json.dumps(obj) + "\n")  # Trainer prints its logs to stdout too
-    sys.stdout.flush()
+    reply(obj, MARK)  # Trainer prints its logs to stdout too
 
 
 def _wait_for_go() -> None:
@@ -205,11 +211,12 @@ def run_case(case: str, a: argparse.Namespace) -> None:
             data_collator=collator,
             callbacks=[Clock()],
         )
-    rss_before = status_kb("VmRSS") / 1024
-    reset_peak()
+    memory = PeakMemory("cpu")
+    memory.start()
+    rss_before = memory.base / 2**20
     _reply({"built": case})
     trainer.train()
-    peak = status_kb("VmHWM") / 1024
+    peak = rss_before + memory.peak_mb()
     shutil.rmtree(out, ignore_errors=True)
     timed = range(a.warmup + 1, a.warmup + a.steps + 1)
     seconds = sum(record["seconds"][s] for s in timed)
@@ -238,13 +245,6 @@ def run_case(case: str, a: argparse.Namespace) -> None:
     )
 
 
-def _read(case: str, proc: subprocess.Popen) -> dict:
-    for line in proc.stdout:
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK) :])
-    raise RuntimeError(f"case {case} exited with code {proc.wait()}")
-
-
 def run(a: argparse.Namespace) -> dict:
     cases = [c for c in a.cases.split(",") if c]
     skipped = {}
@@ -260,20 +260,16 @@ def run(a: argparse.Namespace) -> dict:
     workers = {}
     for case in cases:  # all built at once, then trained step by step in turn
         cmd = [sys.executable, os.path.abspath(__file__), "--case", case, *flags]
-        workers[case] = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-    for case, w in workers.items():
-        _read(case, w)  # built
+        workers[case] = Worker(case, cmd, mark=MARK, env=env)
+    for w in workers.values():
+        w.read()  # built
     for _ in range(a.warmup + a.steps):
-        for case, w in workers.items():
+        for w in workers.values():
             time.sleep(PAUSE_S)
-            w.stdin.write("go\n")
-            w.stdin.flush()
-            _read(case, w)  # the step's time
+            w.send("go")  # the step's time
     best = {}
     for case, w in workers.items():
-        best[case] = _read(case, w)  # the run's summary
+        best[case] = w.read()  # the run's summary
         w.wait()
     load_after = os.getloadavg()
     ratios = {}
@@ -315,15 +311,21 @@ def report(result: dict) -> None:
         f"max length {a['max_length']}, {a['steps']} timed steps after {a['warmup']}, "
         f"{result['machine']['torch_threads']} threads, fp32"
     )
-    print(
-        f"{'run':<12}{'tokens/s':>10}{'targets/s':>11}{'s/step':>8}{'peak RSS MB':>13}{'growth MB':>11}"
-        f"{'first loss':>12}"
-    )
-    for name, r in result["rows"].items():
-        print(
-            f"{name:<12}{r['tokens_per_s']:>10.1f}{r['target_tokens_per_s']:>11.1f}{r['s_per_step']:>8.2f}"
-            f"{r['peak_rss_mb']:>13.0f}{r['peak_growth_mb']:>11.0f}{r['first_loss']:>12.6f}"
-        )
+    columns = [
+        ("run", "<"),
+        ("tokens/s", ".1f"),
+        ("targets/s", ".1f"),
+        ("s/step", ".2f"),
+        ("peak RSS MB", ".0f"),
+        ("growth MB", ".0f"),
+        ("first loss", ".6f"),
+    ]
+    rows = [
+        (name, r["tokens_per_s"], r["target_tokens_per_s"], r["s_per_step"], r["peak_rss_mb"],
+         r["peak_growth_mb"], r["first_loss"])
+        for name, r in result["rows"].items()
+    ]  # fmt: skip
+    print(table(columns, rows))
     for name, r in result["ratios"].items():
         print(
             f"{name}: tokens/s {r['tokens_per_s']:.2f}x, peak RSS {r['peak_rss']:.2f}x, "
@@ -332,10 +334,7 @@ def report(result: dict) -> None:
     print(f"same batches in every run: {result['same_batches']}")
     for name, why in result["skipped"].items():
         print(f"skipped {name}: {why}")
-    lb, la = result["loadavg_before"], result["loadavg_after"]
-    print(
-        f"load average before {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}, after {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}"
-    )
+    print(load_line(result["loadavg_before"], result["loadavg_after"]))
 
 
 def main() -> None:

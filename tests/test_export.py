@@ -193,7 +193,7 @@ def test_existing_output_needs_force(tiny_model_dirs, tmp_path):
 def test_int8_export_evaluates_against_its_float_source(tiny_model_dirs, tmp_path):
     """An int8 folder is evaluated as int8: agreement and perplexity run through its quantised head."""
     from lmdistill.data import tokenize_records
-    from lmdistill.evaluation import compare_to_teacher
+    from lmdistill.eval.scoring import score_tokens
     from lmdistill.export import export_model
     from lmdistill.models import load_model, load_tokenizer
 
@@ -203,7 +203,7 @@ def test_int8_export_evaluates_against_its_float_source(tiny_model_dirs, tmp_pat
     float_model, int8_model = load_model(student), load_model(out, quantized=True)
     assert not isinstance(int8_model.get_output_embeddings(), torch.nn.Linear)
     features, _ = tokenize_records([{"text": "Hello world, the cat sat on the mat."}], tok, 32)
-    result = compare_to_teacher(int8_model, float_model, features, vocab=len(tok), pad_token_id=0)
+    result = score_tokens(int8_model, features, vocab=len(tok), pad_token_id=0, teacher=float_model)
     assert result.tokens > 0 and result.top1 > 0.5 and result.kl < 0.1
 
 

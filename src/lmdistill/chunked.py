@@ -196,12 +196,63 @@ def _vocab(spec, s_head):
     return spec.vocab or s_head.weight.shape[0]  # the student's head is always a plain Linear
 
 
+def _chunks(
+    spec,
+    s_hidden,
+    s_head,
+    labels,
+    t_hidden,
+    t_head,
+    t_sparse,
+    weights,
+    *,
+    chunk_size,
+    weight=None,
+    bias=None,
+    leaf_hidden=False,
+):
+    """The one chunk loop: yields (rows, h, ce, kd) per chunk of `chunk_size` target rows.
+
+    Teacher logits are computed without grad; the student's carry autograd when grad is enabled, from
+    `h` (the chunk's hidden states, made a fresh leaf with `leaf_hidden`) and the head's
+    `weight`/`bias` (defaults: the head's own). ce and kd are float32 sums over the chunk.
+    """
+    vocab = _vocab(spec, s_head)
+    for start in range(0, s_hidden.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        t_logits = None
+        if t_hidden is not None:
+            with torch.no_grad():
+                t_logits = t_head.logits(t_hidden[rows], vocab)
+        h = s_hidden[rows].detach().requires_grad_(True) if leaf_hidden else s_hidden[rows]
+        ce, kd = _chunk_terms(
+            spec,
+            s_head.logits(h, vocab, weight=weight, bias=bias),
+            labels[rows],
+            t_logits,
+            None if t_sparse is None else t_sparse[rows],
+            None if weights is None else weights[rows],
+        )
+        yield rows, h, ce, kd
+
+
+def _summed(spec, s_hidden, s_head, labels, t_hidden, t_head, t_sparse, weights, *, chunk_size) -> LossSums:
+    """`_chunks` summed, with autograd through the student where grad is enabled."""
+    ce_sum = kd_sum = s_hidden.new_zeros((), dtype=torch.float32)
+    chunks = _chunks(
+        spec, s_hidden, s_head, labels, t_hidden, t_head, t_sparse, weights, chunk_size=chunk_size
+    )
+    for _, _, ce, kd in chunks:
+        ce_sum, kd_sum = ce_sum + ce, kd_sum + kd
+    total = spec.ce_weight * ce_sum + spec.kd_weight * kd_sum
+    return LossSums(total, ce_sum.detach(), kd_sum.detach(), s_hidden.shape[0])
+
+
 class _ChunkedLoss(torch.autograd.Function):
     """Forward computes the loss and, chunk by chunk, its gradients; backward only scales them."""
 
     @staticmethod
     def forward(ctx, s_hidden, s_weight, s_bias, labels, t_hidden, spec, s_head, t_head, t_sparse, weights):
-        vocab = _vocab(spec, s_head)
         grad_h = torch.zeros_like(s_hidden) if ctx.needs_input_grad[0] else None
         # Accumulate head gradients in fp32 whatever the weight dtype: many small chunk sums.
         grad_w = grad_b = None  # only for a trainable head (not a frozen one under LoRA)
@@ -214,31 +265,26 @@ class _ChunkedLoss(torch.autograd.Function):
         ce_sum = s_hidden.new_zeros((), dtype=torch.float32)
         kd_sum = ce_sum.clone()
         total_sum = ce_sum.clone()
-        for start in range(0, s_hidden.shape[0], spec.chunk_size):
-            end = start + spec.chunk_size
-            h = s_hidden[start:end].detach().requires_grad_(ctx.needs_input_grad[0])
-            t_logits = None
-            if t_hidden is not None:
-                t_logits = t_head.logits(t_hidden[start:end], vocab)
-            sparse = None if t_sparse is None else t_sparse[start:end]
-            w_chunk = None if weights is None else weights[start:end]
-            with torch.enable_grad():
-                s_logits = s_head.logits(h, vocab, weight=w, bias=b)
-                ce, kd = _chunk_terms(spec, s_logits, labels[start:end], t_logits, sparse, w_chunk)
+        with torch.enable_grad():
+            chunks = _chunks(
+                spec, s_hidden.detach(), s_head, labels, t_hidden, t_head, t_sparse, weights,
+                chunk_size=spec.chunk_size, weight=w, bias=b, leaf_hidden=ctx.needs_input_grad[0],
+            )  # fmt: skip
+            for rows, h, ce, kd in chunks:
                 total = spec.ce_weight * ce + spec.kd_weight * kd
-            wanted = [(x, i) for x, i in ((h, 0), (w, 1), (b, 2)) if x is not None and x.requires_grad]
-            if wanted:
-                grads = torch.autograd.grad(total, [x for x, _ in wanted])
-                for g, (_, i) in zip(grads, wanted, strict=True):
-                    if i == 0:
-                        grad_h[start:end] = g
-                    elif i == 1:
-                        grad_w += g
-                    else:
-                        grad_b += g
-            ce_sum += ce.detach()
-            kd_sum += kd.detach()
-            total_sum += total.detach()
+                wanted = [(x, i) for x, i in ((h, 0), (w, 1), (b, 2)) if x is not None and x.requires_grad]
+                if wanted:
+                    grads = torch.autograd.grad(total, [x for x, _ in wanted])
+                    for g, (_, i) in zip(grads, wanted, strict=True):
+                        if i == 0:
+                            grad_h[rows] = g
+                        elif i == 1:
+                            grad_w += g
+                        else:
+                            grad_b += g
+                ce_sum += ce.detach()
+                kd_sum += kd.detach()
+                total_sum += total.detach()
         ctx.save_for_backward(
             grad_h,
             None if grad_w is None else grad_w.to(s_weight.dtype),
@@ -281,22 +327,10 @@ def chunked_loss(
             s_hidden, s_head.weight, s_head.bias, labels, t_hidden, spec, s_head, t_head, t_sparse, weights
         )
         return LossSums(total, ce, kd, n)
-    vocab = _vocab(spec, s_head)
-    ce_sum = kd_sum = s_hidden.new_zeros((), dtype=torch.float32)
     with torch.no_grad():
-        for start in range(0, n, spec.chunk_size):
-            end = start + spec.chunk_size
-            t_logits = None if t_hidden is None else t_head.logits(t_hidden[start:end], vocab)
-            ce, kd = _chunk_terms(
-                spec,
-                s_head.logits(s_hidden[start:end], vocab),
-                labels[start:end],
-                t_logits,
-                None if t_sparse is None else t_sparse[start:end],
-                None if weights is None else weights[start:end],
-            )
-            ce_sum, kd_sum = ce_sum + ce, kd_sum + kd
-    return LossSums(spec.ce_weight * ce_sum + spec.kd_weight * kd_sum, ce_sum, kd_sum, n)
+        return _summed(
+            spec, s_hidden, s_head, labels, t_hidden, t_head, t_sparse, weights, chunk_size=spec.chunk_size
+        )
 
 
 def _check_inputs(n, spec, t_hidden, t_sparse, weights):
@@ -330,12 +364,8 @@ def full_logits_loss(
     t_sparse: SparseTeacher | None = None,
     weights: torch.Tensor | None = None,
 ) -> LossSums:
-    """The plain reference: all logits at once, autograd through everything. Same meaning as `chunked_loss`."""
-    vocab = _vocab(spec, s_head)
-    t_hidden, t_sparse, weights = _check_inputs(s_hidden.shape[0], spec, t_hidden, t_sparse, weights)
-    t_logits = None
-    if t_hidden is not None:
-        with torch.no_grad():
-            t_logits = t_head.logits(t_hidden, vocab)
-    ce, kd = _chunk_terms(spec, s_head.logits(s_hidden, vocab), labels, t_logits, t_sparse, weights)
-    return LossSums(spec.ce_weight * ce + spec.kd_weight * kd, ce.detach(), kd.detach(), s_hidden.shape[0])
+    """The plain reference: all logits at once (one chunk), autograd through everything. Same meaning
+    as `chunked_loss`."""
+    n = s_hidden.shape[0]
+    t_hidden, t_sparse, weights = _check_inputs(n, spec, t_hidden, t_sparse, weights)
+    return _summed(spec, s_hidden, s_head, labels, t_hidden, t_head, t_sparse, weights, chunk_size=max(n, 1))

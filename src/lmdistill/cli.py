@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> None:
         device=args.device,
         max_batch=args.max_batch,
         name=args.name,
+        max_logprobs=args.max_logprobs,
     )
 
 
@@ -73,6 +74,9 @@ def _eval(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         device=args.device,
         measure_memory=not args.no_memory,
+        speculative=args.speculative,
+        draft_tokens=args.draft_tokens,
+        fixed_length=args.fixed_length,
     )
 
 
@@ -148,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--max-batch", type=int, default=8, help="requests batched into one generate call")
     p.add_argument("--name", default=None, help="model id served at /v1/models (default: MODEL)")
+    p.add_argument(
+        "--max-logprobs",
+        type=int,
+        default=20,
+        help="most top log-probs per token a request may ask for (logprobs, prompt_logprobs; default 20)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("eval", help="evaluate several models on the same tasks and text; one report")
@@ -170,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
+    p.add_argument(
+        "--speculative",
+        action="store_true",
+        help="measure each model as a speculative-decoding draft of --teacher: acceptance on its own "
+        "answers, and real greedy assisted generation against the teacher alone",
+    )
+    p.add_argument(
+        "--draft-tokens", type=int, default=4, help="tokens drafted per target call (--speculative)"
+    )
+    p.add_argument(
+        "--fixed-length", type=int, default=32, help="tokens generated for the fixed-length latency"
+    )
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("export", help="a clean HF folder from a student, a train output or a LoRA adapter")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from lmdistill.config import DistillConfig, RunConfig, TrainConfig
 from lmdistill.data import chatterbot_conversations, pad_id, split_train_heldout, tokenize_records
-from lmdistill.evaluation import compare_to_teacher
+from lmdistill.eval.scoring import score_tokens
 from lmdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lmdistill.models import (
     cache_dir,
@@ -143,7 +143,7 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     pad = pad_id(tokenizer)
 
     def evaluate(model) -> dict:
-        return compare_to_teacher(model, teacher, held_f, vocab=vocab, pad_token_id=pad).as_dict()
+        return score_tokens(model, held_f, vocab=vocab, pad_token_id=pad, teacher=teacher).as_dict()
 
     results: dict = {"models": {}, "config": c.__dict__}
     results["models"]["teacher"] = evaluate(teacher)

@@ -18,7 +18,6 @@ import os
 import shutil
 import statistics
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,15 @@ import torch
 
 from lmdistill.errors import UserError
 from lmdistill.io import atomic_write_json, make_temp_dir, public_tree
+from lmdistill.models.loading import DTYPES, resolve_dtype
+from lmdistill.models.quantize import (
+    QUANTIZATION_FILE,
+    quantize_model,
+    read_quantization,
+)
+from lmdistill.models.quantize import check_quantize as _check_quantize
 from lmdistill.outputs import check_path, hold_lock
 
-#: Written next to the weights when the folder should be quantised on load.
-QUANTIZATION_FILE = "lmdistill_quantization.json"
-QUANTIZE_METHODS = ("int8-dynamic",)
-EXPORT_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 #: Files a training run may leave in or beside a student folder; an export never contains them.
 TRAINING_ONLY_FILES = (
     "hint_projections.safetensors",
@@ -199,43 +196,6 @@ def load_exported(path: str | os.PathLike, *, dtype: str | None = None, device: 
     return model.to(device)
 
 
-def read_quantization(path: str | os.PathLike) -> str | None:
-    """The quantisation method recorded in a folder's `lmdistill_quantization.json`, or None."""
-    file = Path(path) / QUANTIZATION_FILE
-    if not file.is_file():
-        return None
-    try:
-        spec = json.loads(file.read_text(encoding="utf-8"))
-        method = spec["method"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{file}: not a valid quantisation file ({exc})") from None
-    if method not in QUANTIZE_METHODS or spec.get("modules", "Linear") != "Linear":
-        raise UserError(f"{file}: unsupported quantisation {spec}; this lmdistill knows {QUANTIZE_METHODS}")
-    return method
-
-
-def apply_quantization(model, path: str | os.PathLike):
-    """Quantise `model` as its folder's `lmdistill_quantization.json` says (unchanged when there is none)."""
-    method = read_quantization(path)
-    return model if method is None else quantize_model(model.float().cpu().eval(), method)
-
-
-def quantize_model(model, method: str = "int8-dynamic", *, inplace: bool = True):
-    """Dynamic int8 quantisation of every nn.Linear: int8 weights (one scale per output channel),
-    activations quantised on the fly per batch; runs on CPU."""
-    _check_quantize(method)
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    # torch 2.13 announces on every call that torch.ao.quantization and quantised tensors are deprecated
-    # (successor: torchao); the call itself works, so keep the output readable.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
-        # per-channel int8 weights: same speed and size as per-tensor, smaller logit error on real models
-        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
-        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=inplace)
-
-
 def quantization_report(
     model_dir: str | os.PathLike, texts, *, repeats: int = 3, method: str = "int8-dynamic"
 ) -> dict:
@@ -291,21 +251,9 @@ def format_quantization_report(r: dict) -> str:
 
 
 def _check_dtype(dtype: str | None) -> torch.dtype | None:
-    if dtype is None or str(dtype).strip().lower() == "auto":
-        return None
-    key = str(dtype).strip().lower()
-    key = _DTYPE_ALIASES.get(key, key)
-    if key not in EXPORT_DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}; use one of: {', '.join(EXPORT_DTYPES)}")
-    return EXPORT_DTYPES[key]
-
-
-def _check_quantize(quantize: str | None) -> str | None:
-    if quantize is None:
-        return None
-    if quantize not in QUANTIZE_METHODS:
-        raise UserError(f"unknown quantisation {quantize!r}; use one of: {', '.join(QUANTIZE_METHODS)}")
-    return quantize
+    """The torch dtype a --dtype name asks for; None keeps the stored dtype (None or "auto")."""
+    resolved = None if dtype is None else resolve_dtype(dtype)
+    return None if resolved == "auto" else resolved
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -365,7 +313,7 @@ def _base_dtype(adapter_dir: Path) -> torch.dtype:
     config = AutoConfig.from_pretrained(resolve_model_path(_adapter_base(adapter_dir)))
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(stored, str):
-        stored = EXPORT_DTYPES.get(stored)
+        stored = DTYPES.get(stored)
     return stored if isinstance(stored, torch.dtype) else torch.float32
 
 

@@ -1,7 +1,23 @@
 """Divergences between teacher and student next-token distributions, for knowledge distillation.
 
 Every loss compares p = softmax(teacher_logits / T) with q = softmax(student_logits / T) per token,
-over the last (vocabulary) axis, then reduces over tokens. Common arguments:
+over the last (vocabulary) axis, then reduces over tokens:
+
+===============  ==========================================  ==========================================
+loss             per token                                   notes
+===============  ==========================================  ==========================================
+forward_kl       KL(p ‖ q) = Σ p (log p − log q)             mean-seeking, the classic distillation loss
+reverse_kl       KL(q ‖ p) = Σ q (log q − log p)             mode-seeking (MiniLLM)
+jsd              β KL(p ‖ m) + (1−β) KL(q ‖ m),              TRL GKD's generalized JSD, β weights the
+                 m = β p + (1−β) q; beta=0.5, 0 < β < 1      teacher; at most log 2 at β = 0.5
+skew_forward_kl  KL(p ‖ α p + (1−α) q); alpha=0.1 in [0, 1]  DistiLLM; forward_kl at α = 0, 0 at α = 1
+skew_reverse_kl  KL(q ‖ (1−α) p + α q); alpha=0.1 in [0, 1]  DistiLLM; reverse_kl at α = 0, 0 at α = 1
+tvd              ½ Σ |p − q|                                 in [0, 1], symmetric
+===============  ==========================================  ==========================================
+
+Each public function is generated (`_loss`) from its per-token core (`_forward_kl_tokens`, ...) and
+the plumbing every loss shares: argument checks, log-softmax at T, masking and reduction. Common
+arguments:
 
 - ``student_logits``, ``teacher_logits``: [..., V], the same shape (e.g. [batch, seq, vocab]).
 - ``temperature``: T > 0.
@@ -26,9 +42,10 @@ finite there, which is much of their point.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -141,124 +158,117 @@ def _reduce(values: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> 
     return total / mask.sum().clamp(min=1)
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-
-
-# --- public losses ----------------------------------------------------------------------------------------
-
-
-def forward_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
-    """KL(p ‖ q) = Σ p (log p − log q): mean-seeking, the classic distillation loss.
-
-    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
-    """
-    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_forward_kl_tokens(logp_s, logp_t), mask, reduction)
-
-
-def reverse_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
-    """KL(q ‖ p) = Σ q (log q − log p): mode-seeking (MiniLLM).
-
-    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
-    """
-    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_reverse_kl_tokens(logp_s, logp_t), mask, reduction)
-
-
-def jsd(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    reduction: Reduction = "mean",
-    beta: float = 0.5,
-) -> torch.Tensor:
-    """Generalized Jensen-Shannon: β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q.
-
-    Matches TRL GKD's generalized_jsd_loss (β weights the teacher); bounded by the entropy of (β, 1−β),
-    log 2 at β = 0.5. Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
-    """
+def _check_beta(beta: float) -> None:
     if not 0.0 < beta < 1.0:
         raise ValueError(
             f"jsd needs beta strictly between 0 and 1, got {beta}: as beta -> 0 or 1 the JSD tends to 0,"
             " not to a KL. For the endpoints use forward_kl (TRL's beta=0) or reverse_kl (TRL's beta=1)."
         )
-    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_jsd_tokens(logp_s, logp_t, beta), mask, reduction)
 
 
-def skew_forward_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    reduction: Reduction = "mean",
-    alpha: float = 0.1,
-) -> torch.Tensor:
-    """KL(p ‖ α p + (1−α) q) (DistiLLM): forward_kl at α = 0, zero at α = 1.
-
-    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
-    """
-    _check_alpha(alpha)
-    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_skew_forward_kl_tokens(logp_s, logp_t, alpha), mask, reduction)
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
 
 
-def skew_reverse_kl(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    reduction: Reduction = "mean",
-    alpha: float = 0.1,
-) -> torch.Tensor:
-    """KL(q ‖ (1−α) p + α q) (DistiLLM): reverse_kl at α = 0, zero at α = 1.
-
-    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
-    """
-    _check_alpha(alpha)
-    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_skew_reverse_kl_tokens(logp_s, logp_t, alpha), mask, reduction)
+# --- public losses: each is its per-token core plus the common arguments ---------------------------------
 
 
-def tvd(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    mask: torch.Tensor | None = None,
-    reduction: Reduction = "mean",
-) -> torch.Tensor:
-    """Total variation distance ½ Σ |p − q|, in [0, 1] and symmetric.
+class Loss(Protocol):
+    """A public loss: the common arguments, plus at most one of its own (`extra_parameter`)."""
 
-    Logits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".
-    """
-    logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
-    return _reduce(_tvd_tokens(logp_s, logp_t), mask, reduction)
+    extra_parameter: str | None
+
+    def __call__(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        *,
+        temperature: float = 1.0,
+        mask: torch.Tensor | None = None,
+        reduction: Reduction = "mean",
+        **param: float,
+    ) -> torch.Tensor: ...
+
+
+_COMMON_PARAMETERS = [
+    inspect.Parameter("student_logits", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=torch.Tensor),
+    inspect.Parameter("teacher_logits", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=torch.Tensor),
+    inspect.Parameter("temperature", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation=float),
+    inspect.Parameter("mask", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=torch.Tensor | None),
+    inspect.Parameter("reduction", inspect.Parameter.KEYWORD_ONLY, default="mean", annotation=Reduction),
+]
+
+
+def _loss(
+    name: str,
+    core: Callable[..., torch.Tensor],
+    doc: str,
+    param: tuple[str, float, Callable[[float], None]] | None = None,
+) -> Loss:
+    """The public loss `name`: validate, log-softmax both sides at the temperature, apply `core`
+    (log q, log p[, param]) -> [...] per token, reduce. `param`: (keyword, default, check) of the one
+    extra argument a loss takes (jsd's beta, the skewed KLs' alpha)."""
+    key, default, check = param if param is not None else (None, None, None)
+
+    def loss(student_logits, teacher_logits, *, temperature=1.0, mask=None, reduction="mean", **extra):
+        if extra.keys() - {key}:
+            unexpected = sorted(extra.keys() - {key})[0]
+            raise TypeError(f"{name}() got an unexpected keyword argument {unexpected!r}")
+        args = ()
+        if key is not None:
+            value = extra.get(key, default)
+            check(value)
+            args = (value,)
+        logp_s, logp_t = _log_probs(student_logits, teacher_logits, temperature, mask, reduction)
+        return _reduce(core(logp_s, logp_t, *args), mask, reduction)
+
+    own = (
+        []
+        if key is None
+        else [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=float)]
+    )
+    loss.__signature__ = inspect.Signature([*_COMMON_PARAMETERS, *own], return_annotation=torch.Tensor)
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = doc + '\n\nLogits [..., V], mask [...]; returns a scalar, or [...] for reduction="none".'
+    loss.extra_parameter = key  # read by `divergence`
+    return loss
+
+
+forward_kl = _loss(
+    "forward_kl",
+    _forward_kl_tokens,
+    "KL(p ‖ q) = Σ p (log p − log q): mean-seeking, the classic distillation loss.",
+)
+reverse_kl = _loss(
+    "reverse_kl", _reverse_kl_tokens, "KL(q ‖ p) = Σ q (log q − log p): mode-seeking (MiniLLM)."
+)
+jsd = _loss(
+    "jsd",
+    _jsd_tokens,
+    "Generalized Jensen-Shannon: β KL(p ‖ m) + (1−β) KL(q ‖ m), m = β p + (1−β) q.\n\n"
+    "Matches TRL GKD's generalized_jsd_loss (β weights the teacher); bounded by the entropy of (β, 1−β),\n"
+    "log 2 at β = 0.5; β strictly between 0 and 1.",
+    ("beta", 0.5, _check_beta),
+)
+skew_forward_kl = _loss(
+    "skew_forward_kl",
+    _skew_forward_kl_tokens,
+    "KL(p ‖ α p + (1−α) q) (DistiLLM): forward_kl at α = 0, zero at α = 1.",
+    ("alpha", 0.1, _check_alpha),
+)
+skew_reverse_kl = _loss(
+    "skew_reverse_kl",
+    _skew_reverse_kl_tokens,
+    "KL(q ‖ (1−α) p + α q) (DistiLLM): reverse_kl at α = 0, zero at α = 1.",
+    ("alpha", 0.1, _check_alpha),
+)
+tvd = _loss("tvd", _tvd_tokens, "Total variation distance ½ Σ |p − q|, in [0, 1] and symmetric.")
 
 
 # --- registry ---------------------------------------------------------------------------------------------
 
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+LOSSES: dict[str, Loss] = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
     "jsd": jsd,
@@ -268,7 +278,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def get_loss(name: str) -> Callable[..., torch.Tensor]:
+def get_loss(name: str) -> Loss:
     """The loss function registered under `name`; ValueError listing the valid names otherwise."""
     try:
         return LOSSES[name]
@@ -289,11 +299,9 @@ def divergence(
 ) -> torch.Tensor:
     """Call the loss `name`, passing `beta` only to jsd and `alpha` only to the skewed KLs."""
     fn = get_loss(name)
-    extra: dict[str, float] = {}
-    if name == "jsd":
-        extra["beta"] = beta
-    elif name in ("skew_forward_kl", "skew_reverse_kl"):
-        extra["alpha"] = alpha
+    extra = (
+        {fn.extra_parameter: {"beta": beta, "alpha": alpha}[fn.extra_parameter]} if fn.extra_parameter else {}
+    )
     return fn(
         student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction, **extra
     )

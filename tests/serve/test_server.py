@@ -178,23 +178,23 @@ def test_completions_use_the_raw_prompt(client, teacher):
 def test_concurrent_requests_are_batched_and_each_gets_its_answer(app, server, teacher, monkeypatch):
     expected = [direct(teacher, user(p), greedy(8)) for p in PROMPTS]
 
-    # watch the teacher: one thread, never two calls at once
+    # watch the model: one thread, never two calls at once
     active, most, threads = [0], [0], set()
     lock = threading.Lock()
-    generate = teacher.generate
+    generate = teacher.model.generate
 
-    def watched(requests):
+    def watched(*args, **kwargs):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
             threads.add(threading.get_ident())
         try:
-            return generate(requests)
+            return generate(*args, **kwargs)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(teacher, "generate", watched)
+    monkeypatch.setattr(teacher.model, "generate", watched)
 
     barrier = threading.Barrier(len(PROMPTS))
     results: list = [None] * len(PROMPTS)
@@ -243,7 +243,10 @@ def _error(response: httpx.Response) -> dict:
         ({"model": MODEL_NAME}, "messages"),
         ({"model": MODEL_NAME, "messages": []}, "messages"),
         ({"model": MODEL_NAME, "messages": user("hi"), "n": 2}, "n"),
-        ({"model": MODEL_NAME, "messages": user("hi"), "stream": True}, "stream"),
+        (
+            {"model": MODEL_NAME, "messages": user("hi"), "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
         ({"model": MODEL_NAME, "messages": user("hi"), "temperature": 3}, "temperature"),
         ({"model": MODEL_NAME, "messages": user("hi"), "max_tokens": 0}, "max_tokens"),
         ({"model": MODEL_NAME, "messages": user("hi"), "top_logprobs": 2}, "top_logprobs"),
@@ -268,8 +271,8 @@ def test_errors_in_openai_shape(server, client):
     assert r.status_code == 400 and _error(r)
     r = httpx.get(f"{base}/v1/nowhere")
     assert r.status_code == 404 and _error(r)
-    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "echo": True})
-    assert r.status_code == 400 and _error(r)["param"] == "echo"
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "best_of": 2})
+    assert r.status_code == 400 and _error(r)["param"] == "best_of"
     r = httpx.post(
         f"{base}/v1/chat/completions",
         json={"model": MODEL_NAME, "messages": user("a " * 300), "max_tokens": 5},
@@ -283,8 +286,8 @@ def test_errors_in_openai_shape(server, client):
         client.chat.completions.create(model=MODEL_NAME, messages=user("hi"), max_tokens=2, n=2)
     assert exc.value.param == "n"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=MODEL_NAME, messages=user("hi"), max_tokens=2, stream=True)
-    assert exc.value.param == "stream"
+        client.chat.completions.create(model=MODEL_NAME, messages=user("hi"), max_tokens=2, seed=2**64)
+    assert exc.value.param == "seed"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
     # the server still answers after all that
@@ -325,3 +328,73 @@ def test_api_teacher_round_trip(server, teacher):
 def test_create_app_rejects_a_bad_max_batch(teacher):
     with pytest.raises(ValueError):
         create_app(teacher, model_name=MODEL_NAME, max_batch=0)
+
+
+def test_the_readme_generate_example_needs_no_key(teacher, tmp_path, monkeypatch):
+    """`lmdistill serve`, then `lmdistill generate configs/generate/responses_api.yaml` as shipped
+    (api_key_env: OPENAI_API_KEY) with no key exported: a loopback server needs none. Only the port
+    and the output folder are changed; everything else is the shipped file."""
+    from pathlib import Path
+
+    from lmdistill.generate import load_generate_config, run_generate
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "responses_api.yaml"
+    app = create_app(teacher, model_name="smollm2-135m", max_batch=8)
+    with ServerThread(app) as server:
+        cfg = load_generate_config(
+            str(config),
+            [
+                f"teacher.base_url={server.url}",
+                f"output={tmp_path / 'out.jsonl'}",
+                "sampling.max_new_tokens=4",
+                "keep_cut=true",
+            ],
+        )
+        assert cfg.teacher.api_key_env == "OPENAI_API_KEY" and cfg.teacher.name == "smollm2-135m"
+        summary = run_generate(cfg, log=lambda *_: None)
+    assert summary["input_rows"] == 8 and summary["requests_sent"] == 8
+    assert summary["kept"] >= 1 and (tmp_path / "out.jsonl").exists()
+
+
+def test_credentials_in_base_url_are_refused_before_anything_is_written(tmp_path):
+    from pathlib import Path
+
+    from lmdistill.errors import UserError
+    from lmdistill.generate import load_generate_config
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "responses_api.yaml"
+    with pytest.raises(UserError) as exc:
+        load_generate_config(
+            str(config),
+            ["teacher.base_url=http://me:sk-SENTINEL@127.0.0.1:8000/v1", f"output={tmp_path / 'o.jsonl'}"],
+        )
+    assert "SENTINEL" not in str(exc.value) and "***@127.0.0.1" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_requests_that_differ_only_in_max_tokens_share_a_batch(app, server, teacher):
+    """Each row stops at its own max_tokens: the same answers as alone, in fewer model calls."""
+    lengths = [1, 3, 6, 12, 2, 9, 4, 7]
+    expected = [direct(teacher, user(p), greedy(n)) for p, n in zip(PROMPTS, lengths, strict=True)]
+    barrier = threading.Barrier(len(PROMPTS))
+    results: list = [None] * len(PROMPTS)
+
+    def ask(i: int) -> None:
+        with openai.OpenAI(base_url=server.url, api_key="EMPTY", max_retries=0, timeout=60) as c:
+            barrier.wait(timeout=30)
+            results[i] = c.chat.completions.create(
+                model=MODEL_NAME, messages=user(PROMPTS[i]), max_tokens=lengths[i], temperature=0
+            )
+
+    workers = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    for out, ref, n in zip(results, expected, lengths, strict=True):
+        assert out.choices[0].message.content == ref.text
+        assert out.choices[0].finish_reason == ref.finish_reason
+        assert out.usage.completion_tokens == ref.completion_tokens <= n
+    assert app.state.stats.largest_batch >= 2
+    assert app.state.stats.batches < len(PROMPTS)

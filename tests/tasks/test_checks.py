@@ -131,3 +131,47 @@ def test_exact_and_unknown_spec():
     assert not check_output("exact", "The capital is Paris.", "Paris")
     with pytest.raises(ValueError, match="unknown check"):
         check_output("regex:x", "x", "x")
+
+
+@pytest.mark.parametrize(
+    ("output", "picked"),
+    [
+        # Scored "positive" by eval's multiple choice before (substring of "nonpositive"), "negative"
+        # by the label check (whole words): one rule set now, so both read "negative".
+        ("The review is nonpositive; overall negative.", "negative"),
+        ("Answer: neutral (it could seem positive)", "neutral"),
+        ("It is positive, not negative.", "positive"),
+        ("NEGATIVE!", "negative"),
+        ("I cannot tell.", None),
+    ],
+)
+def test_label_check_and_eval_multiple_choice_agree(output, picked):
+    from lmdistill.eval.tasks import is_correct, predicted_choice
+    from lmdistill.tasks.checks import choice_in
+
+    labels = ["positive", "negative", "neutral"]
+    assert extract("label:positive,negative,neutral", output) == picked
+    assert predicted_choice(output, labels) == picked
+    for gold in labels:
+        label_says = check_output("label:positive,negative,neutral", output, gold)
+        assert label_says is is_correct(output, gold, numeric=False, choices=labels) is (picked == gold)
+    assert choice_in(output, labels) == choice_in(output, labels, letters=True) == picked
+
+
+def test_letters_only_where_options_are_lettered():
+    from lmdistill.tasks.checks import choice_in
+
+    labels = ["positive", "negative", "neutral"]
+    assert choice_in("Answer: B", labels, letters=True) == "negative"
+    assert choice_in("B. negative", labels, letters=True) == "negative"
+    assert choice_in("B. negative", labels) == "negative"  # named, not lettered
+    assert choice_in("Answer: B", labels) is None  # a label task shows no letters
+    assert choice_in("not positive at all", ["positive", "not positive"]) == "not positive"  # longer wins
+
+
+@pytest.mark.parametrize("output", ["Answer: 1,000", "so 999 + 1 = 1000", "#### 1000.0", "Answer: 100"])
+def test_numeric_check_and_eval_accuracy_agree(output):
+    from lmdistill.eval.tasks import is_correct
+
+    assert check_output("numeric", output, "1000") is is_correct(output, "1000", numeric=True)
+    assert check_output("exact", output, "1,000") is is_correct(output, "1,000", numeric=False)

@@ -41,17 +41,29 @@ def test_batched_greedy_equals_one_at_a_time(teacher):
 
 
 def test_length_finish_and_logprobs(teacher):
-    [r] = teacher.generate(
-        [Request.chat([{"role": "user", "content": "Hello"}], Sampling(max_new_tokens=3, top_logprobs=4))]
-    )
+    import torch
+
+    request = Request.chat([{"role": "user", "content": "Hello"}], Sampling(max_new_tokens=3, top_logprobs=4))
+    [r] = teacher.generate([request])
     if r.finish_reason == "length":
         assert r.completion_tokens == 3
     assert len(r.logprobs) == r.completion_tokens
-    for entry in r.logprobs:
-        assert entry["logprob"] <= 0 and len(entry["top"]) == 4
-        assert (
-            entry["top"][0]["logprob"] >= entry["logprob"] - 1e-6
-        )  # the best alternative is at least as likely
+    # Recompute every reported log-prob with one plain forward pass over prompt + generated tokens.
+    tok, model = teacher.tokenizer, teacher.model
+    prompt = tok(teacher.prompt_text(request), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    generated = out[0, prompt.shape[1] :][: r.completion_tokens]
+    with torch.no_grad():
+        logits = model(input_ids=out[:, : prompt.shape[1] + len(generated)]).logits[0].float()
+    logp = torch.log_softmax(
+        logits[prompt.shape[1] - 1 : -1], dim=-1
+    )  # the distribution of each generated token
+    for t, (entry, tid) in enumerate(zip(r.logprobs, generated.tolist(), strict=True)):
+        assert entry["token"] == tok.decode([tid])
+        assert entry["logprob"] == pytest.approx(logp[t, tid].item(), abs=1e-4)
+        top = logp[t].topk(4)
+        assert [a["token"] for a in entry["top"]] == [tok.decode([j]) for j in top.indices.tolist()]
+        assert [a["logprob"] for a in entry["top"]] == pytest.approx(top.values.tolist(), abs=1e-4)
 
 
 def test_sampling_is_seeded_and_groups_do_not_mix(teacher):

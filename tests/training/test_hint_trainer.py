@@ -44,6 +44,9 @@ def test_every_term_is_logged_and_projections_learn(tiny_llama, tmp_path):
     logged = [h for h in trainer.state.log_history if "loss" in h]
     for key in ("ce", "kd", "hidden", "relation", "attention"):
         assert all(h[key] > 0 for h in logged), key
+    for h in logged:  # the optimised loss is the weighted sum of the logged terms, each logged apart
+        terms = 0.5 * h["ce"] + 0.5 * h["kd"] + h["hidden"] + 0.5 * h["relation"] + 0.5 * h["attention"]
+        assert h["loss"] == pytest.approx(terms, abs=2e-4)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.hints.parameters(), strict=True))
     assert logged[-1]["hidden"] < logged[0]["hidden"]
 

@@ -117,10 +117,27 @@ def test_resume_continues_the_same_run(tiny_llama, tmp_path):
 
 
 def test_logs_ce_and_kd_separately(tiny_llama, tmp_path):
-    trainer = _trainer(tiny_llama, tmp_path, _features(8))
+    feats = _features(8)
+    # one batch of all 8 examples, one step: the logged figures are those of the initial weights
+    trainer = _trainer(tiny_llama, tmp_path, feats, per_device_train_batch_size=8, max_steps=1)
+    student = tiny_llama(VOCAB, num_layers=2, seed=0).eval()  # the same initial weights, recomputed
+    teacher = tiny_llama(VOCAB, num_layers=3, hidden=48, heads=4, kv_heads=2, seed=1).eval()
+    ce = kd = 0.0
+    tokens = 0
+    with torch.no_grad():
+        for f in feats:  # every logit at once, float64, no padding
+            ids, y = torch.tensor([f["input_ids"]]), torch.tensor(f["labels"][1:])
+            keep = y != -100
+            logq = torch.log_softmax(student(input_ids=ids).logits[0, :-1].double()[keep], -1)
+            logp = torch.log_softmax(teacher(input_ids=ids).logits[0, :-1].double()[keep], -1)
+            ce -= logq.gather(1, y[keep, None]).sum().item()
+            kd += (logp.exp() * (logp - logq)).sum().item()
+            tokens += int(keep.sum())
     trainer.train()
-    logged = [h for h in trainer.state.log_history if "loss" in h]
-    assert logged and all(h["ce"] > 0 and h["kd"] > 0 and h["target_tokens"] > 0 for h in logged)
+    [h] = [h for h in trainer.state.log_history if "loss" in h]
+    assert h["target_tokens"] == tokens
+    assert h["ce"] == pytest.approx(ce / tokens, rel=1e-4) and h["kd"] == pytest.approx(kd / tokens, rel=1e-4)
+    assert h["loss"] == pytest.approx(0.4 * h["ce"] + 0.6 * h["kd"], abs=1e-4)  # the spec's weights
 
 
 def _poison(trainer, token: int):

@@ -138,11 +138,6 @@ def topk_rows(
     return torch.cat(ids), torch.cat(values), torch.cat(tails)
 
 
-def real_vocab(tokenizer) -> int:
-    """The real vocabulary size, as `check_vocab` computes it."""
-    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
-
-
 def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
     """Capture the teacher's top-k over cfg.data.train into cfg.capture.output_dir (see module docstring)."""
     from lmdistill.capture.distributed import Processes
@@ -214,8 +209,10 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
 
 def _settings(cfg: CaptureConfig, tokenizer, features: list[dict]) -> tuple[dict, list[str]]:
     """What the store records about how it was made (teacher_hash filled in later), and per-shard data hashes."""
+    from lmdistill.models.vocab import real_vocab_size
+
     c = cfg.capture
-    vocab = real_vocab(tokenizer)
+    vocab = real_vocab_size(tokenizer)
     if c.k > vocab:
         raise UserError(f"capture.k={c.k} is larger than the vocabulary ({vocab} tokens)")
     data_hash, shard_hashes = data_hashes(features, c.shard_size)

@@ -1,5 +1,8 @@
 """`lmdistill eval`: several models on the same inputs (tasks, held-out text), one report.
 
+`score_tokens` (perplexity, top-1 agreement and KL to a teacher on held-out tokens) also serves
+training's held-out report and the demo.
+
 `run_eval` is the entry point; the metric helpers are public so they can be reused and tested.
 Names are imported lazily, so the process that measures peak memory (which imports
 `lmdistill.eval.cost`) does not pay for the training stack.
@@ -17,12 +20,13 @@ _EXPORTS = {
     "compression_ratio": "metrics",
     "generation_agreement": "metrics",
     "percentile": "metrics",
-    "perplexity": "metrics",
     "speedup": "metrics",
     "text_features": "metrics",
     "find_training_log": "run",
     "read_training_curves": "run",
     "run_eval": "run",
+    "TokenScores": "scoring",
+    "score_tokens": "scoring",
     "Task": "tasks",
     "TaskItem": "tasks",
     "is_correct": "tasks",
@@ -35,6 +39,7 @@ _EXPORTS = {
 __all__ = [
     "Task",
     "TaskItem",
+    "TokenScores",
     "compression_ratio",
     "disk_size",
     "find_training_log",
@@ -44,12 +49,12 @@ __all__ = [
     "load_tasks",
     "peak_memory",
     "percentile",
-    "perplexity",
     "predicted_answer",
     "prefill_tokens_per_s",
     "read_training_curves",
     "run_eval",
     "score_task",
+    "score_tokens",
     "speedup",
     "text_features",
 ]
@@ -60,11 +65,11 @@ if TYPE_CHECKING:
         compression_ratio,
         generation_agreement,
         percentile,
-        perplexity,
         speedup,
         text_features,
     )
     from lmdistill.eval.run import find_training_log, read_training_curves, run_eval
+    from lmdistill.eval.scoring import TokenScores, score_tokens
     from lmdistill.eval.tasks import (
         Task,
         TaskItem,

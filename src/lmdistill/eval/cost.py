@@ -19,13 +19,12 @@
 
 from __future__ import annotations
 
-import gc
-import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+from lmdistill.eval.measure import PeakMemory, reset_peak_rss, trim
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
 
@@ -81,43 +80,6 @@ def prefill_tokens_per_s(
 # ---- peak memory, in a spawned child ------------------------------------------------------------
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB elsewhere
-
-
-def _trim() -> None:
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
 def _measure_child(jobs: list[tuple[str, str, str, list[list[int]], list[list[int]]]]) -> list[dict]:
     """Runs in the spawned child: for each (path, dtype, device, ids, mask) load + one forward."""
     import transformers  # noqa: F401  (imported before the baseline, like torch)
@@ -140,16 +102,15 @@ def _measure_child(jobs: list[tuple[str, str, str, list[list[int]], list[list[in
 
     out = []
     for path, dtype, device, ids, mask in jobs:
-        _trim()
-        per_model = _reset_peak()
-        base = _rss_kib("VmRSS") * 1024 if per_model else _maxrss_bytes()
+        trim()
+        rss = PeakMemory("cpu")
+        rss.start()
         dev = torch.device(device)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         model = load_and_forward(path, dtype, device, ids, mask)
-        peak = _rss_kib("VmHWM") * 1024 if per_model else _maxrss_bytes()
-        result = {"peak_rss_bytes": max(peak - base, 0), "method": "VmHWM" if per_model else "ru_maxrss"}
+        result = {"peak_rss_bytes": rss.peak_bytes(), "method": rss.method}
         if dev.type == "cuda":
             result["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(dev))
         out.append(result)
@@ -166,7 +127,7 @@ def peak_memory(jobs: list[tuple[str, str, str, list[list[int]], list[list[int]]
     if not jobs:
         return []
     ctx = multiprocessing.get_context("spawn")
-    groups = [jobs] if _reset_peak() else [[j] for j in jobs]  # resetting our own peak is harmless
+    groups = [jobs] if reset_peak_rss() else [[j] for j in jobs]  # resetting our own peak is harmless
     results: list[dict] = []
     for group in groups:
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:

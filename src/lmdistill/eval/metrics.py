@@ -1,8 +1,7 @@
-"""The numbers of an evaluation report that are plain arithmetic or one pass over a model.
+"""The numbers of an evaluation report that are plain arithmetic over texts or other numbers.
 
-Perplexity is computed exactly like `lmdistill.evaluation.compare_to_teacher` does it (same target
-tokens, the head's logits sliced to the real vocabulary, summed in token chunks), so a model's
-perplexity is the same whether or not it is compared with a teacher.
+Perplexity, top-1 agreement and KL to the teacher come from one pass over the models:
+`lmdistill.eval.scoring.score_tokens`.
 """
 
 from __future__ import annotations
@@ -11,15 +10,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from lmdistill.chunked import Head
-from lmdistill.data import IGNORE_INDEX, DistillCollator
+from lmdistill.data import IGNORE_INDEX
 from lmdistill.errors import UserError
 from lmdistill.io import read_text as read_utf8
-from lmdistill.models import head_rows
-from lmdistill.models.forward import final_hidden
 from lmdistill.text import rouge_l
 
 
@@ -49,16 +42,6 @@ def speedup(tokens_per_s: float | None, teacher_tokens_per_s: float | None) -> f
     if not tokens_per_s or not teacher_tokens_per_s:
         return None
     return tokens_per_s / teacher_tokens_per_s
-
-
-def real_vocab(tokenizer, model) -> int:
-    """The tokenizer's real vocabulary size (logits are sliced to it), checked against the head."""
-    vocab = tokenizer.get_vocab()
-    size = max(len(tokenizer), max(vocab.values(), default=-1) + 1)
-    rows = head_rows(model)
-    if rows < size:
-        raise UserError(f"the model's output head has {rows} rows but its tokenizer has {size} tokens")
-    return size
 
 
 def read_text(path: str | Path) -> str:
@@ -91,40 +74,6 @@ def text_features(text: str, tokenizer, max_length: int) -> list[dict[str, list[
     if not features:
         raise UserError("the text is too short: it needs at least 2 tokens")
     return features
-
-
-@torch.no_grad()
-def perplexity(
-    model: torch.nn.Module,
-    features: list[dict],
-    *,
-    vocab: int,
-    pad_token_id: int,
-    batch_size: int = 8,
-    chunk_size: int = 1024,
-) -> tuple[float, int]:
-    """(exp(mean cross-entropy), target tokens) of `model` on the features' targets."""
-    collate = DistillCollator(pad_token_id=pad_token_id)
-    head = Head.of(model, trainable=False)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    ce = 0.0
-    tokens = 0
-    try:
-        for i in range(0, len(features), batch_size):
-            batch = {k: v.to(device) for k, v in collate(features[i : i + batch_size]).items()}
-            targets = batch["labels"][:, 1:]
-            mask = targets != IGNORE_INDEX
-            hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
-            y = targets[mask]
-            for start in range(0, y.shape[0], chunk_size):
-                logits = head.logits(hidden[start : start + chunk_size], vocab)
-                ce += F.cross_entropy(logits, y[start : start + chunk_size], reduction="sum").item()
-            tokens += y.shape[0]
-    finally:
-        model.train(was_training)
-    return math.exp(ce / max(tokens, 1)), tokens
 
 
 def _same(a: str, b: str) -> bool:

@@ -26,6 +26,19 @@ METHOD = """\
   `batch_size` text chunks, else the task prompts), median of 3 after a warm-up forward;
   generation tokens/s = generated tokens / time of batched greedy generation over the task prompts
   (after a warm-up); latency = seconds per request, one request at a time over the task prompts.
+- **Fixed-length latency**: greedy generation of exactly `fixed_length` tokens (end of sequence
+  ignored) and of 1 token, one request at a time over the first task prompts; time to first token =
+  median time for 1 token; per-token latency = median of (time for n - time for 1) / (n - 1). Unlike
+  latency per request, it does not depend on how long each model chooses to answer.
+- **As a draft for the teacher** (speculative decoding): acceptance = mean of 1 - TVD(teacher,
+  model) per token at T = 1, the probability speculative sampling accepts a drafted token
+  (teacher-forced on the text; and on the model's own greedy answers to the task prompts, the
+  states a draft meets when it drafts); under greedy verification a token is accepted when both
+  argmaxes agree (top-1). Tokens per target call at draft length γ = (1 - α^(γ+1)) / (1 - α).
+  With `--speculative`, real greedy assisted generation (transformers, `assistant_model`) against
+  the teacher alone on the same prompts, alternating which runs first, one prompt at a time:
+  speedup = teacher-alone seconds / assisted seconds; the assisted text must equal the teacher's,
+  and any difference is listed as a failure in the notes.
 - **Compression** = teacher parameters / model parameters; **speedup** = model generation tokens/s /
   teacher generation tokens/s.
 """
@@ -51,6 +64,19 @@ def _bytes(value) -> str:
         if value >= div:
             return f"{value / div:.1f} {unit}"
     return f"{value} B"
+
+
+def _ms(value) -> str:
+    return "—" if value is None else f"{value * 1000:.1f}"
+
+
+def _draft(m: dict, part: str, key: str):
+    return ((m.get("draft") or {}).get(part) or {}).get(key)
+
+
+def _identical(m: dict) -> str:
+    a = (m.get("draft") or {}).get("assisted")
+    return "—" if a is None else f"{a['identical']}/{a['prompts']}"
 
 
 def _cell(text: str) -> str:
@@ -84,6 +110,12 @@ def metric_rows(results: dict) -> list[tuple[str, list[str]]]:
         if results.get("text"):
             add("top-1 agreement with teacher", lambda m: (m["agreement"] or {}).get("top1"))
             add("KL(teacher ‖ model), nats/token", lambda m: (m["agreement"] or {}).get("kl"))
+            add("draft acceptance 1 − TVD (text)", lambda m: (m["agreement"] or {}).get("acceptance"))
+            add(
+                "tokens per target call, γ = 4 (from acceptance)",
+                lambda m: ((m["agreement"] or {}).get("tokens_per_target_call") or {}).get(4),
+                lambda v: _num(v, "{:.2f}"),
+            )
         if results["tasks"]:
             add(
                 "generation exact match with teacher",
@@ -104,6 +136,19 @@ def metric_rows(results: dict) -> list[tuple[str, list[str]]]:
         )
         add("latency p50 (s/request)", lambda m: m["cost"].get("latency_p50_s"))
         add("latency p95 (s/request)", lambda m: m["cost"].get("latency_p95_s"))
+        n = results["arguments"].get("fixed_length")
+        add("time to first token (s)", lambda m: m["cost"].get("ttft_s"))
+        add(f"per-token latency at {n} tokens (ms)", lambda m: m["cost"].get("per_token_latency_s"), _ms)
+    if any(m.get("draft") for m in models):
+        g = results["arguments"].get("draft_tokens")
+        add("draft acceptance on own greedy answers", lambda m: _draft(m, "own_greedy", "acceptance"))
+        add("greedy acceptance on own answers (top-1)", lambda m: _draft(m, "own_greedy", "top1"))
+        add(
+            f"assisted generation speedup (γ = {g}, greedy)",
+            lambda m: _draft(m, "assisted", "speedup"),
+            lambda v: _num(v, "{:.2f}×"),
+        )
+        add("assisted text identical to teacher's", lambda m: _identical(m), str)
     if results.get("teacher"):
         add("compression (teacher params / params)", lambda m: m["compression"], lambda v: _num(v, "{:.2f}×"))
         add("speedup (gen tokens/s vs teacher)", lambda m: m["speedup"], lambda v: _num(v, "{:.2f}×"))

@@ -16,6 +16,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,76 +24,18 @@ import torch
 from lmdistill.data import pad_id as pad_id_of
 from lmdistill.errors import UserError
 from lmdistill.eval.cost import disk_size, peak_memory, prefill_tokens_per_s, weights_folder
-from lmdistill.eval.metrics import (
-    compression_ratio,
-    generation_agreement,
-    percentile,
-    perplexity,
-    read_text,
-    real_vocab,
-    speedup,
-    text_features,
+from lmdistill.eval.metrics import compression_ratio, generation_agreement, percentile, speedup, text_features
+from lmdistill.eval.preflight import EvalPlan, preflight_eval
+from lmdistill.eval.scoring import score_tokens
+from lmdistill.eval.speculative import (
+    DRAFT_LENGTHS,
+    assisted_speedup,
+    block_efficiency,
+    fixed_length_latency,
+    scores_on_own_greedy,
 )
-from lmdistill.eval.tasks import Task, load_tasks, score_task
-from lmdistill.evaluation import compare_to_teacher
-
-
-def _looks_like_path(name: str) -> bool:
-    """A local path rather than a hub id ("org/name") or a short name."""
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-
-
-def _labels(names: list[str]) -> list[str]:
-    """Short column labels: a folder's name (its parent too when two would clash)."""
-
-    def short(n: str, depth: int) -> str:
-        parts = Path(n).parts
-        return "/".join(parts[-depth:]) if parts else n
-
-    for depth in (1, 2, 3):
-        labels = [short(n, depth) for n in names]
-        if len(set(labels)) == len(labels):
-            return labels
-    return names
-
-
-def preflight(name: str, *, need_chat: bool) -> dict:
-    """Resolve a model and load its tokenizer and config; any failure is a UserError naming it."""
-    from transformers import AutoConfig
-
-    from lmdistill.models import load_tokenizer, resolve_model_path
-
-    if _looks_like_path(name) and not Path(name).expanduser().exists():
-        raise UserError(f"model {name!r}: folder not found")
-    try:
-        path = resolve_model_path(str(Path(name).expanduser()) if name.startswith("~") else name)
-        tokenizer = load_tokenizer(path)
-        try:
-            AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"no loadable config ({str(exc).splitlines()[0] if str(exc) else exc})") from exc
-    except UserError as exc:
-        raise UserError(f"model {name!r} cannot be loaded: {exc}") from exc
-    if Path(path).is_dir():
-        if disk_size(path) is None:
-            raise UserError(
-                f"model {name!r} cannot be loaded: no weight files (*.safetensors, *.bin) in {path}"
-            )
-        from safetensors import safe_open
-
-        for f in sorted(Path(path).glob("*.safetensors")):
-            try:
-                with safe_open(str(f), framework="pt") as handle:
-                    handle.keys()
-            except Exception as exc:
-                raise UserError(
-                    f"model {name!r} cannot be loaded: unreadable weight file {f}: {exc}"
-                ) from exc
-    if need_chat and not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"model {name!r}: its tokenizer has no chat template, so task prompts cannot be rendered"
-        )
-    return {"name": name, "path": str(path), "tokenizer": tokenizer}
+from lmdistill.eval.tasks import score_task
+from lmdistill.models.generation import ChatGenerator
 
 
 def find_training_log(path: str | Path) -> Path | None:
@@ -190,6 +133,9 @@ def run_eval(
     dtype: str = "float32",
     device: str = "cpu",
     measure_memory: bool = True,
+    speculative: bool = False,
+    draft_tokens: int = 4,
+    fixed_length: int = 32,
     command: str | None = None,
     log: Callable[[str], object] = print,
 ) -> dict:
@@ -197,45 +143,39 @@ def run_eval(
 
     Writes `output_dir/report.md`, `results.json` and PNG plots; returns the results dict (the same
     as results.json). See the package docs for what each number means and how it is measured.
+    Steps: preflight (every input and model checked), then per model its text metrics, its
+    generation and latency and (with `speculative`) its figures as a draft for the teacher, then
+    the summary across models (compression, speedup, peak memory).
+    speculative: measure every model as a speculative-decoding draft of the teacher: acceptance on
+        its own greedy answers and real greedy assisted generation against the teacher alone, with
+        `draft_tokens` tokens drafted per target call (needs --teacher and a task).
+    fixed_length: tokens generated for the fixed-length latency (time to first token, per-token).
     """
     from lmdistill.eval.report import write_report
-    from lmdistill.models import check_vocab, count_parameters, load_model, resolve_device
     from lmdistill.outputs import check_output_folder
 
     check_output_folder(output_dir, "eval", "--output-dir")  # before any work: not a file, no other job's
-    from lmdistill.models.vocab import describe_vocab_difference
-    from lmdistill.teachers.local import LocalTeacher
-    from lmdistill.teachers.types import Request, Sampling
 
-    tasks = list(tasks or [])
-    names: list[str] = []
-    for n in ([teacher] if teacher else []) + list(models):
-        if n not in names:
-            names.append(n)
-    if not names:
-        raise UserError("no model to evaluate: name at least one MODEL")
-    if not tasks and not text:
-        raise UserError("nothing to evaluate on: give --task FILE.jsonl and/or --text FILE.txt")
-    for label, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
-        if value < 1:
-            raise UserError(f"{label} must be at least 1, got {value}")
-    if max_examples is not None and max_examples < 1:
-        raise UserError(f"max_examples must be at least 1, got {max_examples}")
-    device = str(resolve_device(device))
-
-    # ---- check all inputs and every model before any work --------------------------------------
-    task_list: list[Task] = load_tasks(tasks, max_examples=max_examples)
-    text_str = read_text(text) if text else None
-    specs = [preflight(n, need_chat=bool(task_list)) for n in names]
-    labels = _labels(names)
-    prompts = [item.prompt for task in task_list for item in task.items]
-    sampling = Sampling(max_new_tokens=max_new_tokens)
-    requests = [Request.chat([{"role": "user", "content": p}], sampling) for p in prompts]
-    warmup = [Request.chat([{"role": "user", "content": "Hi"}], Sampling(max_new_tokens=2))]
+    if speculative and (teacher is None or not tasks):
+        raise UserError("--speculative needs --teacher (the target) and at least one --task (the prompts)")
+    if draft_tokens < 1:
+        raise UserError(f"--draft-tokens must be >= 1, got {draft_tokens}")
+    if fixed_length < 2:
+        raise UserError(f"--fixed-length must be >= 2, got {fixed_length}")
+    plan = preflight_eval(
+        models,
+        teacher=teacher,
+        tasks=list(tasks or []),
+        text=text,
+        max_examples=max_examples,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        device=device,
+    )
     arguments = {
         "models": list(models),
         "teacher": teacher,
-        "tasks": tasks,
+        "tasks": list(tasks or []),
         "text": text,
         "output_dir": str(output_dir),
         "max_examples": max_examples,
@@ -243,132 +183,305 @@ def run_eval(
         "batch_size": batch_size,
         "max_length": max_length,
         "dtype": dtype,
-        "device": device,
+        "device": plan.device,
+        "speculative": speculative,
+        "draft_tokens": draft_tokens,
+        "fixed_length": fixed_length,
     }
 
-    t_model = t_tok = None
-    teacher_outputs: list[str] | None = None
+    reference: _Reference | None = None  # the teacher, once evaluated (it is the first column)
     rows: list[dict] = []
     memory_jobs = []
-    for spec, label in zip(specs, labels, strict=True):
+    for spec, label in zip(plan.specs, plan.labels, strict=True):
         is_teacher = teacher is not None and spec["name"] == teacher
-        log(f"eval: {label}{' (teacher)' if is_teacher else ''}: loading {spec['path']}")
-        try:
-            model = load_model(spec["path"], dtype=dtype, device=device, quantized=True)
-        except UserError as exc:
-            raise UserError(f"model {spec['name']!r} cannot be loaded: {exc}") from exc
-        model.eval()
+        model = _load(spec, label, dtype, plan.device, is_teacher=is_teacher, log=log)
+        row = _new_row(spec, label, model, is_teacher=is_teacher)
         tok = spec["tokenizer"]
-        pad_id = pad_id_of(tok)
-        state_file = find_training_log(spec["path"])
-        row: dict = {
-            "label": label,
-            "name": spec["name"],
-            "path": spec["path"],
-            "role": "teacher" if is_teacher else "model",
-            "quality": {},
-            "perplexity": None,
-            "text_tokens": None,
-            "agreement": None,
-            "generation_agreement": None,
-            "cost": {
-                "parameters": count_parameters(model),
-                "disk_bytes": disk_size(weights_folder(spec["path"])),
-            },
-            "compression": None,
-            "speedup": None,
-            "training_log": str(state_file) if state_file else None,
-            "training_curves": read_training_curves(state_file),
-            "notes": [],
-        }
-
-        # ---- held-out text: perplexity, token agreement, prefill speed ---------------------------
-        if text_str is not None:
-            feats = text_features(text_str, tok, max_length)
-            vocab = real_vocab(tok, model)
-            agreement = None
-            if teacher is not None and not is_teacher:
-                if t_tok.get_vocab() != tok.get_vocab():
-                    row["notes"].append(
-                        "token agreement (top-1, KL) skipped: the tokenizer differs from the teacher's "
-                        f"({describe_vocab_difference(t_tok.get_vocab(), tok.get_vocab())}); "
-                        "generation agreement still compares the texts"
-                    )
-                else:
-                    shared = check_vocab(
-                        t_tok, tok, t_model, model, teacher_name=teacher, student_name=spec["name"]
-                    )
-                    log(f"eval: {label}: agreement with the teacher on {len(feats)} text chunks")
-                    agreement = compare_to_teacher(
-                        model, t_model, feats, vocab=shared, pad_token_id=pad_id, batch_size=batch_size
-                    )
-                    row["agreement"] = {
-                        "top1": agreement.top1,
-                        "kl": agreement.kl,
-                        "tokens": agreement.tokens,
-                    }
-            if agreement is not None:
-                row["perplexity"], row["text_tokens"] = agreement.perplexity, agreement.tokens
-            else:
-                log(f"eval: {label}: perplexity on {len(feats)} text chunks")
-                row["perplexity"], row["text_tokens"] = perplexity(
-                    model, feats, vocab=vocab, pad_token_id=pad_id, batch_size=batch_size
-                )
-            fixed = feats
+        if plan.text is not None:
+            fixed = text_metrics(
+                row, model, tok, plan, reference, max_length=max_length, batch_size=batch_size, log=log
+            )
         else:
             row["notes"].append("perplexity and token agreement skipped: no --text given")
-            fixed = _prompt_features(tok, prompts, max_length)
-        ids, mask = _fixed_batch(fixed, batch_size, pad_id)
-        row["cost"]["prefill_batch_tokens"] = sum(map(sum, mask))
-        row["cost"]["prefill_tokens_per_s"] = prefill_tokens_per_s(
-            model, torch.tensor(ids), torch.tensor(mask)
-        )
-        memory_jobs.append((spec["path"], dtype, device, ids, mask))
-
-        # ---- tasks: quality, generation agreement, generation speed, latency ---------------------
-        if requests:
-            gen = LocalTeacher(model, tok, name=spec["name"], batch_size=batch_size)
-            gen.generate(warmup)
-            log(f"eval: {label}: greedy generation on {len(requests)} task prompts")
-            start = time.perf_counter()
-            responses = gen.generate(requests)
-            elapsed = time.perf_counter() - start
-            outputs = [r.text for r in responses]
-            generated = sum(r.completion_tokens for r in responses)
-            row["cost"]["generated_tokens"] = generated
-            row["cost"]["generation_tokens_per_s"] = generated / max(elapsed, 1e-9)
-            offset = 0
-            for task in task_list:
-                n = len(task.items)
-                row["quality"][task.name] = score_task(task, outputs[offset : offset + n])
-                offset += n
-            row["outputs"] = outputs
-            if is_teacher:
-                teacher_outputs = outputs
-            elif teacher_outputs is not None:
-                row["generation_agreement"] = generation_agreement(outputs, teacher_outputs)
-            log(f"eval: {label}: latency, one request at a time")
-            latencies = []
-            one = LocalTeacher(model, tok, name=spec["name"], batch_size=1)
-            for r in requests:
-                start = time.perf_counter()
-                one.generate([r])
-                latencies.append(time.perf_counter() - start)
-            row["cost"]["latency_p50_s"] = percentile(latencies, 50)
-            row["cost"]["latency_p95_s"] = percentile(latencies, 95)
-            row["cost"]["latency_requests"] = len(latencies)
+            fixed = _prompt_features(tok, plan.prompts, max_length)
+        ids, mask = prefill_cost(row, model, fixed, batch_size=batch_size, pad_id=pad_id_of(tok))
+        memory_jobs.append((spec["path"], dtype, plan.device, ids, mask))
+        outputs = None
+        if plan.requests:
+            teacher_outputs = None if reference is None else reference.outputs
+            outputs = generation_metrics(
+                row,
+                model,
+                tok,
+                plan,
+                teacher_outputs,
+                batch_size=batch_size,
+                fixed_length=fixed_length,
+                log=log,
+            )
+            if speculative and not is_teacher and reference is not None:
+                draft_metrics(row, model, tok, plan, reference, draft_tokens, max_new_tokens, log=log)
         else:
             row["notes"].append("task quality, generation speed and latency skipped: no --task given")
         rows.append(row)
-
         if is_teacher:
-            t_model, t_tok = model, tok
+            reference = _Reference(model, tok, outputs)
         else:
             del model
             gc.collect()
-
-    del t_model
+    del reference
     gc.collect()
+
+    summarise(rows, teacher=teacher, memory_jobs=memory_jobs if measure_memory else None, log=log)
+    results = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "arguments": arguments,
+        "machine": machine_info(plan.device),
+        "teacher": teacher,
+        "tasks": [
+            {"name": t.name, "path": t.path, "examples": len(t.items), "kind": t.kind} for t in plan.tasks
+        ],
+        "text": None if text is None else {"path": text, "max_length": max_length},
+        "models": rows,
+    }
+    write_report(results, Path(output_dir))
+    log(f"eval: report written to {Path(output_dir) / 'report.md'}")
+    return results
+
+
+@dataclass
+class _Reference:
+    """The teacher as the other models are compared with it: model, tokenizer, task outputs (or None)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    outputs: list[str] | None
+
+
+def _load(spec: dict, label: str, dtype: str, device: str, *, is_teacher: bool, log) -> torch.nn.Module:
+    from lmdistill.models import load_model
+
+    log(f"eval: {label}{' (teacher)' if is_teacher else ''}: loading {spec['path']}")
+    try:
+        model = load_model(spec["path"], dtype=dtype, device=device, quantized=True)
+    except UserError as exc:
+        raise UserError(f"model {spec['name']!r} cannot be loaded: {exc}") from exc
+    return model.eval()
+
+
+def _new_row(spec: dict, label: str, model: torch.nn.Module, *, is_teacher: bool) -> dict:
+    """A model's column of the report, with what is known before any measurement."""
+    from lmdistill.models import count_parameters
+
+    state_file = find_training_log(spec["path"])
+    return {
+        "label": label,
+        "name": spec["name"],
+        "path": spec["path"],
+        "role": "teacher" if is_teacher else "model",
+        "quality": {},
+        "perplexity": None,
+        "text_tokens": None,
+        "agreement": None,
+        "generation_agreement": None,
+        "cost": {
+            "parameters": count_parameters(model),
+            "disk_bytes": disk_size(weights_folder(spec["path"])),
+        },
+        "compression": None,
+        "speedup": None,
+        "training_log": str(state_file) if state_file else None,
+        "training_curves": read_training_curves(state_file),
+        "notes": [],
+    }
+
+
+def text_metrics(
+    row: dict,
+    model: torch.nn.Module,
+    tok,
+    plan: EvalPlan,
+    reference: _Reference | None,
+    *,
+    max_length: int,
+    batch_size: int,
+    log,
+) -> list[dict]:
+    """Perplexity on the held-out text, and top-1 agreement and KL with the teacher (`reference`) when
+    the tokenizers match; fills `row`, returns the text's features (the cost measurements' input)."""
+    from lmdistill.models import check_vocab, checked_vocab_size
+    from lmdistill.models.vocab import describe_vocab_difference
+
+    feats = text_features(plan.text, tok, max_length)
+    vocab = checked_vocab_size(tok, model)
+    compared = None  # the teacher, when this model's token distributions can be compared with it
+    if reference is not None:
+        t_tok = reference.tokenizer
+        if t_tok.get_vocab() != tok.get_vocab():
+            row["notes"].append(
+                "token agreement (top-1, KL) skipped: the tokenizer differs from the teacher's "
+                f"({describe_vocab_difference(t_tok.get_vocab(), tok.get_vocab())}); "
+                "generation agreement still compares the texts"
+            )
+        else:
+            vocab = check_vocab(
+                t_tok, tok, reference.model, model, teacher_name=plan.teacher, student_name=row["name"]
+            )
+            compared = reference.model
+    what = "perplexity and agreement with the teacher" if compared is not None else "perplexity"
+    log(f"eval: {row['label']}: {what} on {len(feats)} text chunks")
+    scores = score_tokens(
+        model, feats, vocab=vocab, pad_token_id=pad_id_of(tok), teacher=compared, batch_size=batch_size
+    )
+    row["perplexity"], row["text_tokens"] = scores.perplexity, scores.tokens
+    if compared is not None:
+        row["agreement"] = {
+            "top1": scores.top1,
+            "kl": scores.kl,
+            "acceptance": scores.acceptance,
+            "tokens_per_target_call": {g: block_efficiency(scores.acceptance, g) for g in DRAFT_LENGTHS},
+            "tokens": scores.tokens,
+        }
+    return feats
+
+
+def prefill_cost(
+    row: dict, model: torch.nn.Module, features: list[dict], *, batch_size: int, pad_id: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Prefill tokens/s on the fixed batch (the first `batch_size` features); returns that batch
+    (ids, mask) for the peak-memory measurement."""
+    ids, mask = _fixed_batch(features, batch_size, pad_id)
+    row["cost"]["prefill_batch_tokens"] = sum(map(sum, mask))
+    row["cost"]["prefill_tokens_per_s"] = prefill_tokens_per_s(model, torch.tensor(ids), torch.tensor(mask))
+    return ids, mask
+
+
+def generation_metrics(
+    row: dict,
+    model: torch.nn.Module,
+    tok,
+    plan: EvalPlan,
+    teacher_outputs: list[str] | None,
+    *,
+    batch_size: int,
+    fixed_length: int,
+    log,
+) -> list[str]:
+    """Greedy answers to every task prompt: task quality, generation tokens/s, agreement with the
+    teacher's answers, then latency one request at a time (as answered, and at a fixed output length
+    of `fixed_length` tokens). Fills `row`; returns the answers."""
+    label = row["label"]
+    gen = ChatGenerator(model, tok, batch_size=batch_size)
+    gen.generate(plan.warmup)
+    log(f"eval: {label}: greedy generation on {len(plan.requests)} task prompts")
+    start = time.perf_counter()
+    responses = gen.generate(plan.requests)
+    elapsed = time.perf_counter() - start
+    outputs = [r.text for r in responses]
+    generated = sum(r.completion_tokens for r in responses)
+    row["cost"]["generated_tokens"] = generated
+    row["cost"]["generation_tokens_per_s"] = generated / max(elapsed, 1e-9)
+    offset = 0
+    for task in plan.tasks:
+        n = len(task.items)
+        row["quality"][task.name] = score_task(task, outputs[offset : offset + n])
+        offset += n
+    row["outputs"] = outputs
+    if row["role"] != "teacher" and teacher_outputs is not None:
+        row["generation_agreement"] = generation_agreement(outputs, teacher_outputs)
+    log(f"eval: {label}: latency, one request at a time")
+    latencies = []
+    one = ChatGenerator(model, tok, batch_size=1)
+    for r in plan.requests:
+        start = time.perf_counter()
+        one.generate([r])
+        latencies.append(time.perf_counter() - start)
+    row["cost"]["latency_p50_s"] = percentile(latencies, 50)
+    row["cost"]["latency_p95_s"] = percentile(latencies, 95)
+    row["cost"]["latency_requests"] = len(latencies)
+    # Per request, a model that never stops looks slower than one that answers briefly: the same
+    # output length for every model makes the time per token comparable.
+    fixed = fixed_length_latency(
+        model, tok, chat_prompts(tok, plan.prompts[:FIXED_LENGTH_PROMPTS]), n=fixed_length
+    )
+    row["cost"]["ttft_s"] = fixed.ttft_s
+    row["cost"]["per_token_latency_s"] = fixed.per_token_s
+    row["cost"]["fixed_length_tokens"] = fixed.n
+    return outputs
+
+
+FIXED_LENGTH_PROMPTS = 4  # prompts timed at the fixed output length (medians over them)
+DRAFT_PROMPTS = 16  # at most this many task prompts for assisted generation (two generations each)
+
+
+def chat_prompts(tok, prompts: list[str]) -> list[str]:
+    """Each prompt as one user message through the tokenizer's chat template, ready to generate."""
+    return [
+        tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+
+
+def draft_metrics(
+    row: dict,
+    model,
+    tok,
+    plan: EvalPlan,
+    reference: _Reference,
+    draft_tokens: int,
+    max_new_tokens: int,
+    *,
+    log,
+) -> None:
+    """The model as a speculative-decoding draft for the teacher on the task prompts: acceptance on
+    its own greedy answers (same tokenizer only) and greedy assisted generation against the teacher
+    alone, side by side; universal assisted generation for a draft of another tokenizer, or a note.
+    Assisted text that differs from the teacher's own is recorded as a failure."""
+    from lmdistill.models import check_vocab
+
+    prompts = chat_prompts(reference.tokenizer, plan.prompts[:DRAFT_PROMPTS])
+    same = reference.tokenizer.get_vocab() == tok.get_vocab()
+    result: dict = {"draft_tokens": draft_tokens, "prompts": len(prompts), "same_tokenizer": same}
+    log(f"eval: {row['label']}: as a draft for the teacher on {len(prompts)} prompts")
+    if same:
+        vocab = check_vocab(reference.tokenizer, tok, reference.model, model)
+        own = scores_on_own_greedy(
+            reference.model, model, tok, prompts, vocab=vocab, max_new_tokens=max_new_tokens
+        )
+        result["own_greedy"] = {"acceptance": own.acceptance, "top1": own.top1, "tokens": own.tokens}
+    try:
+        speed = assisted_speedup(
+            reference.model,
+            model,
+            reference.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            draft_tokens=draft_tokens,
+            draft_tokenizer=None if same else tok,
+        )
+    except Exception as exc:  # universal assisted generation does not support every pair
+        row["notes"].append(
+            f"assisted generation with this draft failed in transformers ({type(exc).__name__}: {exc}); "
+            "no speedup measured"
+        )
+    else:
+        result["assisted"] = speed.as_dict()
+        if speed.identical < speed.prompts:
+            row["notes"].append(
+                f"FAILED: greedy assisted generation differs from the teacher's own text on "
+                f"{speed.prompts - speed.identical} of {speed.prompts} prompts (indices {speed.mismatches})"
+            )
+        if not same:
+            row["notes"].append(
+                "assisted generation across tokenizers (transformers' universal assisted generation)"
+            )
+    row["draft"] = result
+
+
+def summarise(rows: list[dict], *, teacher: str | None, memory_jobs: list | None, log) -> None:
+    """Across models: compression and speedup against the teacher (the first row), and peak memory
+    of each model measured in a fresh process (None: not measured)."""
     if teacher is None:
         for row in rows:
             row["notes"].append("agreement, compression and speedup skipped: no --teacher given")
@@ -379,8 +492,7 @@ def run_eval(
             row["speedup"] = speedup(
                 row["cost"].get("generation_tokens_per_s"), t_cost.get("generation_tokens_per_s")
             )
-
-    if measure_memory:
+    if memory_jobs is not None:
         log(f"eval: peak memory of {len(memory_jobs)} model(s), in a fresh process")
         for row, mem in zip(rows, peak_memory(memory_jobs), strict=True):
             row["cost"]["peak_memory_bytes"] = mem["peak_rss_bytes"]
@@ -390,19 +502,3 @@ def run_eval(
     else:
         for row in rows:
             row["notes"].append("peak memory not measured (measure_memory=False)")
-
-    results = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "arguments": arguments,
-        "machine": machine_info(device),
-        "teacher": teacher,
-        "tasks": [
-            {"name": t.name, "path": t.path, "examples": len(t.items), "kind": t.kind} for t in task_list
-        ],
-        "text": None if text is None else {"path": text, "max_length": max_length},
-        "models": rows,
-    }
-    write_report(results, Path(output_dir))
-    log(f"eval: report written to {Path(output_dir) / 'report.md'}")
-    return results

@@ -10,7 +10,8 @@ A row is one of
   GSM8K style (worked solution, then "#### 18") is reduced to what follows "####".
 * ``{"question": ..., "choices": [...], "answer": ...}``: multiple choice, scored by accuracy. The
   options are shown lettered (A., B., ...); the gold is an option's text or letter; the model's
-  pick is a letter or option text after "Answer:", else the option named first in its output.
+  pick is a letter or option after "Answer:", else a leading letter, else the option named first
+  in its output as whole words (`lmdistill.tasks.checks.choice_in`, shared with the label tasks).
 * ``{"prompt": ..., "reference": ...}``: scored by ROUGE-L F1 against the reference.
 
 ``question`` and ``prompt`` are interchangeable, and a row may carry both ``answer`` and
@@ -32,7 +33,8 @@ from pathlib import Path
 
 from lmdistill.data.records import _read_jsonl_numbered
 from lmdistill.errors import UserError
-from lmdistill.text import extract_answer, normalize_answer, rouge_l
+from lmdistill.tasks.checks import check_output, choice_in, choice_of, extract
+from lmdistill.text import normalize_answer, rouge_l
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -159,7 +161,7 @@ def builtin_task(spec: str, *, max_examples: int | None = None, name: str | None
         n = min(n, max_examples)
     items = []
     for i, ex in enumerate(task.examples(parsed.split, n, seed=0)):
-        # numeric / exact tasks keep eval's own answer comparison (the same rules)
+        # numeric / exact tasks: `is_correct` applies the same numeric / exact checks
         check = None if task.check_kind in ("numeric", "exact") else task.check_spec(ex)
         items.append(
             TaskItem(prompt=task.prompt(ex), answer=ex.answer, numeric=task.numeric, line=i + 1, check=check)
@@ -169,48 +171,21 @@ def builtin_task(spec: str, *, max_examples: int | None = None, name: str | None
 
 def predicted_answer(output: str, *, numeric: bool) -> str | None:
     """The normalised answer in a model's output (see the module doc), or None."""
-    extracted = extract_answer(output, numeric=numeric)
-    if extracted is None and not numeric:
-        extracted = output.strip()
-    return normalize_answer(extracted)
-
-
-def choice_of(text: str, choices) -> str | None:
-    """The option `text` names: a letter (A, B, ...) or an option's text, compared normalised."""
-    t = normalize_answer(text)
-    if t is None:
-        return None
-    if len(t) == 1 and "a" <= t <= chr(96 + len(choices)):
-        return choices[ord(t) - 97]
-    return next((c for c in choices if normalize_answer(c) == t), None)
+    return normalize_answer(extract("numeric" if numeric else "exact", output))
 
 
 def predicted_choice(output: str, choices) -> str | None:
-    """The option a model picked: after "Answer:", else the first letter-or-option mentioned."""
-    extracted = extract_answer(output)
-    if extracted is not None:
-        picked = choice_of(extracted.split()[0].rstrip(".):") if extracted.split() else extracted, choices)
-        picked = picked or choice_of(extracted, choices)
-        if picked is not None:
-            return picked
-    first = choice_of(output.strip().split()[0].rstrip(".):"), choices) if output.strip() else None
-    if first is not None:
-        return first
-    text = normalize_answer(output) or ""
-    found = [
-        (text.find(normalize_answer(c)), c)
-        for c in choices
-        if normalize_answer(c) and normalize_answer(c) in text
-    ]
-    return min(found)[1] if found else None
+    """The option a model picked: a letter or option after "Answer:", else in the whole output
+    (`lmdistill.tasks.checks.choice_in`, the rules the built-in label tasks use too)."""
+    return choice_in(output, choices, letters=True)
 
 
 def is_correct(output: str, gold: str, *, numeric: bool, choices=()) -> bool:
-    """Whether the answer in `output` equals `gold` after normalisation."""
+    """Whether the answer in `output` equals `gold` after normalisation (the `numeric` / `exact`
+    checks of `lmdistill.tasks.checks`), or, with `choices`, whether it picked the gold option."""
     if choices:
         return predicted_choice(output, choices) == gold
-    expected = normalize_answer(gold)
-    return expected is not None and predicted_answer(output, numeric=numeric) == expected
+    return check_output("numeric" if numeric else "exact", output, gold)
 
 
 def score_task(task: Task, outputs: list[str]) -> dict:
@@ -225,8 +200,6 @@ def score_task(task: Task, outputs: list[str]) -> dict:
     rouges: list[float] = []
     for item, out in zip(task.items, outputs, strict=True):
         if item.check is not None:
-            from lmdistill.tasks.checks import check_output
-
             answered += 1
             correct += check_output(item.check, out, item.answer)
         elif item.answer is not None:

@@ -25,7 +25,7 @@ from lmdistill.models.shrink import (
     narrow_defaults,
     shrink_model,
 )
-from lmdistill.models.vocab import check_vocab, head_rows
+from lmdistill.models.vocab import check_vocab, checked_vocab_size, head_rows, real_vocab_size
 
 __all__ = [
     "ALIASES",
@@ -34,6 +34,7 @@ __all__ = [
     "EmbeddedModel",
     "cache_dir",
     "check_vocab",
+    "checked_vocab_size",
     "count_parameters",
     "describe_sizes",
     "ensure_embedded",
@@ -44,6 +45,7 @@ __all__ = [
     "load_teacher",
     "load_tokenizer",
     "narrow_defaults",
+    "real_vocab_size",
     "resolve_device",
     "resolve_dtype",
     "resolve_model_path",

@@ -13,6 +13,7 @@ import torch
 
 from lmdistill.errors import UserError
 from lmdistill.models.embedded import resolve_model_path, short_names
+from lmdistill.models.quantize import QUANTIZATION_FILE, apply_quantization
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -86,11 +87,9 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise _not_found(name_or_path, path, exc) from exc
-    if quantized and os.path.isfile(os.path.join(path, "lmdistill_quantization.json")):
+    if quantized and os.path.isfile(os.path.join(path, QUANTIZATION_FILE)):
         if target.type != "cpu":
             raise UserError(f"{path} is int8-dynamic quantised (lmdistill export): it runs on cpu only")
-        from lmdistill.export import apply_quantization
-
         return apply_quantization(model, path)
     return model.to(target)
 

@@ -44,8 +44,7 @@ def check_vocab(
             f"{_label('teacher', teacher_name)} and {_label('student', student_name)} use different tokenizers: "
             f"{describe_vocab_difference(teacher_vocab, student_vocab)}. {BLACK_BOX_HINT}"
         )
-    # len(tokenizer) is the real vocabulary; the max() guards against ids with gaps.
-    size = max(len(teacher_tokenizer), len(student_tokenizer), max(teacher_vocab.values(), default=-1) + 1)
+    size = real_vocab_size(teacher_tokenizer, student_tokenizer)
     for role, name, model in (
         ("teacher", teacher_name, teacher_model),
         ("student", student_name, student_model),
@@ -56,6 +55,23 @@ def check_vocab(
                 f"{_label(role, name)}: its output head has {rows} rows but the tokenizer has {size} tokens; "
                 "resize it first (model.resize_token_embeddings(len(tokenizer)))"
             )
+    return size
+
+
+def real_vocab_size(*tokenizers: PreTrainedTokenizerBase) -> int:
+    """The real vocabulary size of one or more tokenizers: logits are sliced to it (`logits[..., :V]`).
+
+    len(tokenizer) counts added tokens too; the max id + 1 guards against ids with gaps.
+    """
+    return max(max(len(t), max(t.get_vocab().values(), default=-1) + 1) for t in tokenizers)
+
+
+def checked_vocab_size(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> int:
+    """`real_vocab_size(tokenizer)`, checked against the rows of the model's output head."""
+    size = real_vocab_size(tokenizer)
+    rows = head_rows(model)
+    if rows < size:
+        raise UserError(f"the model's output head has {rows} rows but its tokenizer has {size} tokens")
     return size
 
 

@@ -117,11 +117,11 @@ class TeacherSession:
             rejected.append(row)
 
 
-def model_answers(model, tokenizer, probes: list[Probe], *, batch_size: int, name: str) -> list[str]:
+def model_answers(model, tokenizer, probes: list[Probe], *, batch_size: int) -> list[str]:
     """Greedy answers of a local model (a student) to the probes, batched; not cached."""
-    from lmdistill.teachers.local import LocalTeacher
+    from lmdistill.models.generation import ChatGenerator
 
-    runner = LocalTeacher(model, tokenizer, name=name, batch_size=batch_size)
+    runner = ChatGenerator(model, tokenizer, batch_size=batch_size)
     return [r.text for r in runner.generate(probe_requests(probes))]
 
 

@@ -114,9 +114,7 @@ def _run(cfg, out: Path, method, tasks, splits, teacher, log, start: float) -> d
     gc.collect()
 
     before, tok = student_before(cfg, log)
-    answers["student before"] = model_answers(
-        before, tok, probes, batch_size=cfg.eval.batch_size, name="before"
-    )
+    answers["student before"] = model_answers(before, tok, probes, batch_size=cfg.eval.batch_size)
     del before
     students = {}
     for name, rows in data_sets.items():
@@ -124,7 +122,7 @@ def _run(cfg, out: Path, method, tasks, splits, teacher, log, start: float) -> d
         model, tok = load_trained(path)
         settings = getattr(method, "STUDENT_SETTINGS", {}).get(name)
         mine = [p for p in probes if settings is None or p.setting in settings]
-        outputs = model_answers(model, tok, mine, batch_size=cfg.eval.batch_size, name=name)
+        outputs = model_answers(model, tok, mine, batch_size=cfg.eval.batch_size)
         by_probe = dict(zip(map(id, mine), outputs, strict=True))
         answers[f"student ({name})"] = [by_probe.get(id(p)) for p in probes]
         students[name] = str(path)

@@ -6,8 +6,8 @@ spec                      an output passes when
 ``numeric``               its number ("Answer: X", "#### X", else the last number) equals the gold
 ``exact``                 its answer ("Answer: X", else the whole output) equals the gold,
                           after `normalize_answer`
-``label:a,b,c``           the label it names (after "Answer:", else the first label word in it)
-                          is the gold label
+``label:a,b,c``           the label it names (after "Answer:", else the first label named in it,
+                          whole words: `choice_in`) is the gold label
 ``one_word``              stripped of surrounding spaces, quotes, punctuation and markdown, it is
                           exactly one word (letters/digits, inner hyphens or apostrophes allowed)
 ``json:k1,k2``            it contains a JSON object (`parse_json_object`) whose keys are exactly
@@ -51,19 +51,51 @@ def one_word(output: str) -> str | None:
 
 
 def label_in(output: str, labels: list[str]) -> str | None:
-    """The label an output names: in its "Answer:" part if it has one, else the first label word
-    anywhere in it (whole words, any case); None if it names none."""
+    """The label an output names (`choice_in` without letters): in its "Answer:" part if it has one,
+    else the first label named anywhere in it (whole words, any case); None if it names none."""
+    return choice_in(output, labels)
+
+
+def choice_in(output: str, choices, *, letters: bool = False) -> str | None:
+    """The option an output names, by the one rule set every scorer uses (labels here, multiple
+    choice in `lmdistill eval`): first in its "Answer:" part if it has one, then in the whole output;
+    in each, with `letters` (options shown as A., B., ...) a leading letter or option ("B", "B.
+    negative"), then the option named first as whole words, any case ("nonpositive" does not name
+    "positive"); None if it names none."""
     stated = extract_answer(output)
     for text in (stated, output) if stated else (output,):
-        lower = text.lower()
-        found = [
-            (m.start(), label)
-            for label in labels
-            if (m := re.search(rf"(?<!\w){re.escape(label.lower())}(?!\w)", lower)) is not None
-        ]
-        if found:
-            return min(found)[1]
+        words = text.split()
+        if letters and words:
+            picked = choice_of(words[0].rstrip(".):"), choices)
+            if picked is not None:
+                return picked
+        picked = _first_named(text, choices)
+        if picked is not None:
+            return picked
     return None
+
+
+def choice_of(text: str, choices) -> str | None:
+    """The option `text` is: a letter (A, B, ...) or an option's text, compared normalised."""
+    t = normalize_answer(text)
+    if t is None:
+        return None
+    if len(t) == 1 and "a" <= t <= chr(96 + len(choices)):
+        return choices[ord(t) - 97]
+    return next((c for c in choices if normalize_answer(c) == t), None)
+
+
+def _first_named(text: str, choices) -> str | None:
+    """The option whose words appear first in `text` (whole words, any case, any spacing); at the
+    same place the longer option wins ("not positive" over "positive")."""
+    lower = " ".join(text.lower().split())
+    found = []
+    for choice in choices:
+        name = " ".join(choice.lower().split())
+        m = re.search(rf"(?<!\w){re.escape(name)}(?!\w)", lower) if name else None
+        if m is not None:
+            found.append((m.start(), -len(name), choice))
+    return min(found)[2] if found else None
 
 
 def json_in(output: str) -> dict | None:

@@ -1,23 +1,16 @@
-"""A local Hugging Face causal LM as a black-box teacher: batched generation with the KV cache.
+"""A local Hugging Face causal LM as a black-box teacher: `ChatGenerator` with a name and a cache identity.
 
-Requests with identical sampling settings are batched (left padding, the chat template with the
-generation prompt), longest prompts first so a batch wastes little padding. Greedy decoding is
-deterministic; sampled decoding seeds torch with the request's seed before each batch, so a sample
-is reproducible for the same batch composition.
+Generation itself (batching, the chat template, stop strings, log-probs) is
+`lmdistill.models.generation.ChatGenerator`, which also generates from students in `lmdistill eval`.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-
-import torch
-
 from lmdistill.models.forward import weights_fingerprint
-from lmdistill.teachers.types import Request, Response, Sampling, collect
+from lmdistill.models.generation import ChatGenerator
 
 
-class LocalTeacher:
+class LocalTeacher(ChatGenerator):
     """`Teacher` over a loaded model and tokenizer.
 
     Args:
@@ -30,10 +23,8 @@ class LocalTeacher:
     backend = "local"
 
     def __init__(self, model, tokenizer, *, name: str, batch_size: int = 8):
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer, batch_size=batch_size)
         self.name = name
-        self.batch_size = batch_size
         self._cache_id: str | None = None
 
     @property
@@ -44,104 +35,3 @@ class LocalTeacher:
         if self._cache_id is None:
             self._cache_id = f"{self.name}@{weights_fingerprint(self.model)}"
         return self._cache_id
-
-    def prompt_text(self, request: Request) -> str:
-        return self.tokenizer.apply_chat_template(
-            request.message_dicts, tokenize=False, add_generation_prompt=True
-        )
-
-    def generate(self, requests: Sequence[Request]) -> list[Response]:
-        return collect(self.generate_iter(requests), len(requests))
-
-    def generate_iter(self, requests: Sequence[Request]) -> Iterator[tuple[int, Response]]:
-        groups: dict[Sampling, list[int]] = defaultdict(list)
-        for i, r in enumerate(requests):
-            groups[r.sampling].append(i)
-        for sampling, indices in groups.items():
-            texts = {i: self.prompt_text(requests[i]) for i in indices}
-            order = sorted(indices, key=lambda i: -len(texts[i]))
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                yield from zip(batch, self._generate_batch([texts[i] for i in batch], sampling), strict=True)
-
-    @torch.no_grad()
-    def _generate_batch(self, texts: list[str], s: Sampling) -> list[Response]:
-        tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        device = next(self.model.parameters()).device
-        enc = enc.to(device)
-        kwargs = dict(
-            max_new_tokens=s.max_new_tokens,
-            do_sample=not s.greedy,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            return_dict_in_generate=True,
-            output_logits=s.top_logprobs > 0,
-        )
-        if not s.greedy:
-            kwargs.update(temperature=s.temperature, top_p=s.top_p)
-            if s.seed is not None:
-                torch.manual_seed(s.seed)
-        else:  # silence generation_config sampling defaults that do not apply to greedy decoding
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if s.stop:
-            kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
-        out = self.model.generate(**enc, **kwargs)
-        new = out.sequences[:, enc["input_ids"].shape[1] :]
-        prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
-        logits = torch.stack(out.logits, dim=1) if s.top_logprobs > 0 else None  # [B, T, V]
-        return [
-            self._response(new[b], prompt_lens[b], s, None if logits is None else logits[b])
-            for b in range(new.shape[0])
-        ]
-
-    def _response(self, ids: torch.Tensor, prompt_len: int, s: Sampling, logits) -> Response:
-        tok = self.tokenizer
-        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
-        eos = {tok.eos_token_id, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))}
-        ids = ids.tolist()
-        pad = tok.pad_token_id
-        while ids and pad is not None and pad not in eos and ids[-1] == pad:
-            ids.pop()  # rows that stopped on a stop string are padded to the batch's length
-        length = len(ids)
-        finish = "length"
-        for t, tid in enumerate(ids):
-            if tid in eos:
-                length, finish = t + 1, "stop"
-                break
-        text = tok.decode(ids[:length], skip_special_tokens=True)
-        for stop in s.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
-        logprobs = None
-        if logits is not None:
-            logprobs = _top_logprobs(tok, ids[:length], logits[:length], s.top_logprobs)
-        return Response(
-            text=text.strip() if finish != "length" else text,
-            finish_reason=finish,
-            prompt_tokens=int(prompt_len),
-            completion_tokens=length,
-            logprobs=logprobs,
-        )
-
-
-def _top_logprobs(tok, ids: list[int], logits: torch.Tensor, k: int) -> list[dict]:
-    """Per generated token: its log-prob under the model (T = 1) and the k most likely alternatives."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
-    top = logp.topk(k, dim=-1)
-    return [
-        {
-            "token": tok.decode([tid]),
-            "logprob": logp[t, tid].item(),
-            "top": [
-                {"token": tok.decode([j]), "logprob": v}
-                for j, v in zip(top.indices[t].tolist(), top.values[t].tolist(), strict=True)
-            ],
-        }
-        for t, tid in enumerate(ids)
-    ]

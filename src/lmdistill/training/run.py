@@ -368,11 +368,11 @@ def check_output(cfg: RunConfig) -> tuple[Output, dict, tuple[str, ...]]:
 
 def report_agreement(student, models: Models, features, path: Path, log=print) -> dict:
     """Held-out top-1 agreement, KL to the teacher and perplexity; printed and written to `path`."""
-    from lmdistill.evaluation import compare_to_teacher
+    from lmdistill.eval.scoring import score_tokens
     from lmdistill.io import atomic_write_json
 
-    result = compare_to_teacher(
-        student, models.teacher, features, vocab=models.vocab, pad_token_id=pad_id(models.tokenizer)
+    result = score_tokens(
+        student, features, vocab=models.vocab, pad_token_id=pad_id(models.tokenizer), teacher=models.teacher
     ).as_dict()
     atomic_write_json(path, result)
     log(
