@@ -17,7 +17,7 @@ import yaml
 
 from lmdistill.cli import main
 from lmdistill.io import atomic_write_text
-from lmdistill.outputs import LOCK_FILE
+from lmdistill.outputs import LOCK_FILE, differences
 
 ROWS = [
     {
@@ -227,3 +227,14 @@ def test_stale_lock_file_of_a_finished_run_does_not_block(train_config):
     t0 = time.time()
     assert main(["train", str(config), "train.max_steps=1"]) == 0  # the same job again
     assert time.time() - t0 < 120
+
+
+def test_differences_name_each_changed_key_and_skip_settings_one_side_lacks():
+    old = {"train": {"learning_rate": 5e-5, "max_steps": 4}, "student": {"num_layers": 10}}
+    new = {
+        "train": {"learning_rate": 1e-3, "max_steps": 6, "added_later": True},
+        "student": {"num_layers": 10},
+    }
+    assert differences(old, new) == ["train.learning_rate: 5e-05 -> 0.001", "train.max_steps: 4 -> 6"]
+    assert differences(old, new, ignore=("train.max_steps",)) == ["train.learning_rate: 5e-05 -> 0.001"]
+    assert differences(old, old) == []

@@ -209,7 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="int8 dynamic quantisation of Linear layers, applied on load (CPU)",
     )
-    p.add_argument("--force", action="store_true", help="replace OUT if it exists and is not empty")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace OUT when it holds an earlier export (lmdistill_export.json); never any other folder",
+    )
     p.set_defaults(func=_export)
 
     p = sub.add_parser("config", help="print every config key with default and help, or a resolved config")

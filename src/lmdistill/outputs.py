@@ -68,11 +68,15 @@ def owner_of(folder: Path) -> str | None:
 
 
 def differences(old: Any, new: Any, ignore: Iterable[str] = (), prefix: str = "") -> list[str]:
-    """`["student.num_layers: 10 -> 2", ...]` for the dotted keys whose values differ (keys in `ignore` aside)."""
+    """`["student.num_layers: 10 -> 2", ...]` for the dotted keys whose values differ (keys in `ignore` aside).
+
+    Only keys both sides have are compared: a setting added (or dropped) by a newer lmdistill must not
+    make a run recorded by an older one look like another run, or resuming it would be refused.
+    """
     ignore = set(ignore)
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
-        for key in list(old) + [k for k in new if k not in old]:
+        for key in [k for k in old if k in new]:
             name = f"{prefix}{key}"
             if name in ignore:
                 continue
