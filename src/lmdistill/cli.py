@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> None:
         device=args.device,
         max_batch=args.max_batch,
         name=args.name,
+        max_logprobs=args.max_logprobs,
     )
 
 
@@ -146,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--max-batch", type=int, default=8, help="requests batched into one generate call")
     p.add_argument("--name", default=None, help="model id served at /v1/models (default: MODEL)")
+    p.add_argument(
+        "--max-logprobs",
+        type=int,
+        default=20,
+        help="most top log-probs per token a request may ask for (logprobs, prompt_logprobs; default 20)",
+    )
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("eval", help="evaluate several models on the same tasks and text; one report")

@@ -178,23 +178,23 @@ def test_completions_use_the_raw_prompt(client, teacher):
 def test_concurrent_requests_are_batched_and_each_gets_its_answer(app, server, teacher, monkeypatch):
     expected = [direct(teacher, user(p), greedy(8)) for p in PROMPTS]
 
-    # watch the teacher: one thread, never two calls at once
+    # watch the model: one thread, never two calls at once
     active, most, threads = [0], [0], set()
     lock = threading.Lock()
-    generate = teacher.generate
+    generate = teacher.model.generate
 
-    def watched(requests):
+    def watched(*args, **kwargs):
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
             threads.add(threading.get_ident())
         try:
-            return generate(requests)
+            return generate(*args, **kwargs)
         finally:
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(teacher, "generate", watched)
+    monkeypatch.setattr(teacher.model, "generate", watched)
 
     barrier = threading.Barrier(len(PROMPTS))
     results: list = [None] * len(PROMPTS)
@@ -243,7 +243,10 @@ def _error(response: httpx.Response) -> dict:
         ({"model": MODEL_NAME}, "messages"),
         ({"model": MODEL_NAME, "messages": []}, "messages"),
         ({"model": MODEL_NAME, "messages": user("hi"), "n": 2}, "n"),
-        ({"model": MODEL_NAME, "messages": user("hi"), "stream": True}, "stream"),
+        (
+            {"model": MODEL_NAME, "messages": user("hi"), "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
         ({"model": MODEL_NAME, "messages": user("hi"), "temperature": 3}, "temperature"),
         ({"model": MODEL_NAME, "messages": user("hi"), "max_tokens": 0}, "max_tokens"),
         ({"model": MODEL_NAME, "messages": user("hi"), "top_logprobs": 2}, "top_logprobs"),
@@ -268,8 +271,8 @@ def test_errors_in_openai_shape(server, client):
     assert r.status_code == 400 and _error(r)
     r = httpx.get(f"{base}/v1/nowhere")
     assert r.status_code == 404 and _error(r)
-    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "echo": True})
-    assert r.status_code == 400 and _error(r)["param"] == "echo"
+    r = httpx.post(f"{base}/v1/completions", json={"prompt": "hi", "best_of": 2})
+    assert r.status_code == 400 and _error(r)["param"] == "best_of"
     r = httpx.post(
         f"{base}/v1/chat/completions",
         json={"model": MODEL_NAME, "messages": user("a " * 300), "max_tokens": 5},
@@ -283,8 +286,8 @@ def test_errors_in_openai_shape(server, client):
         client.chat.completions.create(model=MODEL_NAME, messages=user("hi"), max_tokens=2, n=2)
     assert exc.value.param == "n"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model=MODEL_NAME, messages=user("hi"), max_tokens=2, stream=True)
-    assert exc.value.param == "stream"
+        client.chat.completions.create(model=MODEL_NAME, messages=user("hi"), max_tokens=2, seed=2**64)
+    assert exc.value.param == "seed"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o")
     # the server still answers after all that
