@@ -159,7 +159,8 @@ class ServerTeacher:
         where = f"teacher.server {self.name}"
         errors = []
         for mode in (PROMPT_LOGPROBS, ECHO):
-            result = self.client.generate([_Call(ids, mode, self.k)])[0]
+            with _quiet(logging.getLogger(ApiTeacher.__module__)):  # a refused field is an answer here
+                result = self.client.generate([_Call(ids, mode, self.k)])[0]
             error = _failed(result)
             if error is None:
                 entries, texts = _entries(result, mode, ids)
@@ -302,6 +303,17 @@ class ServerTeacher:
 
     def stats(self) -> dict[str, int]:
         return {**self.client.stats(), "unmapped_entries": self.unmapped}
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    """Hold `logger` to errors for the block (the probe's expected refusals are not warnings)."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _only_model(client: _CompletionsClient, where: str) -> str:
