@@ -178,9 +178,9 @@ class ServerTeacher:
             )
         if len(entries) != len(ids):
             raise UserError(f"{where} returned log-probs for {len(entries)} of the {len(ids)} prompt tokens")
-        # Echo replies key tokens by text, and texts that several ids share collapse: judge by the longest.
-        counts = [len(e) for e in entries[1:]]
-        got = min(counts) if self.mode == PROMPT_LOGPROBS else max(counts)
+        # vLLM adds the prompt token to the top k, and echo replies key tokens by text (texts that several
+        # ids share collapse): judged by the fullest position.
+        got = max(_top_count(e, i) for e, i in zip(entries[1:], ids[1:], strict=True))
         if got < self.k:
             raise UserError(self._cap_message(where, f"it returned {got} log-probs per position"))
         self._check_vocab(ids, texts, where)
@@ -352,6 +352,16 @@ def _entries(
     tokens = list(lp.get("tokens") or [])
     texts = [tokens[j] if j < len(tokens) else None for j in range(len(ids))]
     return [e or {} for e in lp["top_logprobs"]], texts
+
+
+def _top_count(entry: dict, prompt_id: int) -> int:
+    """How many of a position's entries are its top ones: the prompt token's own entry is not counted
+    unless its rank (where given) places it before the last."""
+    own = entry.get(str(prompt_id))
+    if own is None:
+        return len(entry)
+    rank = own.get("rank") if isinstance(own, dict) else None
+    return len(entry) if rank is not None and rank < len(entry) else len(entry) - 1
 
 
 def probe_ids(tokenizer, vocab: int, n: int = 16) -> tuple[int, ...]:
