@@ -89,14 +89,12 @@ def test_429_with_retry_after_and_5xx_are_retried(tiny_tokenizer):
 
 
 def test_fewer_log_probs_than_asked_name_the_flag(tiny_tokenizer):
-    with ScoringServer(tiny_tokenizer, short=3) as server:  # a silent cap
-        with pytest.raises(UserError, match=r"asked \(it returned 3 .*--max-logprobs .*teacher\.server_k"):
-            _connect(server, tiny_tokenizer, k=4)
-    with ScoringServer(tiny_tokenizer, max_logprobs=20) as server:  # vLLM's 400
-        with pytest.raises(
-            UserError, match=r"the 32 log-probs per position asked .*vllm serve MODEL --max-logprobs 32"
-        ):
-            _connect(server, tiny_tokenizer, k=32)
+    silent = r"asked \(it returned 3 .*--max-logprobs .*teacher\.server_k"
+    with ScoringServer(tiny_tokenizer, short=3) as server, pytest.raises(UserError, match=silent):
+        _connect(server, tiny_tokenizer, k=4)
+    refused = r"the 32 log-probs per position asked .*vllm serve MODEL --max-logprobs 32"
+    with ScoringServer(tiny_tokenizer, max_logprobs=20) as server, pytest.raises(UserError, match=refused):
+        _connect(server, tiny_tokenizer, k=32)
 
 
 def test_a_server_with_another_vocabulary_is_refused(tiny_tokenizer, tiny_tokenizer_dir):
