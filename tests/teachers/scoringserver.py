@@ -90,6 +90,8 @@ class ScoringServer:
         if "prompt_logprobs" in body:
             if self.echo_only:
                 return 400, {}, _error("Unrecognized request argument supplied: prompt_logprobs", "invalid")
+            if body.get("max_tokens") == 0 and not body.get("echo"):  # as vLLM's SamplingParams
+                return 400, {}, _error("max_tokens must be at least 1, got 0.", "invalid_value")
             return self._scored(ids, int(body["prompt_logprobs"]), "prompt_logprobs")
         if body.get("echo") and body.get("logprobs") is not None:
             return self._scored(ids, int(body["logprobs"]), "echo")

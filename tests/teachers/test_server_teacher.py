@@ -69,7 +69,8 @@ def test_scores_are_the_servers_top_k_and_tail(tiny_tokenizer):
         torch.testing.assert_close(sparse.tail, tail, rtol=0, atol=1e-6)
         sent = server.requests[-1]
         assert sent["prompt_logprobs"] == 5 and isinstance(sent["prompt"][0], int)  # token ids, not text
-        assert len(server.requests) == 1 + 2  # the probe, then one request per row
+        assert sent["max_tokens"] == 1  # this server (like vLLM) refused 0 to the probe
+        assert len(server.requests) == 2 + 2  # the probe's two tries, then one request per row
 
 
 def test_429_with_retry_after_and_5xx_are_retried(tiny_tokenizer):
@@ -166,7 +167,7 @@ def test_lmdistill_serve_scores_equal_the_in_process_teacher(served, tiny_tokeni
     url, model = served
     vocab = real_vocab(tiny_tokenizer)
     source = ServerTeacher.connect(TeacherConfig(server=url), tiny_tokenizer, k=8, vocab=vocab)
-    assert source.mode == PROMPT_LOGPROBS
+    assert source.mode == PROMPT_LOGPROBS and source.max_tokens == 0  # scoring only, nothing generated
     query = _query()
     got = source.score(query).topk(8, temperature=1.0, vocab=vocab)
     want = InProcessTeacher(model).score(query).topk(8, temperature=1.0, vocab=vocab)

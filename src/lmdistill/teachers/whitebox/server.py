@@ -1,7 +1,8 @@
 """A teacher behind an OpenAI-compatible server: top-k log-probs of given token ids over /v1/completions.
 
 Each sequence is one request whose prompt is its token ids (no re-tokenisation), asking either
-- vLLM's `prompt_logprobs: k` (`max_tokens: 1`; the one sampled token is ignored): per prompt token
+- vLLM's `prompt_logprobs: k`, with `max_tokens: 0` where the server takes it (`lmdistill serve`: it
+  then only scores) and `max_tokens: 1` otherwise (vLLM; the sampled token is ignored): per prompt token
   j >= 1, a dict {token id: {"logprob", "rank", "decoded_token"}} holding the top k and the prompt
   token itself (so k or k + 1 entries); entry 0 is null; or
 - the OpenAI-legacy `echo: true, logprobs: k, max_tokens: 0`: `logprobs.top_logprobs[j]`, a dict
@@ -57,6 +58,7 @@ class _Call:
     ids: tuple[int, ...]
     mode: str
     k: int
+    max_tokens: int = 0
 
 
 class _CompletionsClient(ApiTeacher):
@@ -71,13 +73,13 @@ class _CompletionsClient(ApiTeacher):
     def _kwargs(self, call: _Call) -> dict:
         kwargs = dict(model=self.model, prompt=list(call.ids), temperature=1.0)
         if call.mode == PROMPT_LOGPROBS:
-            kwargs.update(max_tokens=1, extra_body={"prompt_logprobs": call.k})
+            kwargs.update(max_tokens=call.max_tokens, extra_body={"prompt_logprobs": call.k})
         else:
             kwargs.update(echo=True, logprobs=call.k, max_tokens=0)
         return kwargs
 
     def _estimate(self, call: _Call) -> int:
-        return len(call.ids) + 1
+        return len(call.ids) + call.max_tokens
 
     def _create(self, kwargs: dict):
         return self._client.completions.create(**kwargs)
@@ -116,6 +118,7 @@ class ServerTeacher:
         self.url = url
         self.name = f"{client.model} at {url}"
         self.fingerprint = "server:" + hashlib.sha256(f"{client.model}@{url}".encode()).hexdigest()[:16]
+        self.max_tokens = 0  # what the probe found the server to accept alongside the scoring field
         self.device = torch.device("cpu")
         self.unmapped = 0
         self._by_text: dict[str, list[int]] | None = None
@@ -158,19 +161,20 @@ class ServerTeacher:
         ids = probe_ids(self.tokenizer, self.vocab)
         where = f"teacher.server {self.name}"
         errors = []
-        for mode in (PROMPT_LOGPROBS, ECHO):
+        # Scoring alone first; vLLM refuses max_tokens 0 without echo, so it then gets 1 (one wasted token).
+        for mode, max_tokens in ((PROMPT_LOGPROBS, 0), (PROMPT_LOGPROBS, 1), (ECHO, 0)):
             with _quiet(logging.getLogger(ApiTeacher.__module__)):  # a refused field is an answer here
-                result = self.client.generate([_Call(ids, mode, self.k)])[0]
+                result = self.client.generate([_Call(ids, mode, self.k, max_tokens)])[0]
             error = _failed(result)
             if error is None:
                 entries, texts = _entries(result, mode, ids)
                 if entries is not None:
-                    self.mode = mode
+                    self.mode, self.max_tokens = mode, max_tokens
                     break
                 error = f"the reply has no {'prompt_logprobs' if mode == PROMPT_LOGPROBS else 'logprobs'}"
             elif "logprob" in error.lower() and _CAP.search(error) and error.startswith("4"):
                 raise UserError(self._cap_message(where, error))
-            errors.append(f"{mode}: {error}")
+            errors.append(f"{mode} with max_tokens {max_tokens}: {error}")
         else:
             raise UserError(
                 f"{where} scored no token ids: it answered neither vLLM's prompt_logprobs nor echo + logprobs "
@@ -223,7 +227,7 @@ class ServerTeacher:
             where = q.positions[b].nonzero().flatten().tolist()
             if where and where[-1] + 1 >= length:
                 raise ValueError(f"row {b}: position {where[-1]} has no next token among its {length} tokens")
-            calls.append(_Call(tuple(q.input_ids[b, :length].tolist()), self.mode, self.k))
+            calls.append(_Call(tuple(q.input_ids[b, :length].tolist()), self.mode, self.k, self.max_tokens))
             wanted.append(where)
         results = self.client.generate([c for c, w in zip(calls, wanted, strict=True) if w])
         ids, logprobs = [], []
