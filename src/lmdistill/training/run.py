@@ -75,6 +75,10 @@ def teacher_is_read(cfg: RunConfig) -> bool:
 
 def check_teacher_settings(cfg: RunConfig) -> None:
     """What the chosen teacher needs, checked before any data is read or weights load (UserError)."""
+    if not cfg.student.name and not cfg.teacher.name:
+        raise UserError(
+            "student.name and teacher.name are both empty: there is no model to build the student from"
+        )
     if not teacher_is_read(cfg):
         return
     elsewhere = (
