@@ -80,3 +80,17 @@ def test_serve_on_a_busy_port_is_a_user_error(tiny_model_dirs):
             serve(str(tiny_model_dirs[1]), port=busy.getsockname()[1])
     finally:
         busy.close()
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 70000])
+def test_a_port_out_of_range_is_a_user_error(port):
+    with pytest.raises(UserError, match="--port must be between 0 and 65535"):
+        bind_socket("127.0.0.1", port)
+
+
+def test_the_cli_says_one_line_for_a_bad_port(capsys):
+    from lmdistill.cli import main
+
+    assert main(["serve", "whatever-model", "--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "--port must be between 0 and 65535" in err

@@ -328,3 +328,73 @@ def test_api_teacher_round_trip(server, teacher):
 def test_create_app_rejects_a_bad_max_batch(teacher):
     with pytest.raises(ValueError):
         create_app(teacher, model_name=MODEL_NAME, max_batch=0)
+
+
+def test_the_readme_generate_example_needs_no_key(teacher, tmp_path, monkeypatch):
+    """`lmdistill serve`, then `lmdistill generate configs/generate/responses_api.yaml` as shipped
+    (api_key_env: OPENAI_API_KEY) with no key exported: a loopback server needs none. Only the port
+    and the output folder are changed; everything else is the shipped file."""
+    from pathlib import Path
+
+    from lmdistill.generate import load_generate_config, run_generate
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "responses_api.yaml"
+    app = create_app(teacher, model_name="smollm2-135m", max_batch=8)
+    with ServerThread(app) as server:
+        cfg = load_generate_config(
+            str(config),
+            [
+                f"teacher.base_url={server.url}",
+                f"output={tmp_path / 'out.jsonl'}",
+                "sampling.max_new_tokens=4",
+                "keep_cut=true",
+            ],
+        )
+        assert cfg.teacher.api_key_env == "OPENAI_API_KEY" and cfg.teacher.name == "smollm2-135m"
+        summary = run_generate(cfg, log=lambda *_: None)
+    assert summary["input_rows"] == 8 and summary["requests_sent"] == 8
+    assert summary["kept"] >= 1 and (tmp_path / "out.jsonl").exists()
+
+
+def test_credentials_in_base_url_are_refused_before_anything_is_written(tmp_path):
+    from pathlib import Path
+
+    from lmdistill.errors import UserError
+    from lmdistill.generate import load_generate_config
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "generate" / "responses_api.yaml"
+    with pytest.raises(UserError) as exc:
+        load_generate_config(
+            str(config),
+            ["teacher.base_url=http://me:sk-SENTINEL@127.0.0.1:8000/v1", f"output={tmp_path / 'o.jsonl'}"],
+        )
+    assert "SENTINEL" not in str(exc.value) and "***@127.0.0.1" in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_requests_that_differ_only_in_max_tokens_share_a_batch(app, server, teacher):
+    """Each row stops at its own max_tokens: the same answers as alone, in fewer model calls."""
+    lengths = [1, 3, 6, 12, 2, 9, 4, 7]
+    expected = [direct(teacher, user(p), greedy(n)) for p, n in zip(PROMPTS, lengths, strict=True)]
+    barrier = threading.Barrier(len(PROMPTS))
+    results: list = [None] * len(PROMPTS)
+
+    def ask(i: int) -> None:
+        with openai.OpenAI(base_url=server.url, api_key="EMPTY", max_retries=0, timeout=60) as c:
+            barrier.wait(timeout=30)
+            results[i] = c.chat.completions.create(
+                model=MODEL_NAME, messages=user(PROMPTS[i]), max_tokens=lengths[i], temperature=0
+            )
+
+    workers = [threading.Thread(target=ask, args=(i,)) for i in range(len(PROMPTS))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    for out, ref, n in zip(results, expected, lengths, strict=True):
+        assert out.choices[0].message.content == ref.text
+        assert out.choices[0].finish_reason == ref.finish_reason
+        assert out.usage.completion_tokens == ref.completion_tokens <= n
+    assert app.state.stats.largest_batch >= 2
+    assert app.state.stats.batches < len(PROMPTS)

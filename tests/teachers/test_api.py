@@ -210,12 +210,50 @@ def test_tokens_per_minute_limit_paces_requests(server):
 def test_missing_key_variable_is_a_user_error(monkeypatch):
     monkeypatch.delenv("LMD_MISSING_KEY", raising=False)
     with pytest.raises(UserError, match="LMD_MISSING_KEY"):
-        ApiTeacher("fake", base_url="http://127.0.0.1:9/v1", api_key_env="LMD_MISSING_KEY")
+        ApiTeacher("fake", base_url="https://api.example.invalid/v1", api_key_env="LMD_MISSING_KEY")
 
 
-def test_repr_hides_credentials_in_the_url():
-    t = ApiTeacher("m", base_url="https://user:sk-SENTINEL-url@example.invalid/v1", api_key_env=None)
-    assert repr(t) == "ApiTeacher(model='m', base_url='https://***@example.invalid/v1')"
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1", "http://127.5.0.1/v1"],
+)
+def test_a_loopback_server_needs_no_key(server, monkeypatch, url):
+    """The README's example (`lmdistill serve`, then generate with api_key_env: OPENAI_API_KEY) works
+    without exporting a key: a loopback server gets the placeholder."""
+    monkeypatch.delenv("LMD_MISSING_KEY", raising=False)
+    ApiTeacher("fake", base_url=url, api_key_env="LMD_MISSING_KEY")  # no UserError
+    t = teacher_for(server, api_key_env="LMD_MISSING_KEY")
+    assert t.generate([req("p")])[0].text == "answer to: p"
+    assert server.requests[-1]["headers"]["authorization"] == "Bearer EMPTY"
+    # a key that is set is still sent, loopback or not
+    monkeypatch.setenv("LMD_MISSING_KEY", "sk-local-0123456789")
+    teacher_for(server, api_key_env="LMD_MISSING_KEY").generate([req("q")])
+    assert server.requests[-1]["headers"]["authorization"] == "Bearer sk-local-0123456789"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:sk-SENTINEL-url@example.invalid/v1",
+        "http://sk-SENTINEL-url@127.0.0.1:8000/v1",
+        "http://:sk-SENTINEL-url@localhost/v1",
+    ],
+)
+def test_credentials_in_the_url_are_refused_without_showing_them(url, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(UserError) as exc:
+        ApiTeacher("m", base_url=url, api_key_env=None)
+    message = str(exc.value)
+    assert "***@" in message and "user name or password" in message
+    captured = capsys.readouterr()
+    for text in (message, captured.out, captured.err, caplog.text):
+        assert "SENTINEL" not in text
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "ftp://host/v1", "http://host:99999/v1", "http:///v1"])
+def test_a_url_that_is_not_http_is_refused(url):
+    with pytest.raises(UserError, match=r"teacher\.base_url"):
+        ApiTeacher("m", base_url=url, api_key_env=None)
 
 
 def test_no_key_sends_a_placeholder(server, monkeypatch):

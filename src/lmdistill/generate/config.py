@@ -140,6 +140,10 @@ class GenerateConfig:
             raise UserError(f"teacher.backend: choose local or api, got {self.teacher.backend!r}")
         if self.teacher.backend == "api" and not self.teacher.base_url:
             raise UserError("teacher.base_url: the api backend needs the endpoint URL")
+        if self.teacher.backend == "api":
+            from lmdistill.teachers.api import check_base_url
+
+            check_base_url(self.teacher.base_url)  # no credentials in the URL (before anything is written)
         if self.cot.keep not in ("gold", "majority", "auto", "all"):
             raise UserError(f"cot.keep: choose gold, majority, auto or all, got {self.cot.keep!r}")
         if self.cot.samples < 1 or self.self_instruct.demonstrations < 1:

@@ -153,6 +153,9 @@ class RecipeConfig:
         if self.teacher.backend == "api":
             if not self.teacher.base_url:
                 raise UserError("teacher.base_url: the api backend needs the endpoint URL")
+            from lmdistill.teachers.api import check_base_url
+
+            check_base_url(self.teacher.base_url)  # no credentials in the URL (before the config is saved)
             if self.distill.kd_ratio > 0:
                 raise UserError(
                     "distill.kd_ratio > 0 needs the teacher's logits: use teacher.backend: local, or kd_ratio: 0"

@@ -65,8 +65,9 @@ def create_app(
 ) -> FastAPI:
     """An OpenAI-compatible app serving `teacher` under the name `model_name`.
 
-    Requests are queued and run on one worker thread in groups of at most `max_batch` requests with
-    identical sampling, waiting up to `max_wait_ms` for a group to fill. `app.state.stats` (a
+    Requests are queued and run on one worker thread in groups of at most `max_batch` requests of one
+    kind with the same sampling but for max_tokens (seeded sampled requests alone), waiting up to
+    `max_wait_ms` for a group to fill. `app.state.stats` (a
     `BatchStats`) counts requests and model calls; `app.state.batcher` is the batcher.
     `max_logprobs` is the most top log-probs per token a request may ask for (`logprobs`,
     `top_logprobs`, `prompt_logprobs`); more is a 400 naming `--max-logprobs`, as vLLM does.
@@ -193,7 +194,12 @@ def create_app(
             raise ServeError("Only best_of=1 is supported.", param="best_of", code="unsupported_value")
         if body.suffix:
             raise ServeError("suffix is not supported.", param="suffix", code="unsupported_value")
-        prompts = prompt_list(body.prompt, vocab=batcher.vocab)
+        if (
+            isinstance(body.prompt, list) and len(body.prompt) > 10_000
+        ):  # a long id list: check it off the loop
+            prompts = await asyncio.to_thread(prompt_list, body.prompt, vocab=batcher.vocab)
+        else:
+            prompts = prompt_list(body.prompt, vocab=batcher.vocab)
         for p in prompts:
             check_prompt_size(len(p) if isinstance(p, str) else 0, "prompt")
         k, k_prompt, echo = body.logprobs, body.prompt_logprobs, bool(body.echo)

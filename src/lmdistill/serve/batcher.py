@@ -153,7 +153,11 @@ class _Job:
 
     @property
     def key(self) -> tuple[Kind, Sampling | None]:
-        return self.kind, None if self.request is None else self.request.sampling
+        """Jobs with one key share a batch: one kind, and the same sampling but for max_new_tokens
+        (each row stops at its own; see `generation.Row`)."""
+        if self.request is None:
+            return self.kind, None
+        return self.kind, replace(self.request.sampling, max_new_tokens=0)
 
     @property
     def alone(self) -> bool:
@@ -466,8 +470,13 @@ class Batcher:
                 for i, result in zip(part, scored, strict=True):
                     out[i] = result
             return out
-        rows = [Row(abandoned=j.future.abandoned.is_set, step=self._stepper(j)) for j in group]
-        responses, new = generate_ids(self.teacher, [j.ids for j in group], group[0].request.sampling, rows)
+        limits = [j.request.sampling.max_new_tokens for j in group]
+        rows = [
+            Row(limit=n, abandoned=j.future.abandoned.is_set, step=self._stepper(j))
+            for j, n in zip(group, limits, strict=True)
+        ]
+        sampling = replace(group[0].request.sampling, max_new_tokens=max(limits))
+        responses, new = generate_ids(self.teacher, [j.ids for j in group], sampling, rows)
         for job, ids in zip(group, new, strict=True):
             if job.sink is not None and not job.future.abandoned.is_set():
                 delta = job.sink.stream.final(ids)

@@ -3,9 +3,11 @@
 `generate_ids` is `LocalTeacher`'s batched generation (left padding, the same decoding settings, the
 same `Response` via `teacher._response`) taking token ids instead of text, so a client that sends ids
 gets exactly those ids as the prompt, and a text prompt is tokenized once, on the worker. Its `rows`
-give each batch row two per-step callbacks, run as a Hugging Face stopping criterion after every new
-token: `abandoned()` (the client went away: the row stops at once, and a batch whose rows are all
-abandoned ends) and `step(ids)` (the row's new tokens so far, for streaming).
+give each batch row its own length limit and two per-step callbacks, run as a Hugging Face stopping
+criterion after every new token: `abandoned()` (the client went away: the row stops at once, and a
+batch whose rows are all abandoned ends) and `step(ids)` (the row's new tokens so far, for
+streaming). Per-row limits let requests that differ only in max_tokens share a batch: a row stops at
+its own limit and its answer is cut there, exactly what it would be with that max_new_tokens.
 
 `TextStream` turns a row's growing token ids into text deltas that never have to be taken back: it
 holds back an incomplete UTF-8 character, trailing whitespace and anything that could still become a
@@ -15,7 +17,7 @@ stop string, and stops at the first stop string.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -25,8 +27,9 @@ from lmdistill.teachers.types import Response, Sampling
 
 @dataclass
 class Row:
-    """One batch row's per-step callbacks (both optional)."""
+    """One batch row: its own max_new_tokens (None: the batch's) and per-step callbacks (optional)."""
 
+    limit: int | None = None
     abandoned: Callable[[], bool] | None = None
     step: Callable[[list[int]], None] | None = None
 
@@ -39,7 +42,10 @@ class _StepHook(StoppingCriteria):
         self.width = width
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        stop = [bool(r.abandoned and r.abandoned()) for r in self.rows]
+        n = input_ids.shape[1] - self.width
+        stop = [
+            bool(r.abandoned and r.abandoned()) or (r.limit is not None and n >= r.limit) for r in self.rows
+        ]
         streaming = [b for b, r in enumerate(self.rows) if r.step is not None and not stop[b]]
         if streaming:
             new = input_ids[streaming, self.width :].tolist()
@@ -59,8 +65,9 @@ def eos_ids(teacher) -> set[int]:
 def generate_ids(
     teacher, seqs: list[list[int]], s: Sampling, rows: Sequence[Row] | None = None
 ) -> tuple[list[Response], list[list[int]]]:
-    """Generate from token-id prompts in one batch; returns the responses and each row's raw new ids
-    (padding included; `TextStream.final` reads them)."""
+    """Generate from token-id prompts in one batch, at most `s.max_new_tokens` each (or a row's own
+    smaller `limit`); returns the responses and each row's raw new ids, cut at its limit (padding
+    included; `TextStream.final` reads them)."""
     tok, model = teacher.tokenizer, teacher.model
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     width = max(len(x) for x in seqs)
@@ -85,16 +92,21 @@ def generate_ids(
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if s.stop:
         kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
-    if rows is not None and any(r.abandoned or r.step for r in rows):
+    if rows is not None and any(r.abandoned or r.step or r.limit is not None for r in rows):
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StepHook(rows, width)])
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
     new = out.sequences[:, width:]
     logits = torch.stack(out.logits, dim=1) if s.top_logprobs > 0 else None
-    responses = [
-        teacher._response(new[b], len(seqs[b]), s, None if logits is None else logits[b])
-        for b in range(len(seqs))
-    ]
-    return responses, new.tolist()
+    responses, raw = [], []
+    for b in range(len(seqs)):
+        limit = s.max_new_tokens
+        if rows is not None and rows[b].limit is not None:
+            limit = min(limit, rows[b].limit)
+        row_s = replace(s, max_new_tokens=limit)
+        row_logits = None if logits is None else logits[b, :limit]
+        responses.append(teacher._response(new[b, :limit], len(seqs[b]), row_s, row_logits))
+        raw.append(new[b, :limit].tolist())
+    return responses, raw
 
 
 class TextStream:

@@ -16,6 +16,8 @@ from lmdistill.errors import UserError
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A TCP socket bound to (host, port) (port 0: any free port), not yet listening; a busy port or an
     unknown host becomes a UserError."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535 (0: any free port), got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

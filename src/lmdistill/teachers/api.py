@@ -10,11 +10,16 @@ so one bad prompt does not stop a data set (and the cache does not store it, so 
 
 The API key is read from an environment variable and handed to the client only: it is never
 logged, printed, stored, put in a repr or in an error message (server messages are scrubbed of it).
+A server on a loopback address (127.0.0.0/8, ::1, localhost: `lmdistill serve`, a local vLLM) needs
+no key: when the variable is not set, a placeholder is sent instead of stopping. A `base_url` with
+credentials in it (`http://user:password@host`) is refused (`check_base_url`): keys come only from
+the environment, so that no URL ever carries one into a config copy, a cache or a log.
 """
 
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import logging
 import math
 import os
@@ -114,6 +119,42 @@ def _retryable(status: int) -> bool:
     return status in RETRY_STATUS or 500 <= status < 600
 
 
+def is_loopback(url: str) -> bool:
+    """True when `url`'s host is a loopback address (127.0.0.0/8, ::1) or "localhost"."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, field: str = "teacher.base_url") -> None:
+    """Refuse a URL that is not http(s)://HOST... or that carries a user name or password (the
+    message shows it with the credentials masked)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
+    except ValueError as exc:
+        raise UserError(f"{field}: {_without_userinfo(url)!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(
+            f"{field}: {_without_userinfo(url)!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1"
+        )
+    if "@" in parts.netloc:
+        raise UserError(
+            f"{field}: {_without_userinfo(url)!r} has a user name or password in it; lmdistill reads API keys "
+            "only from the environment: remove it from the URL and export it in the variable named by "
+            "teacher.api_key_env"
+        )
+
+
 def _without_userinfo(url: str) -> str:
     """`url` without any "user:password@" part."""
     parts = urllib.parse.urlsplit(url)
@@ -132,8 +173,8 @@ class ApiTeacher:
         model: the model name sent to the server (and used in cache keys).
         base_url: the API root, e.g. "https://api.openai.com/v1" or "http://127.0.0.1:8000/v1".
         api_key_env: the environment variable holding the key, read once here. An unset variable is
-            a UserError; for a server that needs no key, pass None or "" or set the variable to an
-            empty string, and a placeholder ("EMPTY") is sent.
+            a UserError, except for a loopback `base_url`, which gets the placeholder ("EMPTY"); for
+            any other server that needs no key, pass None or "" or set the variable to an empty string.
         concurrency: requests in flight at most (worker threads).
         requests_per_minute, tokens_per_minute: optional client-side rate limits.
         max_retries: retries per request after the first try (retryable failures only).
@@ -176,14 +217,18 @@ class ApiTeacher:
         ):
             if value is not None and value <= 0:
                 raise UserError(f"{label} must be positive (or unset for no limit), got {value}")
+        check_base_url(base_url)
         key = NO_KEY
         if api_key_env:
-            if api_key_env not in os.environ:
+            if api_key_env in os.environ:
+                key = os.environ[api_key_env].strip() or NO_KEY
+            elif is_loopback(base_url):
+                log.info("%s is not set; %s is a loopback server, sending no key", api_key_env, base_url)
+            else:
                 raise UserError(
                     f"the API key variable {api_key_env} is not set: export {api_key_env}=<your key> "
-                    "(for a local server that needs no key, set it to an empty string or pass api_key_env=None)"
+                    "(for a server that needs no key, set it to an empty string or pass api_key_env=None)"
                 )
-            key = os.environ[api_key_env].strip() or NO_KEY
         try:
             import openai
         except ImportError as e:  # pragma: no cover - depends on the installation
