@@ -40,6 +40,7 @@ from lmdistill.chunked import Head, LossSpec, SparseTeacher, chunked_loss
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.models import load_teacher, load_tokenizer, shrink_model
 from lmdistill.models.forward import final_hidden
+from lmdistill.teachers.whitebox import StoreTeacher
 from lmdistill.training.trainer import DistillTrainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,11 +114,11 @@ def make_trainer(student, teacher, store, features, tokenizer, out: Path, steps:
     )  # fmt: skip
     trainer = DistillTrainer(
         model=copy.deepcopy(student).train(),
-        teacher=teacher,
+        teacher=StoreTeacher(store) if store is not None else teacher,
         spec=LossSpec(loss="forward_kl", ce_weight=0.1, kd_weight=0.9, vocab=VOCAB),
         args=args,
         train_dataset=features,
-        data_collator=DistillCollator(pad_token_id=pad_id(tokenizer), teacher_store=store),
+        data_collator=DistillCollator(pad_token_id=pad_id(tokenizer)),
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=steps)
     return trainer
@@ -126,7 +127,7 @@ def make_trainer(student, teacher, store, features, tokenizer, out: Path, steps:
 def train_interleaved(trainers: dict, features, steps: int, batch: int) -> dict:
     """One optimizer step of each variant in turn (first mover alternating), same batches for all.
 
-    A step is what Trainer does per batch: collate (store rows included), `training_step` (forward,
+    A step is what Trainer does per batch: collate, `training_step` (forward, teacher scores or store rows,
     chunked loss, backward), clip, optimizer and scheduler step. Step 0 is a warm-up and not counted.
     """
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(0)).tolist()

@@ -20,6 +20,36 @@ from lmdistill.yamlconfig import f as _f
 class TeacherConfig:
     name: str = _f("smollm2-135m", "Teacher: a Hugging Face id, a local model folder, or a short name.")
     dtype: str = _f("float32", "Teacher weights dtype: float32, bfloat16, float16 or auto.")
+    server: str | None = _f(
+        None,
+        "URL of an OpenAI-compatible server that scores token sequences for the loss instead of a teacher in "
+        "this process (vLLM: `vllm serve MODEL --max-logprobs K`, or `lmdistill serve`), e.g. "
+        "http://127.0.0.1:8000/v1. The KD term is then the top-k + tail divergence, at distill.temperature 1; "
+        "teacher.name only names the tokenizer (and the model a student is shrunk from). See docs/teacher_server.md.",
+    )
+    server_model: str | None = _f(
+        None, "Model name sent to teacher.server; null: the one model its /v1/models lists."
+    )
+    server_k: int = _f(
+        20,
+        "Training from teacher.server: top-k log-probs per target token (vLLM returns at most 20 unless "
+        "started with --max-logprobs K). `lmdistill capture` uses capture.k.",
+    )
+    server_api_key_env: str | None = _f(
+        None, "Environment variable holding teacher.server's API key; null: none is sent (a local server)."
+    )
+    server_concurrency: int = _f(8, "teacher.server: requests in flight at most (one per sequence).")
+    server_requests_per_minute: float | None = _f(
+        None, "teacher.server: client-side request rate limit; null: none."
+    )
+    server_tokens_per_minute: float | None = _f(
+        None, "teacher.server: client-side token rate limit (prompt tokens); null: none."
+    )
+    server_timeout: float = _f(120.0, "teacher.server: seconds per HTTP request.")
+    server_max_retries: int = _f(
+        5,
+        "teacher.server: retries per request on 429 (after its Retry-After), 5xx, timeouts and lost connections.",
+    )
 
 
 @dataclass
@@ -180,6 +210,10 @@ class RunConfig:
             raise UserError(f"distill.alpha must be in [0, 1], got {d.alpha}")
         if d.chunk_size <= 0:
             raise UserError(f"distill.chunk_size must be positive, got {d.chunk_size}")
+        if self.teacher.server and d.teacher_store:
+            raise UserError(
+                "give teacher.server or distill.teacher_store, not both: both stand in for the teacher"
+            )
         h = self.hints
         for key in ("hidden_weight", "relation_weight", "attention_weight"):
             if getattr(h, key) < 0:

@@ -85,7 +85,7 @@ def test_a_shrunk_student_drops_the_teacher_after_copying(tiny_model_dirs, data_
         ),
         ({"data": {"max_length": 30}}, r"tokenized data differs: from example \d+ on .* data.max_length=48"),
         ({"data": {"max_examples": 5}}, "the store holds 11 examples, this run has 5"),
-        ({"hints": {"hidden_weight": 1.0}}, r"hint terms .* need the live teacher"),
+        ({"hints": {"hidden_weight": 1.0}}, r"hint terms .* need the teacher model.s internal states"),
     ],
 )
 def test_mismatches_are_one_clear_error(change, match, tiny_model_dirs, data_file, store, tmp_path):
@@ -118,7 +118,9 @@ def test_small_student_head_and_unfinished_or_missing_store(
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(tiny_model_dirs[1]).save_pretrained(small)
-    with pytest.raises(UserError, match=r"output head has 64 rows but teacher store .* vocabulary of"):
+    with pytest.raises(
+        UserError, match=r"output head has 64 rows but the teacher \(teacher store .*\) has a vocabulary of"
+    ):
         run(_run_config(tmp_path, tiny_model_dirs[0], small, data_file, store), log=lambda _: None)
     manifest = json.loads((store / "manifest.json").read_text())
     (store / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))

@@ -43,3 +43,14 @@ def test_collates_real_features(tiny_tokenizer):
         n = lengths[i]
         assert batch["labels"][i, :n].tolist() == f["labels"]
         assert (batch["input_ids"][i, n:] == tiny_tokenizer.pad_token_id).all()
+
+
+def test_example_index_travels_with_the_batch():
+    import pytest
+
+    indexed = [{**f, "example_index": i} for i, f in zip((7, 3), feats(), strict=True)]
+    batch = DistillCollator(pad_token_id=9)(indexed)
+    assert batch["example_index"].dtype == torch.int64 and batch["example_index"].tolist() == [7, 3]
+    assert "example_index" not in DistillCollator(pad_token_id=9)(feats())
+    with pytest.raises(ValueError, match="mixes features with and without an example_index"):
+        DistillCollator(pad_token_id=9)([indexed[0], feats()[1]])

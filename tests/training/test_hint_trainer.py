@@ -58,10 +58,10 @@ def test_hooks_are_removed_after_training(tiny_llama, tmp_path):
         return {name: (len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules()}
 
     trainer.train()
-    after_first = [hooks(trainer.model), hooks(trainer.teacher)]
+    after_first = [hooks(trainer.model), hooks(trainer.teacher.model)]
     trainer.args.max_steps = 4
     trainer.train()  # a second run on the same models adds nothing
-    assert [hooks(trainer.model), hooks(trainer.teacher)] == after_first
+    assert [hooks(trainer.model), hooks(trainer.teacher.model)] == after_first
     q_proj = trainer.model.model.layers[0].self_attn.q_proj
     assert not q_proj._forward_hooks
 
@@ -100,5 +100,5 @@ def test_attention_maps_restore_the_attention_implementation(tiny_llama, tmp_pat
     for _ in range(2):  # eager while training, back to sdpa after; a second run works the same
         trainer.train()
         assert trainer.model.config._attn_implementation == "sdpa"
-        assert trainer.teacher.config._attn_implementation == "sdpa"
+        assert trainer.teacher.model.config._attn_implementation == "sdpa"
     assert all(h["attention"] > 0 for h in trainer.state.log_history if "loss" in h)

@@ -143,7 +143,7 @@ def test_logs_ce_and_kd_separately(tiny_llama, tmp_path):
 def _poison(trainer, token: int):
     """Make the teacher produce NaN wherever `token` appears (a real non-finite forward)."""
     with torch.no_grad():
-        trainer.teacher.get_input_embeddings().weight[token] = float("nan")
+        trainer.teacher.model.get_input_embeddings().weight[token] = float("nan")
 
 
 def test_nonfinite_microbatch_is_skipped_and_counted(tiny_llama, tmp_path):
@@ -163,7 +163,7 @@ def test_run_stops_after_nonfinite_streak(tiny_llama, tmp_path):
     trainer = _trainer(tiny_llama, tmp_path, feats, max_steps=8)
     trainer.max_nonfinite = 3
     with torch.no_grad():
-        trainer.teacher.get_input_embeddings().weight.fill_(float("nan"))
+        trainer.teacher.model.get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="3 micro-batches in a row"):
         trainer.train()
 
@@ -190,11 +190,13 @@ def test_loss_weights_of_one_equal_no_weights(tiny_llama, tmp_path):
 class _StoredRows:
     """Teacher rows computed ahead of time with `teacher_topk`, served by example index like a store."""
 
+    folder = "rows in memory"
+
     def __init__(self, teacher, feats, k):
         from lmdistill.capture import teacher_topk
 
         top = teacher_topk(teacher, feats, k=k, temperature=1.0, vocab=VOCAB, pad_token_id=0, chunk_size=7)
-        self.top, self.offsets = top, top.offsets
+        self.top, self.offsets, self.k, self.vocab = top, top.offsets, k, VOCAB
 
     def rows(self, indices):
         parts = [slice(int(self.offsets[i]), int(self.offsets[i + 1])) for i in indices]
@@ -208,14 +210,13 @@ class _StoredRows:
 
 
 def test_stored_topk_with_k_equal_vocab_trains_like_the_live_teacher(tiny_llama, tmp_path):
+    from lmdistill.teachers.whitebox import StoreTeacher
+
     feats = [{**f, "example_index": i} for i, f in enumerate(_features(8))]
     live = _trainer(tiny_llama, tmp_path / "live", feats, max_steps=3, per_device_train_batch_size=3)
     live.train()
     stored = _trainer(tiny_llama, tmp_path / "stored", feats, max_steps=3, per_device_train_batch_size=3)
-    stored.data_collator = DistillCollator(
-        pad_token_id=0, teacher_store=_StoredRows(stored.teacher, feats, VOCAB)
-    )
-    stored.teacher = None  # the stored rows stand in for it
+    stored.teacher = StoreTeacher(_StoredRows(stored.teacher.model, feats, VOCAB))  # stands in for the model
     stored.train()
     torch.testing.assert_close(_params(stored.model), _params(live.model), rtol=1e-5, atol=1e-6)
     kd = [h["kd"] for h in stored.state.log_history if "kd" in h]
@@ -223,12 +224,16 @@ def test_stored_topk_with_k_equal_vocab_trains_like_the_live_teacher(tiny_llama,
 
 
 def test_stored_rows_that_do_not_line_up_are_refused(tiny_llama, tmp_path):
+    from lmdistill.teachers.whitebox import StoreTeacher, TeacherQuery
+
     feats = [{**f, "example_index": i} for i, f in enumerate(_features(8))]
     trainer = _trainer(tiny_llama, tmp_path, feats)
-    rows = _StoredRows(trainer.teacher, feats, 4)
+    source = StoreTeacher(_StoredRows(trainer.teacher.model, feats, 4))
     shifted = [{**f, "example_index": (i + 1) % 8} for i, f in enumerate(feats)]
+    batch = DistillCollator(pad_token_id=0)(shifted[:4])
     with pytest.raises(ValueError, match="do not line up"):
-        DistillCollator(pad_token_id=0, teacher_store=rows)(shifted[:4])
+        source.score(TeacherQuery.from_batch(batch))
+    assert source.score(TeacherQuery.from_batch(DistillCollator(pad_token_id=0)(_features(2)))) is None
 
 
 def test_record_weights_reach_the_batch(tiny_tokenizer):

@@ -11,6 +11,11 @@ Resume: shards whose completion record matches the settings and the file's check
 anything else is computed again. A store written with other settings stops the run with one
 message naming each difference (or is deleted first with capture.overwrite=true).
 
+With `teacher.server` (an OpenAI-compatible server, see `lmdistill.teachers.whitebox.server`) no
+teacher is loaded: the server scores each sequence's token ids and returns the top k log-probs
+(capture.k, at temperature 1); the store has the same format, `teacher.name` names the tokenizer, and
+the server's model and URL stand in for the weights' fingerprint.
+
 Several processes (torchrun/accelerate: torch.distributed initialised, or WORLD_SIZE > 1 in the
 environment): rank r computes the shards s with s % world == r; rank 0 writes the manifest once all
 are done. Rank 0 holds the folder's lock (`lmdistill.outputs`) while the store is written: a second
@@ -41,10 +46,12 @@ from lmdistill.capture.store import (
     write_manifest,
     write_shard,
 )
-from lmdistill.chunked import TAIL_FLOOR, Head
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.errors import UserError
 from lmdistill.outputs import LOCK_FILE, check_output_folder, hold_lock
+from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource, topk_rows
+
+__all__ = ["CaptureSummary", "capture", "teacher_topk", "topk_rows"]
 
 
 @dataclass
@@ -77,7 +84,7 @@ class CaptureSummary:
 
 @torch.no_grad()
 def teacher_topk(
-    teacher: torch.nn.Module,
+    teacher: TeacherSource | torch.nn.Module,
     features: list[dict],
     *,
     k: int,
@@ -89,24 +96,19 @@ def teacher_topk(
 ) -> TopK:
     """The teacher's top-k at every target token of `features`, in feature order (see `TopK`).
 
-    Examples are batched longest first (less padding; the order within a call is fixed, so the
-    result is reproducible); logits are computed `chunk_size` target tokens at a time, in float32.
+    teacher: a `TeacherSource` (a bare model is run in this process). Examples are batched longest
+    first (less padding; the order within a call is fixed, so the result is reproducible); a dense
+    teacher's logits are computed `chunk_size` target tokens at a time, in float32.
     """
-    from lmdistill.models.forward import final_hidden
-
-    head = Head.of(teacher, trainable=False)
-    device = next(teacher.parameters()).device
+    source = InProcessTeacher(teacher) if isinstance(teacher, torch.nn.Module) else teacher
     collate = DistillCollator(pad_token_id=pad_token_id)
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
     parts: list = [None] * len(features)
     for start in range(0, len(order), batch_size):
         members = order[start : start + batch_size]
-        batch = collate([features[i] for i in members])
-        mask = batch["labels"][:, 1:] != -100  # [B, S-1]: position t predicts token t+1
-        hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        hidden = hidden[:, :-1][mask.to(device)]  # [N, H]
-        top = topk_rows(head, hidden, k=k, temperature=temperature, vocab=vocab, chunk_size=chunk_size)
-        rows = zip(*(x.split(mask.sum(1).tolist()) for x in top), strict=True)
+        query = TeacherQuery.from_batch(collate([features[i] for i in members]))
+        top = source.score(query).topk(k, temperature=temperature, vocab=vocab, chunk_size=chunk_size)
+        rows = zip(*(x.split(query.counts) for x in top), strict=True)
         for member, row in zip(members, rows, strict=True):
             parts[member] = row
     return TopK(
@@ -117,35 +119,17 @@ def teacher_topk(
     )
 
 
-@torch.no_grad()
-def topk_rows(
-    head: Head, hidden: torch.Tensor, *, k: int, temperature: float, vocab: int, chunk_size: int = 256
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[N, H] teacher final hidden states -> (ids int64 [N, k], logprobs float32 [N, k], tail float32 [N]) on CPU.
-
-    log_softmax(logits / T) in float32 over the first `vocab` logits, `chunk_size` rows at a time;
-    values sorted descending.
-    """
-    ids, values, tails = [], [], []
-    for c in range(0, hidden.shape[0], chunk_size):
-        logp = torch.log_softmax(head.logits(hidden[c : c + chunk_size], vocab) / temperature, dim=-1)
-        v, i = logp.topk(k, dim=-1)  # [n, k]
-        # The tail is summed over the tokens outside the k (exact), not 1 - sum of the k (cancels).
-        tail = logp.scatter(1, i, float("-inf")).logsumexp(-1).clamp(min=TAIL_FLOOR)
-        ids.append(i.cpu())
-        values.append(v.cpu())
-        tails.append(tail.cpu())
-    return torch.cat(ids), torch.cat(values), torch.cat(tails)
-
-
 def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
     """Capture the teacher's top-k over cfg.data.train into cfg.capture.output_dir (see module docstring)."""
     from lmdistill.capture.distributed import Processes
-    from lmdistill.models import check_vocab, load_teacher, load_tokenizer, resolve_device
-    from lmdistill.models.forward import weights_fingerprint
+    from lmdistill.models import load_tokenizer
 
     cfg.validate()
     c, folder = cfg.capture, check_output_folder(cfg.capture.output_dir, "capture", "capture.output_dir")
+    if cfg.teacher.server:
+        from lmdistill.teachers.whitebox import check_server_settings
+
+        check_server_settings(cfg.teacher, c.temperature, "capture.temperature")
     records = load_records(cfg.data.train)[: cfg.data.max_examples]  # [:None] keeps all
     tokenizer = load_tokenizer(cfg.teacher.name)
     features, stats = tokenize_records(records, tokenizer, cfg.data.max_length, source=cfg.data.train)
@@ -154,18 +138,7 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
     lock = contextlib.ExitStack()
     try:
         existing = _check_folder(folder, settings, c.overwrite, procs.rank, skip=("teacher_hash",))
-        teacher = load_teacher(
-            cfg.teacher.name, dtype=cfg.teacher.dtype, device=procs.device(c.device, resolve_device)
-        )
-        check_vocab(
-            tokenizer,
-            tokenizer,
-            teacher,
-            teacher,
-            teacher_name=cfg.teacher.name,
-            student_name=cfg.teacher.name,
-        )
-        settings["teacher_hash"] = weights_fingerprint(teacher)
+        teacher, settings["teacher_hash"] = _open_teacher(cfg, tokenizer, settings["vocab"], procs)
         if procs.rank == 0:  # one writer per folder; the other ranks write only their own shards
             lock.enter_context(hold_lock(folder / LOCK_FILE, f"capture.output_dir {folder}", "capture"))
             existing = _check_folder(folder, settings, c.overwrite, procs.rank, skip=("teacher_hash",))
@@ -205,6 +178,25 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
     if procs.rank == 0:
         log(summary.line())
     return summary
+
+
+def _open_teacher(cfg: CaptureConfig, tokenizer, vocab: int, procs) -> tuple[TeacherSource, str]:
+    """The teacher source and its fingerprint: a probed server, or the model loaded on this process's device."""
+    from lmdistill.models import check_vocab, load_teacher, resolve_device
+    from lmdistill.models.forward import weights_fingerprint
+    from lmdistill.teachers.whitebox import ServerTeacher
+
+    if cfg.teacher.server:
+        source = ServerTeacher.connect(
+            cfg.teacher, tokenizer, k=cfg.capture.k, vocab=vocab, k_key="capture.k"
+        )
+        return source, source.fingerprint
+    name = cfg.teacher.name
+    teacher = load_teacher(
+        name, dtype=cfg.teacher.dtype, device=procs.device(cfg.capture.device, resolve_device)
+    )
+    check_vocab(tokenizer, tokenizer, teacher, teacher, teacher_name=name, student_name=name)
+    return InProcessTeacher(teacher, name), weights_fingerprint(teacher)
 
 
 def _settings(cfg: CaptureConfig, tokenizer, features: list[dict]) -> tuple[dict, list[str]]:

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from lmdistill.data.tokenize import IGNORE_INDEX
-
-
-class RowSource(Protocol):
-    """Where stored teacher rows come from (`lmdistill.capture.TeacherStore`)."""
-
-    def rows(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]: ...
 
 
 @dataclass
@@ -28,16 +22,13 @@ class DistillCollator:
     Optional extras:
     - a feature's ``"weight"`` (float, default 1.0 for the others) -> ``"loss_weights"`` float32 [B],
       present when any feature of the batch has one;
-    - with `teacher_store`, features carrying ``"example_index"`` get that example's stored top-k rows:
-      ``"teacher_topk_ids"`` int64 [N, k], ``"teacher_topk_logprobs"`` float32 [N, k] and
-      ``"teacher_tail"`` float32 [N], where N counts the batch's target tokens (labels[:, 1:] != -100)
-      in row-major order, the order of the trainer's ``final[:, :-1][mask]``. Features without an
-      index (held-out data) get no rows.
+    - a feature's ``"example_index"`` (its index in the training data, which an offline teacher store
+      looks its rows up by; see `lmdistill.teachers.whitebox.StoreTeacher`) -> ``"example_index"``
+      int64 [B]; a batch must not mix features with and without one.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
-    teacher_store: RowSource | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -59,22 +50,12 @@ class DistillCollator:
             batch["labels"][i, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
         if any("weight" in f for f in features):
             batch["loss_weights"] = torch.tensor([float(f.get("weight", 1.0)) for f in features])
-        if self.teacher_store is not None and any("example_index" in f for f in features):
-            self._add_teacher_rows(batch, features)
+        indexed = ["example_index" in f for f in features]
+        if any(indexed):
+            if not all(indexed):
+                raise ValueError("a batch mixes features with and without an example_index")
+            batch["example_index"] = torch.tensor([int(f["example_index"]) for f in features])
         return batch
-
-    def _add_teacher_rows(self, batch: dict[str, torch.Tensor], features: list[dict[str, Any]]) -> None:
-        if not all("example_index" in f for f in features):
-            raise ValueError("a batch mixes features with and without a teacher-store example_index")
-        ids, logprobs, tail, counts = self.teacher_store.rows([int(f["example_index"]) for f in features])
-        wanted = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(1).tolist()
-        if counts != wanted:
-            bad = next(i for i, (a, b) in enumerate(zip(counts, wanted, strict=True)) if a != b)
-            raise ValueError(
-                f"teacher store rows do not line up with the batch: example {features[bad]['example_index']} "
-                f"has {wanted[bad]} target tokens but {counts[bad]} stored rows"
-            )
-        batch.update(teacher_topk_ids=ids, teacher_topk_logprobs=logprobs, teacher_tail=tail)
 
 
 def pad_id(tokenizer) -> int:

@@ -60,8 +60,12 @@ class DataStats:
 
 
 def run_config(cfg, train_path: str, output_dir: str | None = None) -> RunConfig:
-    """The `lmdistill train` config of a recipe's student: its student/distill/train sections, its data."""
-    teacher = cfg.teacher.name if cfg.teacher.backend == "local" else (cfg.student.name or "")
+    """The `lmdistill train` config of a recipe's student: its student/distill/train sections, its data.
+
+    An api teacher has no weights here: no teacher is named (its config refuses kd_ratio > 0 and
+    shrinking), and training loads none since no term reads it.
+    """
+    teacher = cfg.teacher.name if cfg.teacher.backend == "local" else ""
     return RunConfig(
         teacher=TeacherConfig(name=teacher, dtype=cfg.teacher.dtype),
         student=cfg.student,
@@ -143,7 +147,11 @@ def student_before(cfg, log=print):
     """The untrained student the recipe starts from (built exactly as training builds it), and its tokenizer."""
     from lmdistill.training.run import build_models
 
-    models = build_models(run_config(cfg, "unused.jsonl"), log=lambda *_: None)
+    run_cfg = run_config(cfg, "unused.jsonl")
+    run_cfg.distill = dataclasses.replace(
+        run_cfg.distill, kd_ratio=0.0
+    )  # the student alone: no teacher loads
+    models = build_models(run_cfg, log=lambda *_: None)
     models.student.eval()
     return models.student, models.tokenizer
 

@@ -343,13 +343,20 @@ class ApiTeacher:
             kwargs.update(logprobs=True, top_logprobs=s.top_logprobs)
         return kwargs
 
+    def _estimate(self, request) -> int:
+        return estimate_tokens(request)
+
+    def _create(self, kwargs: dict):
+        """One HTTP call; a subclass may point it at another endpoint (`teachers.whitebox.server`)."""
+        return self._client.chat.completions.create(**kwargs)
+
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2**attempt))
 
     def _one(self, request: Request) -> Response:
         openai = self._openai
         kwargs = self._kwargs(request)
-        estimate = estimate_tokens(request)
+        estimate = self._estimate(request)
         attempt = 0
         while True:
             with self._lock:
@@ -364,7 +371,7 @@ class ApiTeacher:
             retry_after: float | None = None
             status = None
             try:
-                completion = self._client.chat.completions.create(**kwargs)
+                completion = self._create(kwargs)
             except openai.APIStatusError as e:
                 status = e.status_code
                 error = f"{status}: {self._server_message(e)}"

@@ -1,13 +1,20 @@
 """The logits-KD recipe: config in, trained student folder out. `lmdistill train` is a thin call to `run`.
 
-Steps: load the teacher (frozen); build the student (a model of its own, or the teacher shrunk to
-fewer layers); check that both share a tokenizer and find the shared real vocabulary; tokenize the
-data with completion-only labels; train with `DistillTrainer`; save the student atomically.
+Steps: choose the teacher source (`lmdistill.teachers.whitebox`) and check it before any weights load;
+build the student (a model of its own, or the teacher shrunk to fewer layers); check that both share a
+tokenizer and find the shared real vocabulary; tokenize the data with completion-only labels; train
+with `DistillTrainer`; save the student atomically.
 
-With `distill.teacher_store` (a folder from `lmdistill capture`) no teacher runs: the store is checked
-against the run first (finished, same temperature, tokenizer and tokenized data), each training example
-carries its index into the store, and the collator adds the stored top-k rows to each batch. The
-teacher's weights are loaded only to shrink it into the student, and dropped before training.
+The teacher source is one of:
+- none, when no term reads the teacher (distill.kd_ratio 0 and no hint terms): CE only, and the
+  teacher's weights are loaded only to shrink it into the student, then dropped;
+- the teacher model in this process (the default; hint terms need it);
+- `distill.teacher_store` (a folder from `lmdistill capture`): checked against the run first (finished,
+  same temperature, tokenizer and tokenized data); each training example carries its index into the
+  store, which the source looks its rows up by;
+- `teacher.server` (an OpenAI-compatible server): probed first (same vocabulary as the student, k
+  log-probs per position).
+With a store or a server no teacher is in memory.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from lmdistill.models import (
     shrink_model,
 )
 from lmdistill.outputs import Output, differences, is_primary
+from lmdistill.teachers.whitebox import InProcessTeacher, TeacherSource
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
 
@@ -48,23 +56,65 @@ CONFIG_FILE = "lmdistill_config.yaml"
 
 @dataclass
 class Models:
-    """What a run trains with: the frozen teacher (None from a teacher store), the student, their shared
-    tokenizer and vocab size."""
+    """What a run trains with: the frozen teacher model (None unless it runs in this process), the
+    student, their shared tokenizer and vocab size, and the teacher source the loss asks (None: CE only;
+    an `InProcessTeacher` over `teacher` when left None with a teacher given)."""
 
     teacher: torch.nn.Module | None
     student: torch.nn.Module
     tokenizer: object
     vocab: int
+    source: TeacherSource | None = None
+
+    def __post_init__(self):
+        if self.source is None and self.teacher is not None:
+            self.source = InProcessTeacher(self.teacher)
 
 
-def build_models(cfg: RunConfig, log=print, store=None, tokenizer=None) -> Models:
-    """Load the teacher, build the student, check the vocabularies; print sizes.
+def teacher_is_read(cfg: RunConfig) -> bool:
+    """Whether any loss term reads the teacher: KD (kd_ratio > 0) or a hint term."""
+    return cfg.distill.kd_ratio > 0 or cfg.hints.enabled
 
-    With `store` (a `TeacherStore` already checked against `tokenizer`, the run's tokenizer), no teacher
-    is kept: its weights are loaded only when the student is shrunk from it.
+
+def check_teacher_settings(cfg: RunConfig) -> None:
+    """What the chosen teacher needs, checked before any data is read or weights load (UserError)."""
+    if not cfg.student.name and not cfg.teacher.name:
+        raise UserError(
+            "student.name and teacher.name are both empty: there is no model to build the student from"
+        )
+    if not teacher_is_read(cfg):
+        return
+    elsewhere = (
+        "distill.teacher_store"
+        if cfg.distill.teacher_store
+        else "teacher.server"
+        if cfg.teacher.server
+        else ""
+    )
+    if elsewhere and cfg.hints.enabled:
+        raise UserError(
+            f"hint terms (hints.*_weight > 0) need the teacher model's internal states, which {elsewhere} does "
+            f"not give: set the hint weights to 0 or drop {elsewhere}"
+        )
+    if cfg.teacher.server and not cfg.distill.teacher_store:
+        from lmdistill.teachers.whitebox import check_server_settings
+
+        check_server_settings(cfg.teacher, cfg.distill.temperature, "distill.temperature")
+    if not elsewhere and not cfg.teacher.name:
+        raise UserError("teacher.name is empty, but distill.kd_ratio > 0 or a hint term reads the teacher")
+
+
+def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Models:
+    """Build the student and, when a term reads it and no `source` stands in for it, load the teacher;
+    check the vocabularies; print sizes.
+
+    source: a sparse teacher source already checked against `tokenizer` (the run's tokenizer): a store
+    or a server (it has `.vocab`); no teacher is kept, its weights are loaded only to shrink the student.
     """
-    if store is not None:
-        return _models_for_store(cfg, store, tokenizer, log)
+    if source is not None:
+        return _models_for_source(cfg, source, tokenizer, log)
+    if not teacher_is_read(cfg):
+        return _student_alone(cfg, log)
     teacher_tok = load_tokenizer(cfg.teacher.name)
     teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
     if cfg.student.name:
@@ -83,7 +133,7 @@ def build_models(cfg: RunConfig, log=print, store=None, tokenizer=None) -> Model
         student_name=cfg.student.name or f"{cfg.teacher.name} shrunk",
     )
     log(describe_sizes(teacher, student))
-    return Models(teacher, student, student_tok, vocab)
+    return Models(teacher, student, student_tok, vocab, InProcessTeacher(teacher, cfg.teacher.name))
 
 
 def _shrunk_student(cfg: RunConfig, teacher) -> torch.nn.Module:
@@ -105,41 +155,67 @@ def _trainable(student, cfg: RunConfig) -> torch.nn.Module:
     return add_lora(student, cfg.student) if cfg.student.lora_r else student
 
 
-def _models_for_store(cfg: RunConfig, store, tokenizer, log) -> Models:
-    """The student alone; the store stands in for the teacher (its vocabulary is the shared one)."""
+def _student_only(cfg: RunConfig) -> torch.nn.Module:
+    """The student, trainable; shrunk from the teacher's weights, which are then dropped (nothing keeps them)."""
     if cfg.student.name:
         student = load_model(cfg.student.name, dtype=cfg.student.dtype)
     else:
         teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
         student = _shrunk_student(cfg, teacher)
-        del teacher  # its layers are copied; training reads the store, so no teacher stays in memory
-    student = _trainable(student, cfg)
-    if head_rows(student) < store.vocab:
+        del teacher  # its layers are copied; no term reads the teacher, so none stays in memory
+    return _trainable(student, cfg)
+
+
+def _student_alone(cfg: RunConfig, log) -> Models:
+    """No term reads the teacher (CE only): the student and its tokenizer, no teacher source."""
+    student = _student_only(cfg)
+    name = cfg.student.name or cfg.teacher.name
+    tokenizer = load_tokenizer(name)
+    vocab = check_vocab(tokenizer, tokenizer, student, student, teacher_name=name, student_name=name)
+    log(
+        f"student: {count_parameters(student):,} parameters; no teacher (kd_ratio 0 and no hint terms: CE only)"
+    )
+    return Models(None, student, tokenizer, vocab)
+
+
+def _models_for_source(cfg: RunConfig, source, tokenizer, log) -> Models:
+    """The student alone; the store or server stands in for the teacher (its vocabulary is the shared one)."""
+    student = _student_only(cfg)
+    if head_rows(student) < source.vocab:
         raise UserError(
-            f"the student's output head has {head_rows(student)} rows but teacher store {store.folder} "
-            f"has a vocabulary of {store.vocab}"
+            f"the student's output head has {head_rows(student)} rows but the teacher ({source.name}) "
+            f"has a vocabulary of {source.vocab}"
         )
     log(
-        f"student: {count_parameters(student):,} parameters; teacher: top-{store.k} log-probs from "
-        f"{store.folder} (no teacher in memory)"
+        f"student: {count_parameters(student):,} parameters; teacher: top-{source.k} log-probs from "
+        f"{source.name} (no teacher in memory)"
     )
-    return Models(None, student, tokenizer, store.vocab)
+    return Models(None, student, tokenizer, source.vocab, source)
 
 
 def open_teacher_store(cfg: RunConfig):
-    """The run's `TeacherStore` (None without distill.teacher_store): finished, same temperature, no hints."""
-    if not cfg.distill.teacher_store:
+    """The run's `TeacherStore` (None without distill.teacher_store, or when no term reads the teacher):
+    finished, same temperature."""
+    if not cfg.distill.teacher_store or not teacher_is_read(cfg):
         return None
     from lmdistill.capture import TeacherStore
 
-    if cfg.hints.enabled:
-        raise UserError(
-            "hint terms (hints.*_weight > 0) need the live teacher's internal states, which a teacher store "
-            "does not hold: set the hint weights to 0 or drop distill.teacher_store"
-        )
+    check_teacher_settings(cfg)
     store = TeacherStore.open(cfg.distill.teacher_store)
     store.check_temperature(cfg.distill.temperature)
     return store
+
+
+def open_teacher_server(cfg: RunConfig, tokenizer):
+    """The run's `ServerTeacher` (None without teacher.server, or when no term reads the teacher), probed:
+    same vocabulary as `tokenizer`, teacher.server_k log-probs per position."""
+    if not cfg.teacher.server or not teacher_is_read(cfg):
+        return None
+    from lmdistill.models.vocab import real_vocab_size as real_vocab
+    from lmdistill.teachers.whitebox import ServerTeacher
+
+    check_teacher_settings(cfg)
+    return ServerTeacher.connect(cfg.teacher, tokenizer, k=cfg.teacher.server_k, vocab=real_vocab(tokenizer))
 
 
 def add_lora(student, s) -> torch.nn.Module:
@@ -221,18 +297,26 @@ def save_student(model, tokenizer, out_dir: str | os.PathLike, config: RunConfig
 def make_trainer(
     cfg: RunConfig, models: Models, train_features, eval_features=None, log=print, store=None
 ) -> DistillTrainer:
-    """The run's trainer; with `store`, features carrying "example_index" get its rows in each batch."""
+    """The run's trainer: the loss asks `models.source` (none when no term reads the teacher).
+
+    store: a `TeacherStore` to train from (older callers); `build_models(source=StoreTeacher(store))`
+    is the same. Features carrying "example_index" are looked up in it.
+    """
+    if store is not None and models.source is None:
+        from lmdistill.teachers.whitebox import StoreTeacher
+
+        models.source = StoreTeacher(store)
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
     return DistillTrainer(
         model=models.student,
-        teacher=models.teacher if cfg.distill.kd_ratio > 0 or hints else None,
+        teacher=models.source if teacher_is_read(cfg) else None,
         hints=hints,
         spec=LossSpec.from_config(cfg.distill, models.vocab),
         max_nonfinite=cfg.distill.max_nonfinite,
         args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
         train_dataset=train_features,
         eval_dataset=eval_features,
-        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer), teacher_store=store),
+        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer)),
     )
 
 
@@ -267,12 +351,14 @@ def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, 
 def run(cfg: RunConfig, log=print) -> Path:
     """Train a student as `cfg` says; returns the saved student folder (output_dir/student).
 
-    Nothing is written until every input is checked: the output folder (not a file, not another run's),
-    the checkpoint to resume from, the data (read and tokenized before any model loads) and the models.
-    The folder is then locked for the run and its config recorded (`lmdistill.outputs`).
+    Nothing is written until every input is checked: the teacher settings, the output folder (not a
+    file, not another run's), the checkpoint to resume from, the data (read and tokenized before any
+    model loads), a teacher store or server (checked against the run's tokenizer and data) and the
+    models. The folder is then locked for the run and its config recorded (`lmdistill.outputs`).
     """
     if not cfg.data.train:
         raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
+    check_teacher_settings(cfg)
     out = Path(cfg.train.output_dir)
     output, job, ignore = check_output(cfg)
     set_seed(cfg.train.seed)
@@ -284,13 +370,19 @@ def run(cfg: RunConfig, log=print) -> Path:
     tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
     train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
     evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
+    source = None
     if store is not None:  # the store is checked against the run before any weights are loaded
+        from lmdistill.teachers.whitebox import StoreTeacher
+
         store.check_run(tokenizer, train, cfg.distill.temperature)
         for i, feature in enumerate(train):
             feature["example_index"] = i  # travels with the example through shuffling and resume
-    models = build_models(cfg, log, store=store, tokenizer=tokenizer)
+        source = StoreTeacher(store)
+    elif cfg.teacher.server and teacher_is_read(cfg):
+        source = open_teacher_server(cfg, tokenizer)  # probed: vocabulary and log-prob count
+    models = build_models(cfg, log, source=source, tokenizer=tokenizer)
     log(f"data: {len(train)} training examples" + (f", {len(evalf)} held out" if evalf else ""))
-    trainer = make_trainer(cfg, models, train, evalf, log, store=store)
+    trainer = make_trainer(cfg, models, train, evalf, log)
     needs = (PROJECTIONS_FILE,) if trainer.hints is not None and trainer.hints.projections is not None else ()
     resume = resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir, needs=needs)
     overwrite = cfg.train.overwrite_output_dir
@@ -299,9 +391,10 @@ def run(cfg: RunConfig, log=print) -> Path:
         if trainer.is_world_process_zero():
             if evalf and models.teacher is not None:
                 report_agreement(trainer.model, models, evalf, out / "eval.json", log)
-            elif evalf:
+            elif evalf and models.source is not None:
                 log(
-                    "held-out agreement with the teacher needs the live teacher: skipped (distill.teacher_store)"
+                    "held-out agreement with the teacher needs the teacher in this process: "
+                    f"skipped ({models.source.name})"
                 )
             path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
             log(f"student saved to {path}")

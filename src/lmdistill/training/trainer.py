@@ -3,9 +3,10 @@
 Checkpoints, resume, logging, `accelerate launch`/`torchrun` (DDP, DeepSpeed ZeRO-1/2) and peft
 students work as they do with the plain Trainer. FSDP and ZeRO-3 shard the output head, which the
 chunked loss reads whole: they are refused with a clear message for now. What this class adds:
-- the loss, computed from final hidden states through both heads in token chunks (`lmdistill.chunked`);
-- or, with no teacher, from the teacher's stored top-k (`lmdistill capture`) that the collator puts in
-  the batch as `teacher_topk_ids`/`teacher_topk_logprobs`/`teacher_tail` (same normalisation and logs);
+- the loss, computed from final hidden states through the student's head in token chunks
+  (`lmdistill.chunked`), against whatever the teacher source answers (`lmdistill.teachers.whitebox`):
+  the in-process teacher's hidden states and head, or top-k + tail rows from a store or a server. The
+  trainer asks the source and never looks at which kind it is;
 - per-example loss weights (the batch's `loss_weights` [B]) on each target token's CE and KD terms
   (hint terms are not weighted);
 - normalisation by the number of target tokens in the whole optimizer step (Trainer's
@@ -23,20 +24,23 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from lmdistill.chunked import Head, LossSpec, SparseTeacher, chunked_loss
+from lmdistill.chunked import Head, LossSpec, chunked_loss
 from lmdistill.errors import TrainingDiverged
 from lmdistill.models.forward import final_hidden, forward_states, unwrap
+from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource
 
 
 class DistillTrainer(Trainer):
     """Trainer for logits and hint KD. `model` is the student; `teacher` is frozen and never saved.
 
     Args:
-        teacher: the teacher causal LM, or None: then KD comes from stored top-k rows in the batch
-            (`lmdistill capture`), and without them the loss is CE only.
+        teacher: a `TeacherSource` (a bare causal LM is wrapped in `InProcessTeacher`), or None for
+            CE only. A source that answers None for a batch (a store asked about held-out examples)
+            gives CE only for that batch.
         spec: what to compute per token (`LossSpec.from_config(distill_config, vocab)`).
-        hints: resolved hint terms (`HintTerms`), or None for logits KD only. Their projections are
-            optimised with the student and saved in each checkpoint as `hint_projections.safetensors`.
+        hints: resolved hint terms (`HintTerms`), or None for logits KD only. They read the teacher's
+            internal states, so they need an `InProcessTeacher`. Their projections are optimised with
+            the student and saved in each checkpoint as `hint_projections.safetensors`.
         max_nonfinite: stop after this many non-finite micro-batch losses in a row.
         **kwargs: everything `transformers.Trainer` takes (args, train_dataset, data_collator, ...).
     """
@@ -52,14 +56,14 @@ class DistillTrainer(Trainer):
         self.spec = spec
         self.hints = hints
         self.max_nonfinite = max_nonfinite
-        self.teacher = teacher
+        if isinstance(teacher, torch.nn.Module):
+            teacher = InProcessTeacher(teacher)
+        self.teacher: TeacherSource | None = teacher
         if teacher is not None:
-            teacher.requires_grad_(False).eval()
-            if next(teacher.parameters()).device != self.args.device:
-                teacher.to(self.args.device)
+            teacher.to(self.args.device)
         if hints is not None:
-            if teacher is None:
-                raise ValueError("hint terms need a teacher")
+            if not isinstance(teacher, InProcessTeacher):
+                raise ValueError("hint terms need the teacher model in this process")
             if hints.projections is not None:
                 hints.projections.to(self.args.device)
             self.add_callback(_ProjectionCallback(self))
@@ -71,43 +75,37 @@ class DistillTrainer(Trainer):
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         targets = inputs["labels"][:, 1:]
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
+        positions = torch.zeros_like(attn, dtype=torch.bool)
+        positions[:, :-1] = mask  # [B, S]: the positions the teacher scores (and the hint terms read)
         hints = self.hints
-        stored = _stored_teacher(inputs)  # [N, k] rows from a teacher store, or None
-        if stored is not None and hints is not None:
-            raise ValueError("hint terms need the live teacher; they cannot come from a teacher store")
-        use_kd = self.teacher is not None and stored is None and self.spec.kd_weight != 0.0
+        use_kd = self.teacher is not None and self.spec.kd_weight != 0.0
         weights = inputs.get("loss_weights")  # [B] per example -> [N] per target token
         weights = None if weights is None else weights[:, None].expand_as(mask)[mask]
-        s_out = t_out = s_cap = t_cap = t_final = None
+        s_out = t_out = s_cap = t_cap = scores = None
         if hints is None:  # logits KD only: no intermediate states are returned or kept
             s_final = final_hidden(model, ids, attn)
             if use_kd:
-                with torch.no_grad():
-                    t_final = final_hidden(self.teacher, ids, attn)
-        else:
+                scores = self.teacher.score(TeacherQuery(ids, attn, positions, inputs.get("example_index")))
+        else:  # hint terms capture the teacher model's own states in the same forward
+            teacher = self.teacher.model
             with hints.capture(unwrap(model), "student") as s_cap:
                 s_out = forward_states(model, ids, attn, attentions=hints.needs_attentions)
-            with torch.no_grad(), hints.capture(self.teacher, "teacher") as t_cap:
-                t_out = forward_states(self.teacher, ids, attn, attentions=hints.needs_attentions)
-            s_final, t_final = s_out.hidden_states[-1], t_out.hidden_states[-1]
-        s_hidden = s_final[:, :-1][mask]  # [N, H_s]
-        t_hidden = t_final[:, :-1][mask] if use_kd else None  # [N, H_t]
-        t_head = Head.of(self.teacher, trainable=False) if use_kd else None
+            with torch.no_grad(), hints.capture(teacher, "teacher") as t_cap:
+                t_out = forward_states(teacher, ids, attn, attentions=hints.needs_attentions)
+            s_final = s_out.hidden_states[-1]
+            if use_kd:
+                scores = self.teacher.scores(t_out.hidden_states[-1], positions)
         sums = chunked_loss(
-            s_hidden,
+            s_final[:, :-1][mask],  # [N, H_s]
             Head.of(unwrap(model)),
             targets[mask],
             self.spec,
-            t_hidden,
-            t_head,
-            t_sparse=stored,
+            **(scores.loss_inputs() if scores is not None else {}),
             weights=weights,
         )
         total = sums.total
         parts = {"ce": sums.ce, "kd": sums.kd}
-        if hints is not None:
-            positions = torch.zeros_like(attn, dtype=torch.bool)
-            positions[:, :-1] = mask  # the same positions, hence the same token count, as the logits terms
+        if hints is not None:  # the same positions, hence the same token count, as the logits terms
             extra = hints.sums(s_out, t_out, s_cap, t_cap, attn, positions)
             weights = hints.weights()
             for name, value in extra.items():
@@ -181,13 +179,6 @@ class DistillTrainer(Trainer):
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, *args, **kwargs)
-
-
-def _stored_teacher(inputs: dict) -> SparseTeacher | None:
-    """The batch's stored teacher top-k (put there by `DistillCollator(teacher_store=...)`), or None."""
-    if "teacher_topk_ids" not in inputs:
-        return None
-    return SparseTeacher(inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"], inputs["teacher_tail"])
 
 
 class _ProjectionCallback(TrainerCallback):

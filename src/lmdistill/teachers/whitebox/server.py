@@ -1,0 +1,422 @@
+"""A teacher behind an OpenAI-compatible server: top-k log-probs of given token ids over /v1/completions.
+
+Each sequence is one request whose prompt is its token ids (no re-tokenisation), asking either
+- vLLM's `prompt_logprobs: k`, with `max_tokens: 0` where the server takes it (`lmdistill serve`: it
+  then only scores) and `max_tokens: 1` otherwise (vLLM; the sampled token is ignored): per prompt token
+  j >= 1, a dict {token id: {"logprob", "rank", "decoded_token"}} holding the top k and the prompt
+  token itself (so k or k + 1 entries); entry 0 is null; or
+- the OpenAI-legacy `echo: true, logprobs: k, max_tokens: 0`: `logprobs.top_logprobs[j]`, a dict
+  {token text: logprob}; the texts are mapped back to ids with the local tokenizer (below).
+Position t of the query (predicting token t + 1) is entry t + 1. The k largest entries are kept, and
+the tail is log(1 - their mass) (`tail_from_topk`), as the offline store's rows: the loss is the same
+top-k + tail divergence. Servers return log-probs at temperature 1, so this source needs T = 1.
+
+Which field the server answers is found once, by `connect`'s probe, which also checks that the
+server's vocabulary is the local tokenizer's (known token ids go out, the server's token texts come
+back and are compared) and that it returns k log-probs (vLLM caps them at 20 unless started with
+`--max-logprobs`): each failure is one UserError before anything else loads.
+
+Requests go through `lmdistill.teachers.api.ApiTeacher`'s machinery (pointed at /v1/completions):
+`concurrency` in flight, optional request/token rate limits, retries with backoff or the server's
+Retry-After on 429/5xx/timeouts/lost connections, and the API key read from an environment variable
+and never shown. A request that still fails stops the run with one message.
+
+Echo mode identifies tokens by text: a text that several ids share (byte fragments such as "\\ufffd")
+or that no id has cannot be placed; such entries are left to the tail bucket and the row is padded
+with unused ids at TAIL_FLOOR, counted in `stats()["unmapped_entries"]` and warned about once. Prefer
+prompt_logprobs (vLLM, `lmdistill serve`) where the server has it; keys "token_id:N" (vLLM's
+--return-tokens-as-token-ids) are read exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+
+import torch
+
+from lmdistill.chunked import TAIL_FLOOR, SparseTeacher
+from lmdistill.errors import UserError
+from lmdistill.teachers.api import ApiTeacher, _without_userinfo
+from lmdistill.teachers.types import Response
+from lmdistill.teachers.whitebox.source import TeacherQuery, TeacherScores, tail_from_topk
+
+log = logging.getLogger(__name__)
+
+PROMPT_LOGPROBS = "prompt_logprobs"
+ECHO = "echo"
+_CAP = re.compile(r"(max|greater|exceed|at most|limit|too (many|large))", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One scoring request: a sequence's token ids, the response field asked for, and k."""
+
+    ids: tuple[int, ...]
+    mode: str
+    k: int
+    max_tokens: int = 0
+
+
+class _CompletionsClient(ApiTeacher):
+    """ApiTeacher's limits, retries, timeouts and key handling, for scoring calls to /v1/completions.
+
+    `generate(calls)` returns, per call, the response's first choice as a plain dict, or a Response
+    with finish_reason "error" (its `error` says why) once retries are spent.
+    """
+
+    backend = "server"
+
+    def _kwargs(self, call: _Call) -> dict:
+        kwargs = dict(model=self.model, prompt=list(call.ids), temperature=1.0)
+        if call.mode == PROMPT_LOGPROBS:
+            kwargs.update(max_tokens=call.max_tokens, extra_body={"prompt_logprobs": call.k})
+        else:
+            kwargs.update(echo=True, logprobs=call.k, max_tokens=0)
+        return kwargs
+
+    def _estimate(self, call: _Call) -> int:
+        return len(call.ids) + call.max_tokens
+
+    def _create(self, kwargs: dict):
+        return self._client.completions.create(**kwargs)
+
+    def _response(self, completion, estimate: int) -> dict:
+        data = completion.model_dump()
+        usage = data.get("usage") or {}
+        prompt, completion_tokens = (
+            int(usage.get("prompt_tokens") or 0),
+            int(usage.get("completion_tokens") or 0),
+        )
+        self._add(prompt_tokens=prompt, completion_tokens=completion_tokens)
+        if self._tpm is not None and usage:
+            self._tpm.refund(estimate - prompt - completion_tokens)
+        choices = data.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
+            raise ValueError("the server returned no choices")
+        return choices[0]
+
+
+def _failed(result) -> str | None:
+    return result.error if isinstance(result, Response) else None
+
+
+class ServerTeacher:
+    """Sparse answers (top-k + tail) from a server; build it with `connect`, which probes the server.
+
+    Attributes: name ("MODEL at URL"), k, vocab (the local tokenizer's real vocabulary, which the probe
+    found the server to share), mode (PROMPT_LOGPROBS or ECHO), fingerprint (model and URL hashed).
+    """
+
+    def __init__(self, client: _CompletionsClient, tokenizer, *, k: int, vocab: int, mode: str, k_key: str):
+        self.client, self.tokenizer = client, tokenizer
+        self.k, self.vocab, self.mode, self.k_key = k, vocab, mode, k_key
+        url = _without_userinfo(client.base_url).rstrip("/")
+        self.url = url
+        self.name = f"{client.model} at {url}"
+        self.fingerprint = "server:" + hashlib.sha256(f"{client.model}@{url}".encode()).hexdigest()[:16]
+        self.max_tokens = 0  # what the probe found the server to accept alongside the scoring field
+        self.device = torch.device("cpu")
+        self.unmapped = 0
+        self._by_text: dict[str, list[int]] | None = None
+
+    # -- building: settings, model name, probe ---------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls, teacher_cfg, tokenizer, *, k: int, vocab: int, k_key: str = "teacher.server_k"
+    ) -> ServerTeacher:
+        """Client from the `teacher.server*` settings, then the probe; UserError on every failure.
+
+        teacher_cfg: a `TeacherConfig` with `server` set; tokenizer: the local (student's) tokenizer;
+        k: log-probs per position; k_key: the config key that set k (named in messages).
+        """
+        t = teacher_cfg
+        if k < 1:
+            raise UserError(f"{k_key} must be at least 1, got {k}")
+        if k > vocab:
+            raise UserError(f"{k_key}={k} is larger than the vocabulary ({vocab} tokens)")
+        client = _CompletionsClient(
+            t.server_model or "unknown",
+            base_url=t.server,
+            api_key_env=t.server_api_key_env,
+            concurrency=t.server_concurrency,
+            requests_per_minute=t.server_requests_per_minute,
+            tokens_per_minute=t.server_tokens_per_minute,
+            max_retries=t.server_max_retries,
+            timeout=t.server_timeout,
+        )
+        where = f"teacher.server {_without_userinfo(t.server)}"
+        if not t.server_model:
+            client.model = client.name = _only_model(client, where)
+        source = cls(client, tokenizer, k=k, vocab=vocab, mode=PROMPT_LOGPROBS, k_key=k_key)
+        source._probe()
+        return source
+
+    def _probe(self) -> None:
+        """Find the field the server answers; check its vocabulary and the number of log-probs."""
+        ids = probe_ids(self.tokenizer, self.vocab)
+        where = f"teacher.server {self.name}"
+        errors = []
+        # Scoring alone first; vLLM refuses max_tokens 0 without echo, so it then gets 1 (one wasted token).
+        for mode, max_tokens in ((PROMPT_LOGPROBS, 0), (PROMPT_LOGPROBS, 1), (ECHO, 0)):
+            with _quiet(logging.getLogger(ApiTeacher.__module__)):  # a refused field is an answer here
+                result = self.client.generate([_Call(ids, mode, self.k, max_tokens)])[0]
+            error = _failed(result)
+            if error is None:
+                entries, texts = _entries(result, mode, ids)
+                if entries is not None:
+                    self.mode, self.max_tokens = mode, max_tokens
+                    break
+                error = f"the reply has no {'prompt_logprobs' if mode == PROMPT_LOGPROBS else 'logprobs'}"
+            elif "logprob" in error.lower() and _CAP.search(error) and error.startswith("4"):
+                raise UserError(self._cap_message(where, error))
+            errors.append(f"{mode} with max_tokens {max_tokens}: {error}")
+        else:
+            raise UserError(
+                f"{where} scored no token ids: it answered neither vLLM's prompt_logprobs nor echo + logprobs "
+                f"with max_tokens 0 on /v1/completions ({'; '.join(errors)})"
+            )
+        if len(entries) != len(ids):
+            raise UserError(f"{where} returned log-probs for {len(entries)} of the {len(ids)} prompt tokens")
+        # vLLM adds the prompt token to the top k, and echo replies key tokens by text (texts that several
+        # ids share collapse): judged by the fullest position.
+        got = max(_top_count(e, i) for e, i in zip(entries[1:], ids[1:], strict=True))
+        if got < self.k:
+            raise UserError(self._cap_message(where, f"it returned {got} log-probs per position"))
+        self._check_vocab(ids, texts, where)
+
+    def _cap_message(self, where: str, what: str) -> str:
+        return (
+            f"{where} does not return the {self.k} log-probs per position asked ({what}): vLLM caps them at 20 "
+            f"unless started with --max-logprobs (vllm serve MODEL --max-logprobs {self.k}); or lower {self.k_key}"
+        )
+
+    def _check_vocab(self, ids: tuple[int, ...], texts: list[str | None], where: str) -> None:
+        checked, wrong = 0, []
+        for i, text in zip(ids, texts, strict=True):
+            if text is None:
+                continue
+            checked += 1
+            if not _same_token(self.tokenizer, i, text):
+                wrong.append(f"id {i} is {text!r} there but {self.tokenizer.decode([i])!r} here")
+        if checked == 0:
+            log.warning("%s returned no token texts: its vocabulary could not be compared", where)
+        if wrong:
+            local = getattr(self.tokenizer, "name_or_path", "") or "the local tokenizer"
+            raise UserError(
+                f"{where} does not use the student's vocabulary ({local}): {len(wrong)} of {checked} probe "
+                f"tokens differ, e.g. {'; '.join(wrong[:3])}. Serve a teacher with the student's tokenizer"
+            )
+
+    # -- the interface --------------------------------------------------------------------------------
+
+    def to(self, device) -> ServerTeacher:
+        self.device = torch.device(device)
+        return self
+
+    def score(self, query: TeacherQuery) -> TeacherScores:
+        """One request per row (its real tokens); rows come back as they finish, at `concurrency`."""
+        q = query.to("cpu")
+        calls, wanted = [], []
+        for b in range(q.input_ids.shape[0]):
+            length = int(q.attention_mask[b].sum())
+            where = q.positions[b].nonzero().flatten().tolist()
+            if where and where[-1] + 1 >= length:
+                raise ValueError(f"row {b}: position {where[-1]} has no next token among its {length} tokens")
+            calls.append(_Call(tuple(q.input_ids[b, :length].tolist()), self.mode, self.k, self.max_tokens))
+            wanted.append(where)
+        results = self.client.generate([c for c, w in zip(calls, wanted, strict=True) if w])
+        ids, logprobs = [], []
+        it = iter(results)
+        for call, where in zip(calls, wanted, strict=True):
+            if not where:
+                continue
+            result = next(it)
+            error = _failed(result)
+            entries = None if error else _entries(result, self.mode)[0]
+            if entries is None or len(entries) != len(call.ids):
+                error = error or "the reply does not hold one log-prob entry per prompt token"
+                raise UserError(f"teacher.server {self.name}: scoring a sequence failed: {error}")
+            for t in where:
+                row_ids, row_lp = self._row(entries[t + 1])
+                ids.append(row_ids)
+                logprobs.append(row_lp)
+        return self._scores(ids, logprobs)
+
+    def _scores(self, ids: list[list[int]], logprobs: list[list[float]]) -> TeacherScores:
+        k = self.k
+        ids_t = torch.tensor(ids, dtype=torch.long).reshape(-1, k)
+        lp = torch.tensor(logprobs, dtype=torch.float64).reshape(-1, k)
+        sparse = SparseTeacher(
+            ids_t.to(self.device), lp.float().to(self.device), tail_from_topk(lp).to(self.device)
+        )
+        return TeacherScores(sparse=sparse)
+
+    def _row(self, entry: dict) -> tuple[list[int], list[float]]:
+        """One position's entries -> the k largest as (ids, log-probs); unplaceable ones padded (see module)."""
+        pairs: dict[int, float] = {}
+        missing = 0
+        for key, value in entry.items():
+            lp = float(value["logprob"] if isinstance(value, dict) else value)
+            token = self._token_id(key)
+            if token is None or token in pairs:
+                missing += 1
+            else:
+                pairs[token] = lp
+        top = sorted(pairs.items(), key=lambda p: -p[1])[: self.k]
+        if len(top) < self.k:
+            if not missing and self.mode == PROMPT_LOGPROBS:
+                raise UserError(
+                    self._cap_message(f"teacher.server {self.name}", f"a position had {len(top)}")
+                )
+            self._pad(top)
+        return [i for i, _ in top], [lp for _, lp in top]
+
+    def _pad(self, top: list[tuple[int, float]]) -> None:
+        if self.unmapped == 0:
+            log.warning(
+                "teacher.server %s: some top-k entries name tokens by a text that no single local id has; "
+                "their mass goes to the tail bucket (prompt_logprobs servers give ids exactly)",
+                self.name,
+            )
+        used = {i for i, _ in top}
+        candidate = 0
+        while len(top) < self.k:
+            if candidate not in used:
+                top.append((candidate, TAIL_FLOOR))
+                self.unmapped += 1
+            candidate += 1
+
+    def _token_id(self, key: str) -> int | None:
+        """A reply's token key -> a local id < vocab, or None if it names none or several."""
+        key = str(key)
+        if self.mode == PROMPT_LOGPROBS or key.startswith("token_id:"):
+            try:
+                token = int(key.removeprefix("token_id:"))
+            except ValueError:
+                return None
+            return token if 0 <= token < self.vocab else None
+        if self._by_text is None:
+            self._by_text = _texts_to_ids(self.tokenizer, self.vocab)
+        found = self._by_text.get(key, [])
+        return found[0] if len(found) == 1 else None
+
+    def stats(self) -> dict[str, int]:
+        return {**self.client.stats(), "unmapped_entries": self.unmapped}
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    """Hold `logger` to errors for the block (the probe's expected refusals are not warnings)."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _only_model(client: _CompletionsClient, where: str) -> str:
+    """The single model the server lists (teacher.server_model not set)."""
+    try:
+        models = [m.id for m in client._client.models.list()]
+    except Exception as e:  # connection refused, 404, a non-JSON page: one line, no traceback
+        raise UserError(
+            f"{where}: could not list its models (GET /models): {client._scrub(str(e))[:300]}"
+        ) from None
+    if len(models) != 1:
+        raise UserError(
+            f"{where} serves {len(models)} models ({', '.join(models[:5]) or 'none'}): set teacher.server_model"
+        )
+    return models[0]
+
+
+def _entries(
+    choice: dict, mode: str, ids: tuple[int, ...] = ()
+) -> tuple[list[dict] | None, list[str | None]]:
+    """Per prompt token j, its top log-prob dict (entry 0: {}); and, given the prompt `ids`, the server's
+    text of each prompt token (None where it gave none)."""
+    if mode == PROMPT_LOGPROBS:
+        raw = choice.get("prompt_logprobs")
+        if not isinstance(raw, list):
+            return None, []
+        entries = [e or {} for e in raw]
+        texts: list[str | None] = []
+        for j, i in enumerate(ids):
+            value = entries[j].get(str(i)) if j < len(entries) else None  # vLLM adds the prompt token
+            texts.append(value.get("decoded_token") if isinstance(value, dict) else None)
+        return entries, texts
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict) or not isinstance(lp.get("top_logprobs"), list):
+        return None, []
+    tokens = list(lp.get("tokens") or [])
+    texts = [tokens[j] if j < len(tokens) else None for j in range(len(ids))]
+    return [e or {} for e in lp["top_logprobs"]], texts
+
+
+def _top_count(entry: dict, prompt_id: int) -> int:
+    """How many of a position's entries are its top ones: the prompt token's own entry is not counted
+    unless its rank (where given) places it before the last."""
+    own = entry.get(str(prompt_id))
+    if own is None:
+        return len(entry)
+    rank = own.get("rank") if isinstance(own, dict) else None
+    return len(entry) if rank is not None and rank < len(entry) else len(entry) - 1
+
+
+def probe_ids(tokenizer, vocab: int, n: int = 16) -> tuple[int, ...]:
+    """n ids spread over the vocabulary whose local text is plain (no specials, no byte fragments)."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = []
+    step = max(1, vocab // (8 * n))
+    for i in range(1, vocab, step):
+        text = tokenizer.decode([i])
+        if i not in special and text.strip() and "\ufffd" not in text and text.isprintable():
+            out.append(i)
+    if len(out) < 2:
+        raise UserError("the tokenizer has too few plain tokens to probe a teacher server's vocabulary")
+    pick = [out[round(j * (len(out) - 1) / (n - 1))] for j in range(n)] if len(out) > n else out
+    return tuple(dict.fromkeys(pick))
+
+
+def _spellings(tokenizer, i: int) -> set[str]:
+    """The texts a server may give token i: decoded alone, the raw vocabulary entry, its string form."""
+    token = tokenizer.convert_ids_to_tokens(i)
+    forms = {tokenizer.decode([i]), str(token), f"token_id:{i}"}
+    with contextlib.suppress(Exception):  # a tokenizer without that method for this token
+        forms.add(tokenizer.convert_tokens_to_string([token]))
+    return forms
+
+
+def _same_token(tokenizer, i: int, text: str) -> bool:
+    forms = _spellings(tokenizer, i)
+    return text in forms or text.strip() in {f.strip() for f in forms}
+
+
+def _texts_to_ids(tokenizer, vocab: int) -> dict[str, list[int]]:
+    """Every local spelling of every id -> the ids it spells (several: ambiguous)."""
+    table: dict[str, list[int]] = {}
+    for i in range(vocab):
+        for text in _spellings(tokenizer, i) - {f"token_id:{i}"}:
+            ids = table.setdefault(text, [])
+            if i not in ids:
+                ids.append(i)
+    return table
+
+
+def check_server_settings(teacher_cfg, temperature: float, temperature_key: str) -> None:
+    """Settings a server teacher needs, checked before anything loads."""
+    if temperature != 1.0:
+        raise UserError(
+            f"teacher.server returns log-probs at temperature 1, but {temperature_key}={temperature}: set it to 1 "
+            "(or capture/train with a teacher in this process)"
+        )
+    for key in ("server_concurrency", "server_max_retries"):
+        if getattr(teacher_cfg, key) < (1 if key == "server_concurrency" else 0):
+            raise UserError(f"teacher.{key} must be at least {1 if key == 'server_concurrency' else 0}")
+    if not teacher_cfg.server_timeout > 0:
+        raise UserError(f"teacher.server_timeout must be positive, got {teacher_cfg.server_timeout}")
