@@ -84,3 +84,62 @@ def test_two_processes_match_one(tmp_path, tiny_model_dirs, tiny_llama, tiny_tok
     for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
         assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)  # printed to 4 significant digits
         assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
+
+
+def _train(tmp_path, name: str, procs: int, cfg: dict) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}", "-m", "lmdistill.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*cmd, "train", str(path)], capture_output=True, text=True, env=env, timeout=240)
+
+
+def test_a_nonfinite_batch_on_one_process_is_skipped_by_all(tmp_path, tiny_model_dirs, tiny_tokenizer):
+    """A teacher whose embedding of "q" is NaN makes one example's loss non-finite. That example lands
+    on one process only; every process must skip the step together (a process skipping alone leaves
+    the others waiting in DDP's all-reduce), as one process skips the same global batch."""
+    from transformers import AutoModelForCausalLM
+
+    teacher_dir, student = tiny_model_dirs
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    q = tiny_tokenizer.convert_tokens_to_ids("q")
+    with torch.no_grad():
+        teacher.get_input_embeddings().weight[q] = float("nan")
+    poisoned = tmp_path / "poisoned_teacher"
+    teacher.save_pretrained(poisoned)
+    tiny_tokenizer.save_pretrained(poisoned)
+    rows = [{"text": f"Hello world number {i} the cat sat on the mat"} for i in range(16)]
+    rows[5] = {"text": "a quiet question"}
+    assert all("q" not in r["text"] for i, r in enumerate(rows) if i != 5)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logs = {}
+    for procs in (1, 2):
+        cfg = {
+            "teacher": {"name": str(poisoned)},
+            "student": {"name": str(student)},
+            "data": {"train": str(data), "max_length": 24},
+            "train": {
+                "output_dir": str(tmp_path / f"nan{procs}"),
+                "max_steps": 2,  # one epoch: the poisoned example is in exactly one step
+                "per_device_train_batch_size": 8 // procs,
+                "learning_rate": 1e-2,
+                "logging_steps": 1,
+                "save_steps": 1000,
+                "extra": {
+                    "use_cpu": True,
+                    "disable_tqdm": True,
+                    "optim": "sgd",
+                    "dataloader_drop_last": True,
+                },
+            },
+        }
+        done = _train(tmp_path, f"nan{procs}", procs, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        logs[procs] = [line for line in done.stdout.splitlines() if "{'loss'" in line]
+        assert len(logs[procs]) == 2, done.stdout[-2000:]
+        assert "'nonfinite_skipped': 1" in logs[procs][-1]  # skipped once, counted on rank 0
+    one = load_file(str(tmp_path / "nan1" / "student" / "model.safetensors"))
+    two = load_file(str(tmp_path / "nan2" / "student" / "model.safetensors"))
+    for key in one:  # the same update: the skipped step changed nothing in either
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)

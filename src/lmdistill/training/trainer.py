@@ -12,7 +12,8 @@ chunked loss reads whole: they are refused with a clear message for now. What th
 - normalisation by the number of target tokens in the whole optimizer step (Trainer's
   `num_items_in_batch`), so gradient accumulation gives the same update as the larger batch;
 - optional hint terms (`HintTerms`: hidden states, attention relations and maps), same tokens;
-- non-finite losses: the micro-batch is skipped and counted; `max_nonfinite` in a row stop the run;
+- non-finite losses: the micro-batch is skipped and counted, by every process together when any one
+  of them sees one; `max_nonfinite` in a row stop the run;
 - `ce`, `kd` and each hint term logged separately (per target token).
 """
 
@@ -118,8 +119,8 @@ class DistillTrainer(Trainer):
             # num_items_in_batch counts every process's tokens; DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
 
-        if not torch.isfinite(loss.detach()).item():
-            loss = self._skip_nonfinite(loss)
+        if self._nonfinite_anywhere(loss):
+            loss = self._skip_nonfinite(loss, model)
         elif model.training:
             self._nonfinite_streak = 0
             for name, value in parts.items():
@@ -127,8 +128,25 @@ class DistillTrainer(Trainer):
             self._log_sums["tokens"] = self._log_sums.get("tokens", 0) + sums.tokens
         return (loss, None) if return_outputs else loss
 
-    def _skip_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
-        """Count the bad micro-batch and return a zero loss that backpropagates nothing."""
+    @staticmethod
+    def _nonfinite_anywhere(loss: torch.Tensor) -> bool:
+        """Whether the micro-batch loss is non-finite here or on any other process. All processes
+        decide together: a process that skipped alone would leave the others waiting in DDP's
+        gradient all-reduce."""
+        bad = not torch.isfinite(loss.detach()).item()
+        if _world_size() > 1:
+            flag = torch.tensor([float(bad)], device=loss.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            bad = flag.item() > 0
+        return bad
+
+    def _skip_nonfinite(self, loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+        """Count the bad micro-batch and return a zero loss that changes nothing.
+
+        One process: a constant, so no parameter gets a gradient from it. Several: zero times one
+        element of every trainable parameter, so each gets a zero gradient and DDP's all-reduce runs
+        on every process as usual.
+        """
         self.nonfinite_skipped += 1
         self._nonfinite_streak += 1
         if self._nonfinite_streak >= self.max_nonfinite:
@@ -136,6 +154,10 @@ class DistillTrainer(Trainer):
                 f"the loss was non-finite ({loss.item()}) for {self._nonfinite_streak} micro-batches in a row "
                 f"at step {self.state.global_step}; lower the learning rate, check the data, or use float32"
             )
+        if _world_size() > 1 and model.training:
+            zero = [p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad]
+            if zero:
+                return torch.stack(zero).sum().nan_to_num(0.0)
         return torch.zeros((), device=loss.device, requires_grad=True)
 
     def create_optimizer(self, model=None):
@@ -179,6 +201,11 @@ class DistillTrainer(Trainer):
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, *args, **kwargs)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class _ProjectionCallback(TrainerCallback):
