@@ -191,3 +191,30 @@ def test_input_checks():
         XtokSpec(method="dskd")
     with pytest.raises(ValueError, match="unknown loss"):
         XtokSpec(loss="kl")
+
+
+def test_flattened_batch_is_the_sum_of_its_sequences():
+    """Batching as the docs describe: flatten [B, L] and shift each example's groups by its row offset."""
+    s1, t1 = make_sides()
+    g = torch.Generator().manual_seed(9)
+    s2 = Side(
+        torch.randn(8, HS, dtype=torch.float64, generator=g), s1.head, s1.ids.flip(0), s1.groups[:3], VS
+    )
+    t2 = Side(
+        torch.randn(9, HT, dtype=torch.float64, generator=g), t1.head, t1.ids.flip(0), t1.groups[:3], VT
+    )
+    spec = XtokSpec(method="gold", loss="forward_kl", chunk_size=4)
+    separate = sum(xtok_loss(s, t, spec, shared=SHARED).total for s, t in ((s1, t1), (s2, t2)))
+
+    def flat(a: Side, b: Side) -> Side:
+        return Side(
+            torch.cat([a.hidden, b.hidden]),
+            a.head,
+            torch.cat([a.ids, b.ids]),
+            torch.cat([a.groups, b.groups + len(a.ids)]),
+            a.vocab,
+        )
+
+    batched = xtok_loss(flat(s1, s2), flat(t1, t2), spec, shared=SHARED)
+    assert batched.groups == 8
+    torch.testing.assert_close(batched.total, separate, rtol=1e-12, atol=1e-12)
