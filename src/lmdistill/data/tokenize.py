@@ -24,6 +24,7 @@ from typing import Any
 
 from lmdistill.data.records import detect_format, validate_record
 from lmdistill.errors import UserError
+from lmdistill.models.embedded import require_chat_template
 
 IGNORE_INDEX = -100
 
@@ -66,11 +67,7 @@ def chat_target_spans(messages: list[dict], tokenizer: Any) -> tuple[str, list[S
     target. Raises UserError when the tokenizer has no chat template or the template is not
     prefix-stable (rendering a prefix of the chat is not a prefix of rendering the whole chat).
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            "the tokenizer has no chat_template, so 'messages' records cannot be rendered; "
-            "set tokenizer.chat_template (or use prompt/completion records)"
-        )
+    require_chat_template(tokenizer, "'messages' records")
     full = _render(tokenizer, messages)
     spans: list[Span] = []
     for i, m in enumerate(messages):

