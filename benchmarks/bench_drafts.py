@@ -123,7 +123,9 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=24, help="held-out answers scored teacher-forced")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--draft-tokens", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steady timings on a shared machine)"
+    )
     ap.add_argument("--quick", action="store_true", help="2 steps, 2 prompts, one depth: a smoke run")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "drafts.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "drafts.png"))

@@ -226,3 +226,21 @@ def test_parameter_count_of_an_int8_model(tiny_model_dirs, tmp_path):
     # tied embeddings count once in float; the quantised head is a copy of its own
     tied = float_model.get_output_embeddings().weight.numel() if float_model.config.tie_word_embeddings else 0
     assert count_parameters(int8_model) == count_parameters(float_model) + tied
+
+
+def test_quantize_keeps_named_layers_in_float(tiny_llama):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    from lmdistill.models.quantize import quantize_model
+
+    model = tiny_llama(64, num_layers=2)
+    q = quantize_model(model, keep_float=("down_proj",), inplace=False)
+    kinds = {
+        name: type(m) for name, m in q.named_modules() if name.endswith(("down_proj", "up_proj", "q_proj"))
+    }
+    assert len(kinds) == 6
+    for name, kind in kinds.items():
+        assert (kind is torch.nn.Linear) == name.endswith("down_proj"), name
+    assert isinstance(q.lm_head, DynamicLinear)
+    everything = quantize_model(model, inplace=False)
+    assert isinstance(everything.model.layers[0].mlp.down_proj, DynamicLinear)

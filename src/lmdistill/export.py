@@ -197,9 +197,15 @@ def load_exported(path: str | os.PathLike, *, dtype: str | None = None, device: 
 
 
 def quantization_report(
-    model_dir: str | os.PathLike, texts, *, repeats: int = 3, method: str = "int8-dynamic"
+    model_dir: str | os.PathLike,
+    texts,
+    *,
+    repeats: int = 3,
+    method: str = "int8-dynamic",
+    keep_float: tuple[str, ...] = (),
 ) -> dict:
-    """Compare the float32 model in `model_dir` with its int8-dynamic version on `texts` (CPU, batch 1).
+    """Compare the float32 model in `model_dir` with its int8-dynamic version on `texts` (CPU, batch 1);
+    Linear layers named with a `keep_float` suffix stay in float.
 
     Returns tokens, forward tokens/s for both and the speedup, max/mean absolute logit difference,
     and the top-1 agreement of next-token predictions over all positions.
@@ -215,7 +221,7 @@ def quantization_report(
     n_tokens = sum(ids.shape[1] for ids in inputs)
     float_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     float_logits, float_time = _timed_forward(float_model, inputs, repeats)
-    int8_model = quantize_model(float_model, method, inplace=False).eval()
+    int8_model = quantize_model(float_model, method, inplace=False, keep_float=keep_float).eval()
     int8_logits, int8_time = _timed_forward(int8_model, inputs, repeats)
     diff = torch.cat([(a - b).abs().flatten() for a, b in zip(float_logits, int8_logits, strict=True)])
     same = sum(
@@ -223,6 +229,7 @@ def quantization_report(
     )
     return {
         "method": method,
+        "keep_float": list(keep_float),
         "texts": len(inputs),
         "tokens": n_tokens,
         "threads": torch.get_num_threads(),

@@ -53,10 +53,15 @@ def apply_quantization(model: torch.nn.Module, path: str | os.PathLike) -> torch
 
 
 def quantize_model(
-    model: torch.nn.Module, method: str = "int8-dynamic", *, inplace: bool = True
+    model: torch.nn.Module,
+    method: str = "int8-dynamic",
+    *,
+    inplace: bool = True,
+    keep_float: tuple[str, ...] = (),
 ) -> torch.nn.Module:
     """Dynamic int8 quantisation of every nn.Linear: int8 weights (one scale per output channel),
-    activations quantised on the fly per batch; runs on CPU."""
+    activations quantised on the fly per batch; runs on CPU. `keep_float`: Linear layers whose
+    qualified name ends with one of these suffixes stay in float (e.g. ("down_proj",))."""
     check_quantize(method)
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -66,5 +71,11 @@ def quantize_model(
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         # per-channel int8 weights: same speed and size as per-tensor, smaller logit error on real models
-        spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        spec: dict = {torch.nn.Linear: per_channel_dynamic_qconfig}
+        if keep_float:
+            spec = {
+                name: per_channel_dynamic_qconfig
+                for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and not name.endswith(tuple(keep_float))
+            }
         return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=inplace)
