@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -87,11 +88,29 @@ def test_two_processes_match_one(tmp_path, tiny_model_dirs, tiny_llama, tiny_tok
 
 
 def _train(tmp_path, name: str, procs: int, cfg: dict) -> subprocess.CompletedProcess:
+    """`torchrun ... lmdistill train` in its own process group, killed whole if it hangs (a process
+    left waiting in an all-reduce would otherwise outlive the test)."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={procs}", "-m", "lmdistill.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*cmd, "train", str(path)], capture_output=True, text=True, env=env, timeout=240)
+    proc = subprocess.Popen(
+        [*cmd, "train", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"training with {procs} processes hung (killed after 240 s): {err[-2000:]}"
+        ) from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_a_nonfinite_batch_on_one_process_is_skipped_by_all(tmp_path, tiny_model_dirs, tiny_tokenizer):
