@@ -53,7 +53,8 @@ from pathlib import Path
 GIB = 2**30
 
 # Figures measured on one H100 80GB (2026-11-27; torch 2.11, transformers 5.17, trl 1.16.0,
-# liger-kernel 0.8.5), /work/shared/GUIDE.md section 6. Same shapes as the cases below.
+# liger-kernel 0.8.5), quoted from the project's field guide (section 6, "Performance arithmetic"); carried
+# here so the script reads nothing outside the repository. Same shapes as the cases below.
 ANCHORS = {
     "card": "NVIDIA H100 80GB HBM3",
     "versions": "torch 2.11, transformers 5.17, trl 1.16.0, liger-kernel 0.8.5",
