@@ -1,4 +1,4 @@
-"""The logits-KD recipe: config in, trained student folder out. `lmdistill train` is a thin call to `run`.
+"""`lmdistill train`: config in, trained student folder out. `lmdistill train` is a thin call to `run`.
 
 Steps: choose the teacher source (`lmdistill.teachers.whitebox`) and check it before any weights load;
 build the student (a model of its own, or the teacher shrunk to fewer layers); check that both share a
