@@ -59,20 +59,7 @@ def test_two_processes_match_one(tmp_path, tiny_model_dirs, tiny_llama, tiny_tok
                 },
             },
         }
-        path = tmp_path / f"cfg{procs}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={procs}",
-            "-m",
-            "lmdistill.cli",
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-        done = subprocess.run(
-            [*cmd, "train", str(path)], capture_output=True, text=True, env=env, timeout=300
-        )
+        done = _train(tmp_path, f"cfg{procs}", procs, cfg)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[procs] = _losses(done.stdout)
         assert (Path(tmp_path / f"out{procs}") / "student" / "model.safetensors").is_file()

@@ -70,31 +70,18 @@ class ChatGenerator:
             tok.padding_side = side
         device = next(self.model.parameters()).device
         enc = enc.to(device)
-        kwargs = dict(
-            max_new_tokens=s.max_new_tokens,
-            do_sample=not s.greedy,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            return_dict_in_generate=True,
-            output_logits=s.top_logprobs > 0,
-        )
-        if not s.greedy:
-            kwargs.update(temperature=s.temperature, top_p=s.top_p)
-            if s.seed is not None:
-                torch.manual_seed(s.seed)
-        else:  # silence generation_config sampling defaults that do not apply to greedy decoding
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        if s.stop:
-            kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
+        kwargs = generate_kwargs(tok, s)  # seeds torch for a seeded sampled request
         out = self.model.generate(**enc, **kwargs)
         new = out.sequences[:, enc["input_ids"].shape[1] :]
         prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
         logits = torch.stack(out.logits, dim=1) if s.top_logprobs > 0 else None  # [B, T, V]
         return [
-            self._response(new[b], prompt_lens[b], s, None if logits is None else logits[b])
+            self.response(new[b], prompt_lens[b], s, None if logits is None else logits[b])
             for b in range(new.shape[0])
         ]
 
-    def _response(self, ids: torch.Tensor, prompt_len: int, s: Sampling, logits) -> Response:
+    def response(self, ids: torch.Tensor, prompt_len: int, s: Sampling, logits) -> Response:
+        """The `Response` for one row's new token ids [T] (and its logits [T, V] when log-probs are asked)."""
         tok = self.tokenizer
         gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
         eos = {tok.eos_token_id, *([gen_eos] if isinstance(gen_eos, int) else (gen_eos or []))}
@@ -140,3 +127,26 @@ def _top_logprobs(tok, ids: list[int], logits: torch.Tensor, k: int) -> list[dic
         }
         for t, tid in enumerate(ids)
     ]
+
+
+def generate_kwargs(tokenizer, s: Sampling) -> dict:
+    """`model.generate` keyword arguments for `s`: greedy or sampled (temperature, top_p), stop strings,
+    logits kept when log-probs are asked. A seeded sampled request seeds torch's global generator here,
+    just before its batch is generated."""
+    tok = tokenizer
+    kwargs = dict(
+        max_new_tokens=s.max_new_tokens,
+        do_sample=not s.greedy,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        return_dict_in_generate=True,
+        output_logits=s.top_logprobs > 0,
+    )
+    if not s.greedy:
+        kwargs.update(temperature=s.temperature, top_p=s.top_p)
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+    else:  # silence generation_config sampling defaults that do not apply to greedy decoding
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if s.stop:
+        kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
+    return kwargs

@@ -173,7 +173,7 @@ class Batcher:
     """Batch requests for one `LocalTeacher` on a single worker thread.
 
     Args:
-        teacher: a `LocalTeacher` (anything with `prompt_text`, `tokenizer`, `model`, `_response`).
+        teacher: a `LocalTeacher` (anything with `prompt_text`, `tokenizer`, `model`, `response`).
         max_batch: most requests per model call.
         max_wait_ms: how long the worker waits for more requests with the same sampling before it runs
             a group that is not full.

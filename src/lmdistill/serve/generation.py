@@ -1,7 +1,7 @@
 """Batched generation for the server: token-id prompts in, `Response`s out, with a hook on every step.
 
 `generate_ids` is `LocalTeacher`'s batched generation (left padding, the same decoding settings, the
-same `Response` via `teacher._response`) taking token ids instead of text, so a client that sends ids
+same `Response` via `teacher.response`) taking token ids instead of text, so a client that sends ids
 gets exactly those ids as the prompt, and a text prompt is tokenized once, on the worker. Its `rows`
 give each batch row its own length limit and two per-step callbacks, run as a Hugging Face stopping
 criterion after every new token: `abandoned()` (the client went away: the row stops at once, and a
@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from lmdistill.models.generation import generate_kwargs
 from lmdistill.teachers.types import Response, Sampling
 
 
@@ -77,21 +78,7 @@ def generate_ids(
         ids[b, width - len(x) :] = torch.tensor(x, dtype=torch.long)
         mask[b, width - len(x) :] = 1
     device = next(model.parameters()).device
-    kwargs = dict(
-        max_new_tokens=s.max_new_tokens,
-        do_sample=not s.greedy,
-        pad_token_id=pad,
-        return_dict_in_generate=True,
-        output_logits=s.top_logprobs > 0,
-    )
-    if not s.greedy:
-        kwargs.update(temperature=s.temperature, top_p=s.top_p)
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
-    else:  # silence generation_config sampling defaults that do not apply to greedy decoding
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if s.stop:
-        kwargs.update(stop_strings=list(s.stop), tokenizer=tok)
+    kwargs = generate_kwargs(tok, s)  # the local teacher's settings; seeds torch when sampled and seeded
     if rows is not None and any(r.abandoned or r.step or r.limit is not None for r in rows):
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StepHook(rows, width)])
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
@@ -104,7 +91,7 @@ def generate_ids(
             limit = min(limit, rows[b].limit)
         row_s = replace(s, max_new_tokens=limit)
         row_logits = None if logits is None else logits[b, :limit]
-        responses.append(teacher._response(new[b, :limit], len(seqs[b]), row_s, row_logits))
+        responses.append(teacher.response(new[b, :limit], len(seqs[b]), row_s, row_logits))
         raw.append(new[b, :limit].tolist())
     return responses, raw
 
