@@ -89,7 +89,7 @@ def measure(name, draft, teacher, tokenizer, features, prompts, vocab, a) -> dic
     return row
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, threads: int) -> None:
     try:
         import matplotlib
 
@@ -108,7 +108,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("draft parameters (M)")
     ax.set_ylabel("greedy assisted speedup vs teacher alone")
-    ax.set_title("SmolLM2-135M drafts on 2 CPU cores")
+    ax.set_title(f"Drafts of SmolLM2-135M-Instruct, CPU, {threads} torch thread(s)")
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -182,8 +182,14 @@ def main() -> None:
     }
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, Path(a.plot))
+    plot(rows, Path(a.plot), a.threads)
     print(f"wrote {a.json} and {a.plot}")
+
+
+def replot(json_path: str, png_path: str) -> None:
+    """Redraw the plot from a results file (no measurement)."""
+    result = json.loads(Path(json_path).read_text())
+    plot(result["rows"], Path(png_path), result["machine"]["torch_threads"])
 
 
 if __name__ == "__main__":
