@@ -304,12 +304,19 @@ def run(a: argparse.Namespace) -> dict:
     }
 
 
+def _threads(result: dict) -> str:
+    """The torch threads the workers trained with (the parent process's own count says nothing)."""
+    rows = result["rows"] if isinstance(result["rows"], list) else list(result["rows"].values())
+    counts = sorted({r.get("threads") for r in rows if r.get("threads") is not None})
+    return "/".join(map(str, counts)) or str(result["machine"]["torch_threads"])
+
+
 def report(result: dict) -> None:
     a = result["args"]
     print(
         f"off-policy KD (forward KL), teacher {result['teacher']}, student {result['student']}, batch {a['batch']}, "
         f"max length {a['max_length']}, {a['steps']} timed steps after {a['warmup']}, "
-        f"{result['machine']['torch_threads']} threads, fp32"
+        f"{_threads(result)} threads, fp32"
     )
     columns = [
         ("run", "<"),
