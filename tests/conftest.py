@@ -134,3 +134,28 @@ def float64_token_scores(model, teacher, features, vocab: int) -> tuple[float, f
             agree += (s.argmax(-1) == t.argmax(-1)).sum().item()
             n += int(keep.sum())
     return math.exp(ce / n), agree / n, kl / n, n
+
+
+def cli_fails(argv, capsys, *match: str) -> str:
+    """Run `lmdistill ARGV` in process; it must exit 2 with one error line holding every `match`, and no
+    traceback. Returns stderr."""
+    from lmdistill.cli import main
+
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for m in match:
+        assert m in err, err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line.lower()]  # progress bars aside
+    assert len(errors) == 1, err
+    return err
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (tiny models on a shared machine), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,24 +12,12 @@ import yaml
 from lmdistill.cli import main
 from lmdistill.recipes.config import load_recipe_config
 from lmdistill.yamlconfig import save
+from tests.conftest import cli_fails
 from tests.teachers.faultserver import FaultServer
 
 NOT_UTF8 = b'{"text": "caf\xe9 au lait"}\n'  # latin-1 bytes
 ROW = {"messages": [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there."}]}
 MISSING = "/no/such/model"
-
-
-def _fails(argv, capsys, *match: str) -> str:
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    for m in match:
-        assert m in err, err
-    assert "Traceback" not in err, err
-    assert len([line for line in err.splitlines() if "error" in line.lower()]) == 1, (
-        err
-    )  # progress bars aside
-    return err
 
 
 @pytest.fixture
@@ -61,25 +49,29 @@ def a_file(tmp_path) -> Path:
 def test_non_utf8_data_names_file_and_line(train_yaml, tmp_path, capsys):
     bad = tmp_path / "latin1.jsonl"
     bad.write_bytes(json.dumps(ROW).encode() + b"\n" + NOT_UTF8)
-    _fails(["train", train_yaml, f"data.train={bad}"], capsys, "latin1.jsonl:2", "UTF-8")
+    cli_fails(["train", train_yaml, f"data.train={bad}"], capsys, "latin1.jsonl:2", "UTF-8")
     assert not (tmp_path / "out").exists()
 
 
 def test_non_utf8_yaml_config_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "run.yaml"
     bad.write_bytes(b"teacher:\n  name: tiny\n# caf\xe9\n")
-    _fails(["train", bad], capsys, "run.yaml:3", "UTF-8")
-    _fails(["config", bad], capsys, "run.yaml:3")
+    cli_fails(["train", bad], capsys, "run.yaml:3", "UTF-8")
+    cli_fails(["config", bad], capsys, "run.yaml:3")
 
 
 def test_non_utf8_task_and_text_files_for_eval(tiny_model_dirs, tmp_path, capsys):
     _, student = tiny_model_dirs
     task = tmp_path / "task.jsonl"
     task.write_bytes(b'{"question": "2 + 2?", "answer": "4"}\n{"question": "caf\xe9?", "answer": "x"}\n')
-    _fails(["eval", student, "--task", task, "--output-dir", tmp_path / "r"], capsys, "task.jsonl:2", "UTF-8")
+    cli_fails(
+        ["eval", student, "--task", task, "--output-dir", tmp_path / "r"], capsys, "task.jsonl:2", "UTF-8"
+    )
     text = tmp_path / "held.txt"
     text.write_bytes(b"line one\nline two\nthird caf\xe9\n")
-    _fails(["eval", student, "--text", text, "--output-dir", tmp_path / "r"], capsys, "held.txt:3", "UTF-8")
+    cli_fails(
+        ["eval", student, "--text", text, "--output-dir", tmp_path / "r"], capsys, "held.txt:3", "UTF-8"
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -88,7 +80,9 @@ def test_non_utf8_user_task_for_recipe(tmp_path, capsys):
     task.write_bytes(b'{"question": "caf\xe9?", "answer": "x"}\n')
     recipe = Path(__file__).parent.parent / "configs" / "recipes" / "icl.yaml"
     out = tmp_path / "run"
-    _fails(["recipe", recipe, f"tasks.names=[{task}]", f"output_dir={out}"], capsys, "mine.jsonl:1", "UTF-8")
+    cli_fails(
+        ["recipe", recipe, f"tasks.names=[{task}]", f"output_dir={out}"], capsys, "mine.jsonl:1", "UTF-8"
+    )
     assert not out.exists()
 
 
@@ -106,7 +100,7 @@ def test_non_utf8_generate_input(tmp_path, capsys):
             "teacher.api_key_env=null",
         ]
         args[1] = _empty_yaml(tmp_path)
-        _fails(args, capsys, "in.jsonl:1", "UTF-8")
+        cli_fails(args, capsys, "in.jsonl:1", "UTF-8")
         assert server.total == 0
 
 
@@ -120,8 +114,8 @@ def _empty_yaml(tmp_path) -> Path:
 
 
 def test_train_output_dir_that_is_a_file(train_yaml, a_file, capsys):
-    _fails(["train", train_yaml, f"train.output_dir={a_file}"], capsys, "is a file")
-    _fails(["train", train_yaml, f"train.output_dir={a_file / 'sub'}"], capsys, "which is a file")
+    cli_fails(["train", train_yaml, f"train.output_dir={a_file}"], capsys, "is a file")
+    cli_fails(["train", train_yaml, f"train.output_dir={a_file / 'sub'}"], capsys, "which is a file")
     assert a_file.read_text() == "not a folder"
 
 
@@ -137,8 +131,8 @@ def test_generate_output_checked_before_any_request(tmp_path, a_file, capsys):
             f"teacher.base_url={server.url}",
             "teacher.api_key_env=null",
         ]
-        _fails([*base, f"output={a_file / 'x.jsonl'}"], capsys, "which is a file")
-        _fails([*base, f"output={tmp_path}"], capsys, "is a folder")
+        cli_fails([*base, f"output={a_file / 'x.jsonl'}"], capsys, "which is a file")
+        cli_fails([*base, f"output={tmp_path}"], capsys, "is a folder")
         assert server.total == 0
 
 
@@ -162,13 +156,13 @@ def test_generate_refuses_another_jobs_output_but_resumes_its_own(tmp_path, caps
         assert main([*base, "teacher.concurrency=2"]) == 0  # the same job again: all from cache
         assert server.total == 3
         sent = server.total
-        _fails([*base, "sampling.max_new_tokens=8"], capsys, "sampling.max_new_tokens", "overwrite=true")
+        cli_fails([*base, "sampling.max_new_tokens=8"], capsys, "sampling.max_new_tokens", "overwrite=true")
         assert out.read_text() == first and server.total == sent
         assert main([*base, "sampling.max_new_tokens=8", "overwrite=true"]) == 0
         # an output written by something else (no record of the job) is not replaced either
         other = tmp_path / "theirs.jsonl"
         other.write_text('{"text": "mine"}\n')
-        _fails([*base, f"output={other}"], capsys, "theirs.jsonl")
+        cli_fails([*base, f"output={other}"], capsys, "theirs.jsonl")
         assert other.read_text() == '{"text": "mine"}\n'
 
 
@@ -178,36 +172,36 @@ def test_capture_output_dir_under_a_file(tiny_model_dirs, tmp_path, a_file, caps
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"teacher": {"name": MISSING}, "data": {"train": str(data)}}))
     # checked before the teacher (missing here) is looked at
-    _fails(["capture", cfg, f"capture.output_dir={a_file / 'store'}"], capsys, "which is a file")
-    _fails(["capture", cfg, f"capture.output_dir={a_file}"], capsys, "is a file")
+    cli_fails(["capture", cfg, f"capture.output_dir={a_file / 'store'}"], capsys, "which is a file")
+    cli_fails(["capture", cfg, f"capture.output_dir={a_file}"], capsys, "is a file")
 
 
 def test_eval_output_dir_checked_before_any_model_loads(tiny_model_dirs, tmp_path, a_file, capsys):
     text = tmp_path / "held.txt"
     text.write_text("Hello world. " * 20)
-    _fails(["eval", MISSING, "--text", text, "--output-dir", a_file], capsys, "is a file")
-    _fails(["eval", MISSING, "--text", text, "--output-dir", a_file / "r"], capsys, "which is a file")
+    cli_fails(["eval", MISSING, "--text", text, "--output-dir", a_file], capsys, "is a file")
+    cli_fails(["eval", MISSING, "--text", text, "--output-dir", a_file / "r"], capsys, "which is a file")
     recipe_out = tmp_path / "recipe"
     recipe_out.mkdir()
     (recipe_out / "recipe_config.yaml").write_text("method: icl\n")
     (recipe_out / "report.md").write_text("the recipe's report")
-    _fails(["eval", MISSING, "--text", text, "--output-dir", recipe_out], capsys, "lmdistill recipe")
+    cli_fails(["eval", MISSING, "--text", text, "--output-dir", recipe_out], capsys, "lmdistill recipe")
     assert (recipe_out / "report.md").read_text() == "the recipe's report"
 
 
 def test_recipe_output_dir_checks(tmp_path, tiny_model_dirs, a_file, capsys):
     recipe = Path(__file__).parent.parent / "configs" / "recipes" / "icl.yaml"
-    _fails(["recipe", recipe, f"output_dir={a_file}"], capsys, "is a file")
+    cli_fails(["recipe", recipe, f"output_dir={a_file}"], capsys, "is a file")
     train_out = tmp_path / "train_out"
     train_out.mkdir()
     (train_out / "lmdistill_config.yaml").write_text("teacher: {}\n")
-    _fails(["recipe", recipe, f"output_dir={train_out}"], capsys, "lmdistill train")
+    cli_fails(["recipe", recipe, f"output_dir={train_out}"], capsys, "lmdistill train")
     other = tmp_path / "other"
     save(
         load_recipe_config(recipe, [f"output_dir={other}", "tasks.seed=7"]), _mk(other) / "recipe_config.yaml"
     )
     (other / "report.md").write_text("the other recipe's report")
-    _fails(["recipe", recipe, f"output_dir={other}"], capsys, "tasks.seed", "overwrite_output_dir")
+    cli_fails(["recipe", recipe, f"output_dir={other}"], capsys, "tasks.seed", "overwrite_output_dir")
 
 
 def _mk(path: Path) -> Path:
@@ -217,8 +211,8 @@ def _mk(path: Path) -> Path:
 
 def test_export_output_that_is_a_file(tiny_model_dirs, a_file, capsys):
     _, student = tiny_model_dirs
-    _fails(["export", student, a_file], capsys, "is a file")
-    _fails(["export", student, a_file / "sub"], capsys, "which is a file")
+    cli_fails(["export", student, a_file], capsys, "is a file")
+    cli_fails(["export", student, a_file / "sub"], capsys, "which is a file")
 
 
 # ---- serve, floats, zero steps, empty data ---------------------------------------------------------
@@ -226,7 +220,7 @@ def test_export_output_that_is_a_file(tiny_model_dirs, a_file, capsys):
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_serve_port_out_of_range(port, capsys):
-    _fails(["serve", "--port", port], capsys, "--port must be between 0 and 65535")
+    cli_fails(["serve", "--port", port], capsys, "--port must be between 0 and 65535")
 
 
 def test_float_notation_is_a_float(train_yaml, tmp_path, capsys):
@@ -240,19 +234,21 @@ def test_float_notation_is_a_float(train_yaml, tmp_path, capsys):
     assert main(["config", str(in_file)]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["train"]["learning_rate"] == 1.5e-4 and resolved["distill"]["kd_ratio"] == 0.5
-    _fails(["config", train_yaml, "train.learning_rate=fast"], capsys, "train.learning_rate", "float")
-    _fails(["config", train_yaml, "train.max_steps=2e3"], capsys, "train.max_steps")  # not an int
+    cli_fails(["config", train_yaml, "train.learning_rate=fast"], capsys, "train.learning_rate", "float")
+    cli_fails(["config", train_yaml, "train.max_steps=2e3"], capsys, "train.max_steps")  # not an int
 
 
 def test_zero_steps_and_zero_epochs_is_refused(train_yaml, tmp_path, capsys):
-    _fails(["train", train_yaml, "train.max_steps=0", "train.num_train_epochs=0"], capsys, "num_train_epochs")
+    cli_fails(
+        ["train", train_yaml, "train.max_steps=0", "train.num_train_epochs=0"], capsys, "num_train_epochs"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_empty_data_is_reported_before_any_model_loads(train_yaml, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    _fails(
+    cli_fails(
         ["train", train_yaml, f"data.train={empty}", f"teacher.name={MISSING}"],
         capsys,
         "empty.jsonl",
@@ -260,7 +256,7 @@ def test_empty_data_is_reported_before_any_model_loads(train_yaml, tmp_path, cap
     )
     long = tmp_path / "long.jsonl"
     long.write_text(json.dumps({"prompt": "The cat sat on the mat " * 10, "completion": "x"}) + "\n")
-    err = _fails(
+    err = cli_fails(
         ["train", train_yaml, f"data.train={long}", "data.max_length=8", f"teacher.name={MISSING}"],
         capsys,
         "no examples left",

@@ -18,6 +18,7 @@ import yaml
 from lmdistill.cli import main
 from lmdistill.io import atomic_write_text
 from lmdistill.outputs import LOCK_FILE, differences
+from tests.conftest import cli_fails
 
 ROWS = [
     {
@@ -29,18 +30,6 @@ ROWS = [
     {"prompt": "The cat sat", "completion": " on the mat."},
     {"text": "Distillation trains a small student to imitate a large teacher."},
 ]
-
-
-def _fails(argv, capsys, match: str) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert match in err, err
-    assert "Traceback" not in err, err
-    assert len([line for line in err.splitlines() if "error" in line.lower()]) == 1, (
-        err
-    )  # progress bars aside
-    return err
 
 
 @pytest.fixture
@@ -75,8 +64,8 @@ def test_export_force_into_the_working_directory_is_refused(tiny_model_dirs, tmp
     work.mkdir()
     (work / "notes.txt").write_text("precious")
     monkeypatch.chdir(work)
-    _fails(["export", str(student), ".", "--force"], capsys, "working directory")
-    _fails(["export", str(student), str(tmp_path), "--force"], capsys, "working directory")
+    cli_fails(["export", str(student), ".", "--force"], capsys, "working directory")
+    cli_fails(["export", str(student), str(tmp_path), "--force"], capsys, "working directory")
     assert (work / "notes.txt").read_text() == "precious"
     assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]  # no temporary folder left either
 
@@ -86,16 +75,16 @@ def test_export_force_replaces_only_a_previous_export(tiny_model_dirs, tmp_path,
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "old.txt").write_text("keep me")
-    _fails(["export", str(student), str(folder), "--force"], capsys, "not a previous export")
+    cli_fails(["export", str(student), str(folder), "--force"], capsys, "not a previous export")
     assert (folder / "old.txt").read_text() == "keep me"
     out = tmp_path / "exported"
     assert main(["export", str(student), str(out)]) == 0
     assert (out / "lmdistill_export.json").is_file()
-    _fails(["export", str(student), str(out)], capsys, "--force")
+    cli_fails(["export", str(student), str(out)], capsys, "--force")
     assert main(["export", str(student), str(out), "--force", "--dtype", "bfloat16"]) == 0
     assert json.loads((out / "lmdistill_export.json").read_text())["dtype"] == "bfloat16"
     # the source, or a folder holding it, is never a destination
-    _fails(["export", str(student), str(student.parent), "--force"], capsys, "source")
+    cli_fails(["export", str(student), str(student.parent), "--force"], capsys, "source")
 
 
 # ---- train --------------------------------------------------------------------------------------
@@ -106,7 +95,7 @@ def test_train_refuses_a_folder_holding_another_run(train_config, capsys):
     assert main(["train", str(config), "train.max_steps=6"]) == 0
     assert (out / "checkpoint-6").is_dir()
     student = (out / "student" / "model.safetensors").read_bytes()
-    err = _fails(["train", str(config), "train.learning_rate=0.001"], capsys, "train.learning_rate")
+    err = cli_fails(["train", str(config), "train.learning_rate=0.001"], capsys, "train.learning_rate")
     assert "resume_from_checkpoint=latest" in err and "overwrite_output_dir" in err
     assert (out / "student" / "model.safetensors").read_bytes() == student
     assert yaml.safe_load((out / "lmdistill_config.yaml").read_text())["train"]["max_steps"] == 6
@@ -119,7 +108,7 @@ def test_train_refuses_a_folder_holding_another_run(train_config, capsys):
 def test_resume_with_another_model_is_one_clear_message(train_config, capsys):
     config, _ = train_config
     assert main(["train", str(config)]) == 0
-    _fails(
+    cli_fails(
         [
             "train",
             str(config),
@@ -136,7 +125,7 @@ def test_resume_with_another_model_is_one_clear_message(train_config, capsys):
 
 def test_latest_without_a_checkpoint_says_so(train_config, capsys):
     config, out = train_config
-    _fails(["train", str(config), "train.resume_from_checkpoint=latest"], capsys, "no checkpoint")
+    cli_fails(["train", str(config), "train.resume_from_checkpoint=latest"], capsys, "no checkpoint")
     assert not out.exists()
 
 
@@ -147,13 +136,13 @@ def test_failed_run_rewrites_nothing(train_config, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
     # even when asked to replace the run, nothing goes before the new run's inputs are checked
-    _fails(
+    cli_fails(
         ["train", str(config), f"data.train={bad}", "train.overwrite_output_dir=true"], capsys, "bad.jsonl:2"
     )
     assert (out / "lmdistill_config.yaml").read_text() == before
     assert (out / "student" / "model.safetensors").is_file() and (out / "checkpoint-4").is_dir()
     fresh = tmp_path / "fresh"
-    _fails(["train", str(config), f"data.train={bad}", f"train.output_dir={fresh}"], capsys, "bad.jsonl:2")
+    cli_fails(["train", str(config), f"data.train={bad}", f"train.output_dir={fresh}"], capsys, "bad.jsonl:2")
     assert not fresh.exists()
 
 
@@ -176,7 +165,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(train_config, capsys):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        err = _fails(["train", str(config)], capsys, "in use by another lmdistill process")
+        err = cli_fails(["train", str(config)], capsys, "in use by another lmdistill process")
         assert str(holder.pid) in err
         assert not (out / "student").exists()
     finally:

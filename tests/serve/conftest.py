@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 MODEL_NAME = "tiny-teacher"
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Keep the tiny models light on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Keep the tiny models light on a shared machine (every server test)."""
 
 
 def load_teacher(folder, *, batch_size: int = 8):

@@ -19,13 +19,7 @@ from lmdistill.teachers.whitebox.server import ECHO, PROMPT_LOGPROBS
 from tests.teachers.scoringserver import ScoringServer
 from tests.teachers.test_whitebox import write_data
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _query():

@@ -12,6 +12,19 @@ from lmdistill.yamlconfig import f
 MODES = ("responses", "cot", "self_instruct", "icl")
 
 
+#: The teacher's keys that say how it is reached, not what it is asked: an output written with other
+#: values of these is the same job, so a rerun may change them and still resume from the cache.
+TEACHER_CLIENT_KEYS = (
+    "teacher.api_key_env",
+    "teacher.concurrency",
+    "teacher.requests_per_minute",
+    "teacher.tokens_per_minute",
+    "teacher.max_retries",
+    "teacher.timeout",
+    "teacher.batch_size",
+)
+
+
 @dataclass
 class TeacherBackendConfig:
     backend: str = f("local", "local (a Hugging Face model run here) or api (an OpenAI-compatible endpoint).")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from lmdistill.data import read_jsonl
 from lmdistill.errors import UserError
-from lmdistill.generate.config import GenerateConfig, TeacherBackendConfig
+from lmdistill.generate.config import TEACHER_CLIENT_KEYS, GenerateConfig, TeacherBackendConfig
 from lmdistill.generate.modes import MODE_FUNCTIONS
 from lmdistill.io import atomic_write_json, atomic_write_jsonl
 from lmdistill.outputs import Output, check_path
@@ -64,17 +64,7 @@ def asker(teacher, usage: Counter):
 
 
 #: Settings that do not change what a job writes: a rerun may change them and still resume.
-RERUN_MAY_CHANGE = (
-    "overwrite",
-    "cache",
-    "teacher.api_key_env",
-    "teacher.concurrency",
-    "teacher.requests_per_minute",
-    "teacher.tokens_per_minute",
-    "teacher.max_retries",
-    "teacher.timeout",
-    "teacher.batch_size",
-)
+RERUN_MAY_CHANGE = ("overwrite", "cache", *TEACHER_CLIENT_KEYS)
 
 
 def output_of(cfg: GenerateConfig) -> tuple[Output, dict]:

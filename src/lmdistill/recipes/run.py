@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from lmdistill.errors import UserError
+from lmdistill.generate.config import TEACHER_CLIENT_KEYS
 from lmdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lmdistill.outputs import Output
 from lmdistill.recipes import cot, icl, instruct
@@ -56,13 +57,7 @@ RERUN_MAY_CHANGE = (
     "train.save_steps",
     "train.save_total_limit",
     "train.report_to",
-    "teacher.api_key_env",
-    "teacher.concurrency",
-    "teacher.requests_per_minute",
-    "teacher.tokens_per_minute",
-    "teacher.max_retries",
-    "teacher.timeout",
-    "teacher.batch_size",
+    *TEACHER_CLIENT_KEYS,
     "eval.batch_size",
 )
 
