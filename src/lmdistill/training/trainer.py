@@ -76,8 +76,8 @@ class DistillTrainer(Trainer):
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         targets = inputs["labels"][:, 1:]
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
-        positions = torch.zeros_like(attn, dtype=torch.bool)
-        positions[:, :-1] = mask  # [B, S]: the positions the teacher scores (and the hint terms read)
+        query = TeacherQuery.from_batch(inputs)  # the same positions as [B, S]: the teacher's and the hints'
+        positions = query.positions
         hints = self.hints
         use_kd = self.teacher is not None and self.spec.kd_weight != 0.0
         weights = inputs.get("loss_weights")  # [B] per example -> [N] per target token
@@ -86,7 +86,7 @@ class DistillTrainer(Trainer):
         if hints is None:  # logits KD only: no intermediate states are returned or kept
             s_final = final_hidden(model, ids, attn)
             if use_kd:
-                scores = self.teacher.score(TeacherQuery(ids, attn, positions, inputs.get("example_index")))
+                scores = self.teacher.score(query)
         else:  # hint terms capture the teacher model's own states in the same forward
             teacher = self.teacher.model
             with hints.capture(unwrap(model), "student") as s_cap:
