@@ -110,19 +110,22 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
 
     source: a sparse teacher source already checked against `tokenizer` (the run's tokenizer): a store
     or a server (it has `.vocab`); no teacher is kept, its weights are loaded only to shrink the student.
+    tokenizer: the run's tokenizer when the caller has loaded it already (loaded here otherwise).
     """
     if source is not None:
         return _models_for_source(cfg, source, tokenizer, log)
+    if tokenizer is None:  # the student's (the teacher's when the student is shrunk from it)
+        tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)
     if not teacher_is_read(cfg):
-        return _student_alone(cfg, log)
-    teacher_tok = load_tokenizer(cfg.teacher.name)
+        return _student_alone(cfg, tokenizer, log)
     teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
+    student_tok = tokenizer
     if cfg.student.name:
         student = load_model(cfg.student.name, dtype=cfg.student.dtype)
-        student_tok = load_tokenizer(cfg.student.name)
+        teacher_tok = load_tokenizer(cfg.teacher.name)
     else:
         student = _shrunk_student(cfg, teacher)
-        student_tok = teacher_tok
+        teacher_tok = student_tok
     student = _trainable(student, cfg)
     vocab = check_vocab(
         teacher_tok,
@@ -166,11 +169,10 @@ def _student_only(cfg: RunConfig) -> torch.nn.Module:
     return _trainable(student, cfg)
 
 
-def _student_alone(cfg: RunConfig, log) -> Models:
+def _student_alone(cfg: RunConfig, tokenizer, log) -> Models:
     """No term reads the teacher (CE only): the student and its tokenizer, no teacher source."""
     student = _student_only(cfg)
     name = cfg.student.name or cfg.teacher.name
-    tokenizer = load_tokenizer(name)
     vocab = check_vocab(tokenizer, tokenizer, student, student, teacher_name=name, student_name=name)
     log(
         f"student: {count_parameters(student):,} parameters; no teacher (kd_ratio 0 and no hint terms: CE only)"
