@@ -150,6 +150,63 @@ class HintConfig:
         return bool(self.hidden_weight or self.relation_weight or self.attention_weight)
 
 
+#: on_policy.schedule values and on_policy.estimator values.
+ON_POLICY_SCHEDULES = ("constant", "linear", "adaptive")
+ON_POLICY_ESTIMATORS = ("divergence", "sampled")
+
+
+@dataclass
+class OnPolicyConfig:
+    lmbda: float = _f(
+        0.0,
+        "Share of optimizer steps trained on the student's own samples (GKD's lambda): 0 = off-policy as "
+        "without this section, 1 = fully on-policy. Decided once per optimizer step, the same on every process.",
+    )
+    seq_kd: bool = _f(
+        False,
+        "The other steps train on the teacher's own samples of the same prompts (sequence-level KD; needs the "
+        "teacher in this process) instead of the data's answers.",
+    )
+    schedule: str = _f(
+        "constant",
+        "How lmbda moves: constant; linear (from 0 to lmbda over ramp_steps); adaptive (DistiLLM: starts at 0, "
+        "rises by adaptive_step up to lmbda each time the held-out loss rises; needs data.eval).",
+    )
+    ramp_steps: int = _f(100, "linear: optimizer steps over which lmbda rises from 0 to its value.")
+    adaptive_step: float = _f(0.1, "adaptive: how much lmbda rises each time the held-out loss rises.")
+    replay: int = _f(
+        0,
+        "Replay buffer: keep the last N generated micro-batches and train on a stored one instead of "
+        "sampling, with probability replay_ratio (DistiLLM); 0 = always sample fresh.",
+    )
+    replay_ratio: float = _f(
+        0.5, "With replay > 0: probability that an on-policy step reuses stored samples."
+    )
+    estimator: str = _f(
+        "divergence",
+        "Loss on sampled sequences: divergence (distill.loss over the whole vocabulary with a teacher in this "
+        "process, over top-k + tail with a server; no CE term) or sampled (the teacher's log-prob of each "
+        "sampled token only: a policy-gradient step on reverse KL with per-token reward log p - log q).",
+    )
+    temperature: float = _f(1.0, "Sampling temperature (> 0).")
+    top_p: float = _f(
+        1.0, "Sampling nucleus: keep the smallest set of tokens with this much mass (0 < top_p <= 1)."
+    )
+    max_new_tokens: int = _f(
+        128, "Tokens sampled per prompt at most; the prompt is cut to data.max_length minus this."
+    )
+    samples_per_prompt: int = _f(1, "Sampled completions per prompt (each a row of the on-policy batch).")
+    log_samples_every: int = _f(
+        0,
+        "Write sampled completions to output_dir/on_policy_samples.jsonl every N optimizer steps; 0 = never.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any step may train on generated sequences."""
+        return self.lmbda > 0 or self.seq_kd
+
+
 @dataclass
 class TrainConfig:
     output_dir: str = _f("runs/distill", "Checkpoints, logs, the resolved config and the final student.")
@@ -188,6 +245,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     hints: HintConfig = field(default_factory=HintConfig)
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> RunConfig:
@@ -245,7 +303,67 @@ class RunConfig:
             raise UserError(
                 "train.per_device_train_batch_size and gradient_accumulation_steps must be positive"
             )
+        self._validate_on_policy()
         return self
+
+    def _validate_on_policy(self) -> None:
+        o = self.on_policy
+        if not 0.0 <= o.lmbda <= 1.0:
+            raise UserError(f"on_policy.lmbda must be in [0, 1], got {o.lmbda}")
+        if o.schedule not in ON_POLICY_SCHEDULES:
+            raise UserError(
+                f"on_policy.schedule: unknown schedule {o.schedule!r}; choose one of {', '.join(ON_POLICY_SCHEDULES)}"
+            )
+        if o.estimator not in ON_POLICY_ESTIMATORS:
+            raise UserError(
+                f"on_policy.estimator: unknown estimator {o.estimator!r}; choose one of "
+                f"{', '.join(ON_POLICY_ESTIMATORS)}"
+            )
+        if o.max_new_tokens <= 0:
+            raise UserError(f"on_policy.max_new_tokens must be at least 1, got {o.max_new_tokens}")
+        if not o.enabled:
+            return
+        if self.distill.teacher_store:
+            raise UserError(
+                "on_policy: distill.teacher_store holds scores of the data's fixed sequences and cannot score the "
+                "student's new samples: use the teacher in this process or teacher.server"
+            )
+        if o.max_new_tokens >= self.data.max_length:
+            raise UserError(
+                f"on_policy.max_new_tokens={o.max_new_tokens} leaves no room for the prompt in "
+                f"data.max_length={self.data.max_length}"
+            )
+        if not (math.isfinite(o.temperature) and o.temperature > 0):
+            raise UserError(f"on_policy.temperature must be a finite number > 0, got {o.temperature}")
+        if not 0.0 < o.top_p <= 1.0:
+            raise UserError(f"on_policy.top_p must be in (0, 1], got {o.top_p}")
+        if o.samples_per_prompt < 1:
+            raise UserError(f"on_policy.samples_per_prompt must be at least 1, got {o.samples_per_prompt}")
+        if o.schedule == "linear" and o.ramp_steps < 1:
+            raise UserError(f"on_policy.ramp_steps must be at least 1, got {o.ramp_steps}")
+        if o.schedule == "adaptive" and not 0.0 < o.adaptive_step <= 1.0:
+            raise UserError(f"on_policy.adaptive_step must be in (0, 1], got {o.adaptive_step}")
+        if o.schedule == "adaptive" and not self.data.eval:
+            raise UserError(
+                "on_policy.schedule=adaptive raises lmbda when the held-out loss rises: set data.eval"
+            )
+        if o.replay < 0 or not 0.0 <= o.replay_ratio <= 1.0:
+            raise UserError("on_policy.replay must be >= 0 and on_policy.replay_ratio in [0, 1]")
+        if o.replay and o.estimator == "sampled":
+            raise UserError(
+                "on_policy.replay with estimator=sampled: the sampled estimator needs samples from the current "
+                "student (its importance weight), stored ones are older; set replay to 0 or use divergence"
+            )
+        if o.log_samples_every < 0:
+            raise UserError(f"on_policy.log_samples_every must be >= 0, got {o.log_samples_every}")
+        if o.seq_kd and self.teacher.server:
+            raise UserError(
+                "on_policy.seq_kd samples from the teacher, which needs it in this process: drop teacher.server"
+            )
+        if self.hints.enabled:
+            raise UserError(
+                "on_policy: hint terms are not supported on generated sequences; set the hint weights to 0"
+            )
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RunConfig:

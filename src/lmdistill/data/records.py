@@ -121,8 +121,12 @@ def _load_saved_dataset(path: Path, split: str) -> list[dict[str, Any]]:
     return ds.to_list()
 
 
-def load_records(path_or_name: str | Path, split: str = "train") -> list[dict[str, Any]]:
+def load_records(
+    path_or_name: str | Path, split: str = "train", validate: bool = True
+) -> list[dict[str, Any]]:
     """Load and validate examples from a JSONL file, a `save_to_disk` folder or a hub data set name.
+
+    validate=False leaves the rows to the caller (on-policy training also takes prompt-only rows).
 
     * ``*.jsonl`` / ``*.json`` (JSON Lines) -> `read_jsonl`; errors name the real line number.
     * a folder written by ``datasets.Dataset.save_to_disk`` (or ``DatasetDict``, using `split`).
@@ -137,7 +141,8 @@ def load_records(path_or_name: str | Path, split: str = "train") -> list[dict[st
         records = [obj for _, obj in numbered]
         if not records:
             raise UserError(f"{path}: no examples, the file is empty")
-        validate_records(records, str(path), [n for n, _ in numbered])
+        if validate:
+            validate_records(records, str(path), [n for n, _ in numbered])
         return records
     if path.is_dir():
         if not any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
@@ -149,7 +154,8 @@ def load_records(path_or_name: str | Path, split: str = "train") -> list[dict[st
         records = _load_hub_dataset(str(path_or_name), split)
     if not records:
         raise UserError(f"{path_or_name}: no examples, the data set is empty")
-    validate_records(records, str(path_or_name))
+    if validate:
+        validate_records(records, str(path_or_name))
     return records
 
 

@@ -72,8 +72,8 @@ class Models:
 
 
 def teacher_is_read(cfg: RunConfig) -> bool:
-    """Whether any loss term reads the teacher: KD (kd_ratio > 0) or a hint term."""
-    return cfg.distill.kd_ratio > 0 or cfg.hints.enabled
+    """Whether any loss term reads the teacher: KD (kd_ratio > 0), a hint term, or on-policy steps."""
+    return cfg.distill.kd_ratio > 0 or cfg.hints.enabled or cfg.on_policy.enabled
 
 
 def check_teacher_settings(cfg: RunConfig) -> None:
@@ -268,8 +268,8 @@ def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> Trainin
         raise UserError(f"train: transformers.TrainingArguments refused the settings: {e}") from None
 
 
-def read_data(path: str, max_examples: int | None = None) -> list[dict]:
-    records = load_records(path)
+def read_data(path: str, max_examples: int | None = None, validate: bool = True) -> list[dict]:
+    records = load_records(path, validate=validate)
     return records[:max_examples] if max_examples is not None else records
 
 
@@ -309,7 +309,22 @@ def make_trainer(
 
         models.source = StoreTeacher(store)
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
-    return DistillTrainer(
+    trainer_class, extra, collator = (
+        DistillTrainer,
+        {},
+        DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+    )
+    if cfg.on_policy.enabled:  # batches may come from the student's (or teacher's) samples
+        from lmdistill.training.on_policy import OnPolicyTrainer, PromptCollator
+
+        trainer_class, collator = OnPolicyTrainer, PromptCollator(collator)
+        extra = dict(
+            on_policy=cfg.on_policy,
+            tokenizer=models.tokenizer,
+            max_length=cfg.data.max_length,
+            teacher_model=models.teacher,
+        )
+    return trainer_class(
         model=models.student,
         teacher=models.source if teacher_is_read(cfg) else None,
         hints=hints,
@@ -318,7 +333,8 @@ def make_trainer(
         args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
         train_dataset=train_features,
         eval_dataset=eval_features,
-        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+        data_collator=collator,
+        **extra,
     )
 
 
@@ -350,6 +366,24 @@ def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, 
     return value
 
 
+def tokenize_train(cfg: RunConfig, rows: list[dict], tokenizer) -> list[dict]:
+    """Training features; with on-policy steps each also carries its prompt (`prompt_features`)."""
+    o = cfg.on_policy
+    if not o.enabled:
+        return tokenize_records(rows, tokenizer, cfg.data.max_length, source=cfg.data.train)[0]
+    from lmdistill.training.on_policy import prompt_features
+
+    always_generated = o.seq_kd or (o.schedule == "constant" and o.lmbda == 1.0)
+    return prompt_features(
+        rows,
+        tokenizer,
+        cfg.data.max_length,
+        o.max_new_tokens,
+        source=cfg.data.train,
+        need_answers=not always_generated,
+    )
+
+
 def run(cfg: RunConfig, log=print) -> Path:
     """Train a student as `cfg` says; returns the saved student folder (output_dir/student).
 
@@ -365,12 +399,13 @@ def run(cfg: RunConfig, log=print) -> Path:
     output, job, ignore = check_output(cfg)
     set_seed(cfg.train.seed)
     # Data is read and tokenized before any model is loaded: a bad file fails in a second, not after a minute.
-    train_rows = read_data(cfg.data.train, cfg.data.max_examples)
+    # On-policy rows may be prompts alone: `tokenize_train` checks them itself.
+    train_rows = read_data(cfg.data.train, cfg.data.max_examples, validate=not cfg.on_policy.enabled)
     eval_rows = read_data(cfg.data.eval) if cfg.data.eval else None
     store = open_teacher_store(cfg)
     n = cfg.data.max_length
     tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
-    train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
+    train = tokenize_train(cfg, train_rows, tokenizer)
     evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     source = None
     if store is not None:  # the store is checked against the run before any weights are loaded

@@ -230,7 +230,7 @@ class ServerTeacher:
             calls.append(_Call(tuple(q.input_ids[b, :length].tolist()), self.mode, self.k, self.max_tokens))
             wanted.append(where)
         results = self.client.generate([c for c, w in zip(calls, wanted, strict=True) if w])
-        ids, logprobs = [], []
+        ids, logprobs, own = [], [], []
         it = iter(results)
         for call, where in zip(calls, wanted, strict=True):
             if not where:
@@ -245,16 +245,32 @@ class ServerTeacher:
                 row_ids, row_lp = self._row(entries[t + 1])
                 ids.append(row_ids)
                 logprobs.append(row_lp)
-        return self._scores(ids, logprobs)
+                own.append(self._own(result, entries[t + 1], call.ids[t + 1], t + 1))
+        return self._scores(ids, logprobs, own)
 
-    def _scores(self, ids: list[list[int]], logprobs: list[list[float]]) -> TeacherScores:
+    def _scores(
+        self, ids: list[list[int]], logprobs: list[list[float]], own: list[float] | None = None
+    ) -> TeacherScores:
         k = self.k
         ids_t = torch.tensor(ids, dtype=torch.long).reshape(-1, k)
         lp = torch.tensor(logprobs, dtype=torch.float64).reshape(-1, k)
         sparse = SparseTeacher(
             ids_t.to(self.device), lp.float().to(self.device), tail_from_topk(lp).to(self.device)
         )
-        return TeacherScores(sparse=sparse)
+        target = None if own is None else torch.tensor(own, dtype=torch.float32, device=self.device)
+        return TeacherScores(sparse=sparse, target_logprobs=target)
+
+    def _own(self, choice: dict, entry: dict, token: int, j: int) -> float:
+        """The log-prob of the sequence's own token j (what on-policy's `sampled` estimator reads): vLLM and
+        `lmdistill serve` add it to prompt_logprobs' entry; echo replies give it in token_logprobs. NaN
+        where the reply has none (the reader then looks in the top k)."""
+        if self.mode == PROMPT_LOGPROBS:
+            value = entry.get(str(token))
+            value = value.get("logprob") if isinstance(value, dict) else value
+        else:
+            lps = (choice.get("logprobs") or {}).get("token_logprobs") or []
+            value = lps[j] if j < len(lps) else None
+        return float(value) if isinstance(value, int | float) else float("nan")
 
     def _row(self, entry: dict) -> tuple[list[int], list[float]]:
         """One position's entries -> the k largest as (ids, log-probs); unplaceable ones padded (see module)."""

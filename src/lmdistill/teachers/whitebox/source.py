@@ -67,12 +67,15 @@ class TeacherScores:
     """A teacher's answer for the N scored positions of a query: dense or sparse, never both.
 
     hidden: [N, H_t] final hidden states and head: their output `Head` (dense); or sparse: a
-    `SparseTeacher` with [N, k] ids and log-probs and [N] tail log-masses.
+    `SparseTeacher` with [N, k] ids and log-probs and [N] tail log-masses. target_logprobs: optional
+    float32 [N], the log-prob of each position's actual next token where a sparse source knows it (a
+    server's reply holds it beside the top k; NaN where it did not).
     """
 
     hidden: torch.Tensor | None = None
     head: Head | None = None
     sparse: SparseTeacher | None = None
+    target_logprobs: torch.Tensor | None = None
 
     def __post_init__(self):
         if (self.hidden is None) == (self.sparse is None) or (self.hidden is None) != (self.head is None):

@@ -1,0 +1,596 @@
+"""On-policy distillation: the student learns on sequences it samples itself, scored by the teacher.
+
+Sampling lives here, beside the trainer, and produces ordinary batches (input ids, attention mask,
+labels with the prompt and everything after the first end-of-sequence masked) that the same trainer
+step consumes: off-policy, on-policy and sequence-level KD differ only in where a batch came from.
+
+Per optimizer step (one accumulation window of G micro-batches), `OnPolicyTrainer.get_batch_samples`
+decides, with probability lmbda (`on_policy.schedule` moves it), whether the whole window is
+- off-policy: the data's answers, as `DistillTrainer` trains without this module;
+- on-policy: the student (unwrapped, eval mode, KV cache, left padding, no grad) samples completions
+  of the window's prompts in one `generate` call, `samples_per_prompt` each;
+- seq_kd (when `on_policy.seq_kd`, instead of off-policy): the teacher samples them.
+The decision is a function of (train.seed, step) alone, so every process of a DDP run takes the same
+one without talking, and a resumed run takes the same ones again. Sampling itself is seeded by
+(seed, step, process) inside `torch.random.fork_rng`, so it leaves the trainer's RNG untouched.
+
+Loss on on-policy batches (`on_policy.estimator`):
+- divergence: distill.loss over the whole vocabulary (teacher in this process) or top-k + tail (a
+  server), KD only (CE on the student's own samples would reinforce them), normalised per target
+  token over the step as every batch is;
+- sampled: only the teacher's log-prob of each sampled token (`sampled_token_loss`).
+
+Prompts come from the rows (`prompt_features`): a `prompt` (with or without `completion`), or
+`messages` up to the last user turn (a row ending in an assistant turn uses everything before it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from lmdistill.chunked import Head, LossSpec
+from lmdistill.config import OnPolicyConfig
+from lmdistill.data.collator import DistillCollator
+from lmdistill.data.records import detect_format, validate_record
+from lmdistill.data.tokenize import IGNORE_INDEX, _render, check_weight, tokenize_record
+from lmdistill.errors import UserError
+from lmdistill.models.embedded import require_chat_template
+from lmdistill.models.forward import final_hidden, unwrap
+from lmdistill.teachers.whitebox import TeacherQuery, TeacherScores
+from lmdistill.training.trainer import DistillTrainer
+
+SAMPLES_FILE = "on_policy_samples.jsonl"
+ON, OFF, SEQ_KD = "on_policy", "off_policy", "seq_kd"
+
+# -- prompts -------------------------------------------------------------------------------------------
+
+
+def prompt_ids(record: dict[str, Any], tokenizer, where: str) -> list[int] | None:
+    """The token ids of a row's prompt, or None for a row without one (`text` rows).
+
+    prompt rows: the prompt text with the tokenizer's special tokens (as training tokenizes it);
+    messages: rendered by the chat template up to the last user turn, with the generation prompt (a
+    conversation ending in assistant turns drops them).
+    """
+    if record.get("messages") is not None:
+        msgs = record["messages"]
+        if not isinstance(msgs, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in msgs
+        ):
+            raise UserError(f'{where}: "messages" must be a list of {{"role", "content"}} objects')
+        last_user = max((i for i, m in enumerate(msgs) if m["role"] == "user"), default=None)
+        if last_user is None:
+            raise UserError(f"{where}: no user message to sample an answer to")
+        require_chat_template(tokenizer, "'messages' records")
+        text = _render(tokenizer, msgs[: last_user + 1], add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if isinstance(record.get("prompt"), str):
+        return list(tokenizer(record["prompt"], add_special_tokens=True)["input_ids"])
+    return None
+
+
+def _has_answer(record: dict[str, Any]) -> bool:
+    msgs = record.get("messages")
+    if msgs is not None:
+        return isinstance(msgs, list) and any(
+            isinstance(m, dict) and m.get("role") == "assistant" for m in msgs
+        )
+    return record.get("completion") is not None or record.get("text") is not None
+
+
+def prompt_features(
+    records: list[dict[str, Any]],
+    tokenizer,
+    max_length: int,
+    max_new_tokens: int,
+    *,
+    source: str = "<records>",
+    need_answers: bool = True,
+) -> list[dict[str, Any]]:
+    """Training features that also carry their prompt: each is `tokenize_record`'s feature (or, for a
+    prompt-only row, the prompt with every label -100) plus "prompt_ids" (list[int]).
+
+    Prompts longer than max_length - max_new_tokens keep their last tokens (the generation prompt
+    survives). need_answers: off-policy steps train on the answers, so every row needs one (UserError
+    naming the first row without). Raises UserError for a row without a prompt.
+    """
+    room = max_length - max_new_tokens
+    features, missing = [], []
+    for i, rec in enumerate(records):
+        where = f"{source}:{i + 1}"
+        if not isinstance(rec, dict):
+            raise UserError(f"{where}: expected a JSON object")
+        check_weight(rec, where)
+        prompt = prompt_ids(rec, tokenizer, where)
+        if prompt is None:
+            detect_format(rec, where)  # an unknown layout says so; a text row has no prompt
+            raise UserError(
+                f"{where}: a text row has no prompt to sample from; on-policy training needs `prompt` or "
+                "`messages` rows"
+            )
+        if not prompt:
+            raise UserError(f"{where}: the prompt is empty")
+        prompt = prompt[-room:]
+        feature = None
+        if _has_answer(rec):
+            validate_record(rec, where)
+            feature = tokenize_record(rec, tokenizer, max_length)
+        if feature is None:
+            missing.append(where)
+            feature = {
+                "input_ids": prompt,
+                "labels": [IGNORE_INDEX] * len(prompt),
+                "attention_mask": [1] * len(prompt),
+            }
+            if rec.get("weight") is not None:
+                feature["weight"] = float(rec["weight"])
+        feature["prompt_ids"] = prompt
+        features.append(feature)
+    if need_answers and missing:
+        raise UserError(
+            f"{missing[0]}: no answer to train on ({len(missing)} of {len(records)} rows have none), but the "
+            "off-policy steps (share 1 - on_policy.lmbda) train on the data's answers: give answers, set "
+            "on_policy.lmbda=1, or on_policy.seq_kd=true"
+        )
+    if not features:
+        raise UserError(f"{source}: no rows")
+    return features
+
+
+@dataclass
+class PromptCollator:
+    """`DistillCollator`'s batch plus "prompt_ids": the B prompts as lists of ids (not padded)."""
+
+    inner: DistillCollator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.inner(features)
+        if all("prompt_ids" in f for f in features):  # held-out features have none
+            batch["prompt_ids"] = [list(f["prompt_ids"]) for f in features]
+        return batch
+
+
+# -- sampling -----------------------------------------------------------------------------------------
+
+
+def eos_ids(tokenizer, model) -> set[int]:
+    """Every id that ends a sequence: the tokenizer's EOS and the model's generation_config ones."""
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = {tokenizer.eos_token_id, *([gen] if isinstance(gen, int) else (gen or []))}
+    return {int(i) for i in ids if i is not None}
+
+
+@torch.no_grad()
+def sample_completions(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    *,
+    pad_id: int,
+    eos: set[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Sample one completion per prompt in one batched `generate` call (left padding, KV cache).
+
+    Returns per prompt the new token ids up to and including the first EOS (all of them when none
+    came). The model is put in eval mode for the call and back as it was; torch's global RNG is
+    forked, so sampling is reproducible from `seed` and leaves the caller's random state alone.
+    """
+    model = unwrap(model)
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p) :] = torch.tensor(p)
+        mask[b, width - len(p) :] = 1
+    was_training = model.training
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                eos_token_id=sorted(eos) or None,
+                use_cache=True,
+            )
+    finally:
+        model.train(was_training)
+    completions = []
+    for row in out[:, width:].tolist():
+        cut = next((t + 1 for t, tok in enumerate(row) if tok in eos), len(row))
+        completions.append(row[:cut])
+    return completions
+
+
+def sequence_batch(
+    prompts: list[list[int]], completions: list[list[int]], *, pad_id: int, max_length: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded trainer batch of prompt + completion rows: input_ids, attention_mask, labels [B, S].
+
+    labels: -100 on the prompt, on padding and (since completions end at their first EOS) after it;
+    the completion's tokens, the EOS included, are the targets. Rows are cut to max_length tokens.
+    """
+    rows = [(p + c)[:max_length] for p, c in zip(prompts, completions, strict=True)]
+    width = max(len(r) for r in rows)
+    batch = {
+        "input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
+        "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
+    }
+    for b, (p, r) in enumerate(zip(prompts, rows, strict=True)):
+        batch["input_ids"][b, : len(r)] = torch.tensor(r)
+        batch["attention_mask"][b, : len(r)] = 1
+        start = max(len(p), 1)  # position 0 is never a target (as in tokenize_record)
+        if len(r) > start:
+            batch["labels"][b, start : len(r)] = torch.tensor(r[start:])
+    return batch
+
+
+# -- the `sampled` estimator ----------------------------------------------------------------------------
+
+
+def sampling_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """log mu(y): the log-prob of each token [N] under the sampling distribution that `generate` used,
+    softmax(logits / temperature) restricted to the top_p nucleus; logits [N, V] (detached here)."""
+    logp = torch.log_softmax(
+        logits.detach().to(torch.promote_types(logits.dtype, torch.float32)) / temperature, -1
+    )
+    if top_p < 1.0:
+        sorted_lp, order = logp.sort(dim=-1, descending=True)
+        # transformers' TopPLogitsWarper keeps a token when the mass strictly before it is below top_p.
+        before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+        drop = (before >= top_p).scatter(1, order, before >= top_p)
+        logp = torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+    return logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+def sampled_token_loss(
+    student_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token policy-gradient loss on the student's own samples; returns (loss sum, reward sum).
+
+    student_logits: [N, V] at the sampled positions (differentiable); tokens: [N] the sampled ids;
+    teacher_logprobs: [N] log p(y_t) of those ids under the teacher. With log q the student's log-prob
+    (temperature 1) and log mu the sampling distribution's, the per-token reward is
+    A = log p(y) - log q(y) (detached) and the loss -w * A with w = exp(log q(y) - log mu(y)), whose value
+    is 1 when the student sampled at temperature 1 and top_p 1. Its expected gradient over y ~ mu is
+    -E_q[A grad log q] = grad KL(q || p): reverse KL by importance-weighted policy gradient (TRL's
+    DistillationTrainer, Thinking Machines' on-policy distillation), using one teacher log-prob per token.
+    The reward sum is minus an unbiased estimate of sum_t KL(q || p) under mu = q.
+    """
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float64 stays float64 (tests)
+    logq_all = torch.log_softmax(student_logits.to(dtype), dim=-1)
+    logq = logq_all.gather(1, tokens[:, None]).squeeze(1)
+    logmu = sampling_logprobs(student_logits, tokens, temperature, top_p)
+    reward = (teacher_logprobs.to(dtype) - logq).detach()
+    weight = torch.exp(logq - logmu)
+    return -(weight * reward).sum(), reward.sum()
+
+
+@torch.no_grad()
+def teacher_token_logprobs(
+    scores: TeacherScores, tokens: torch.Tensor, vocab: int, chunk_size: int = 256
+) -> torch.Tensor:
+    """The teacher's log-prob (temperature 1) of each scored position's actual next token: [N] float32.
+
+    Dense: log_softmax through the teacher's head, chunk_size rows at a time. Sparse: what the source
+    read beside the top k (`target_logprobs`), else the token's entry in the top k; a token in neither
+    is a ValueError (a store or server that cannot give it).
+    """
+    if scores.hidden is not None:
+        out = []
+        for c in range(0, tokens.shape[0], chunk_size):
+            logits = scores.head.logits(scores.hidden[c : c + chunk_size], vocab)
+            out.append(
+                torch.log_softmax(logits, -1).gather(1, tokens[c : c + chunk_size, None].to(logits.device))
+            )
+        return torch.cat(out).squeeze(1) if out else torch.zeros(0)
+    s = scores.sparse
+    hit = s.ids.to(tokens.device) == tokens[:, None]
+    from_topk = torch.where(hit, s.logprobs.to(tokens.device), float("nan")).nansum(1)
+    from_topk = torch.where(hit.any(1), from_topk, float("nan"))
+    own = scores.target_logprobs
+    got = (
+        from_topk
+        if own is None
+        else torch.where(torch.isnan(own.to(tokens.device)), from_topk, own.to(tokens.device))
+    )
+    if torch.isnan(got).any():
+        raise ValueError(
+            f"the teacher gave no log-prob for {int(torch.isnan(got).sum())} sampled tokens (not in its top-k "
+            "and not returned on their own): the sampled estimator needs a server that returns each prompt "
+            "token's log-prob (vLLM prompt_logprobs, lmdistill serve)"
+        )
+    return got.float()
+
+
+# -- schedule -------------------------------------------------------------------------------------------
+
+
+class Schedule:
+    """lmbda per optimizer step, and the window's kind drawn from it (the same on every process)."""
+
+    def __init__(self, cfg: OnPolicyConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+        self.adaptive = 0.0  # adaptive: the current lmbda, raised by `observe`
+        self._last_eval: float | None = None
+
+    def lmbda(self, step: int) -> float:
+        c = self.cfg
+        if c.schedule == "linear":
+            return c.lmbda * min(1.0, step / c.ramp_steps)
+        if c.schedule == "adaptive":
+            return self.adaptive
+        return c.lmbda
+
+    def kind(self, step: int) -> str:
+        """ON with probability lmbda(step), else SEQ_KD (seq_kd) or OFF; a function of (seed, step)."""
+        draw = random.Random(self.seed * 1_000_003 + step).random()
+        if draw < self.lmbda(step):
+            return ON
+        return SEQ_KD if self.cfg.seq_kd else OFF
+
+    def observe(self, eval_loss: float) -> None:
+        """adaptive: raise lmbda by adaptive_step when the held-out loss rose since the last evaluation."""
+        if self.cfg.schedule != "adaptive" or not math.isfinite(eval_loss):
+            return
+        if self._last_eval is not None and eval_loss > self._last_eval:
+            self.adaptive = min(self.cfg.lmbda, self.adaptive + self.cfg.adaptive_step)
+        self._last_eval = eval_loss
+
+    def state(self) -> dict:
+        return {"adaptive": self.adaptive, "last_eval": self._last_eval}
+
+
+class _AdaptiveCallback(TrainerCallback):
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and "eval_loss" in metrics:
+            self.schedule.observe(float(metrics["eval_loss"]))
+
+
+class _TimedSource:
+    """A teacher source whose `score` calls are timed (seconds added to `timer["teacher"]`)."""
+
+    def __init__(self, source, timer: dict):
+        self._source, self._timer = source, timer
+
+    def score(self, query: TeacherQuery):
+        start = time.perf_counter()
+        try:
+            return self._source.score(query)
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._timer["teacher"] += time.perf_counter() - start
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+
+# -- the trainer ----------------------------------------------------------------------------------------
+
+
+class OnPolicyTrainer(DistillTrainer):
+    """`DistillTrainer` whose accumulation windows may be replaced by generated sequences.
+
+    Args (beyond DistillTrainer's):
+        on_policy: the `OnPolicyConfig`.
+        tokenizer: the run's tokenizer (pad and EOS ids, and decoding the logged samples).
+        max_length: tokens per generated row at most (data.max_length).
+        teacher_model: the teacher model, for seq_kd (sampled from) and nothing else.
+
+    Logged beside DistillTrainer's (per logging interval): `lmbda`; `on_policy_steps`, `seq_kd_steps`;
+    on-policy losses per target token apart from the off-policy ones (`on_policy_kd`, or with the
+    sampled estimator `on_policy_reverse_kl`: the mean of log q - log p over sampled tokens) and
+    `on_policy_tokens`; wall seconds spent sampling, in the teacher's scoring, and in the student's
+    forward and backward (`time_sampling_s`, `time_teacher_s`, `time_student_s`).
+    """
+
+    def __init__(
+        self, *args, on_policy: OnPolicyConfig, tokenizer, max_length: int, teacher_model=None, **kwargs
+    ):
+        super().__init__(*args, **kwargs)
+        self.on_policy = on_policy
+        self.schedule = Schedule(on_policy, self.args.seed)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.gen_tokenizer = tokenizer
+        self.max_length = max_length
+        self.teacher_model = teacher_model
+        self.on_spec: LossSpec = replace(self.spec, ce_weight=0.0, kd_weight=self.spec.temperature**2)
+        self._timer = {"sampling": 0.0, "teacher": 0.0, "student": 0.0}
+        self._counts = {ON: 0, SEQ_KD: 0}
+        self._on_sums: dict[str, float] = {}
+        self._replay: deque = deque(maxlen=max(on_policy.replay, 1))
+        if self.teacher is not None:
+            self.teacher = _TimedSource(self.teacher, self._timer)
+        if on_policy.schedule == "adaptive":
+            self.add_callback(_AdaptiveCallback(self.schedule))
+
+    # -- where the batches come from
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, count = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batches:
+            return batches, count
+        step = self.state.global_step
+        kind = self.schedule.kind(step)
+        if kind == OFF:
+            return batches, count
+        self._counts[kind] += 1
+        start = time.perf_counter()
+        if kind == ON and self._replay_now(step, len(batches)):
+            new = random.Random(self.args.seed + 7919 * step).sample(list(self._replay), len(batches))
+        else:
+            new = self._generate(batches, kind, step)
+            if kind == ON and self.on_policy.replay:
+                self._replay.extend(new)
+        self._timer["sampling"] += time.perf_counter() - start
+        new = [{**b, "batch_kind": kind} for b in new]
+        return new, self._get_num_items_in_batch(new, device)
+
+    def _replay_now(self, step: int, needed: int) -> bool:
+        c = self.on_policy
+        if not c.replay or len(self._replay) < needed:
+            return False
+        return random.Random(self.args.seed * 31 + step).random() < c.replay_ratio
+
+    def _generate(self, batches: list[dict], kind: str, step: int) -> list[dict]:
+        """One generate call for the window's prompts; back into micro-batches of the same prompts."""
+        c = self.on_policy
+        n = c.samples_per_prompt
+        sizes = [len(b["prompt_ids"]) * n for b in batches]
+        prompts = [p for b in batches for p in b["prompt_ids"] for _ in range(n)]
+        model = self.model if kind == ON else self.teacher_model
+        completions = sample_completions(
+            model,
+            prompts,
+            pad_id=self.pad_id,
+            eos=eos_ids(self.gen_tokenizer, unwrap(model)),
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            seed=(self.args.seed * 1_000_003 + step) * 64 + self.args.process_index,
+        )
+        if c.log_samples_every and step % c.log_samples_every == 0 and self.is_world_process_zero():
+            self._log_samples(step, kind, prompts, completions)
+        out, start = [], 0
+        for size in sizes:
+            out.append(
+                sequence_batch(
+                    prompts[start : start + size],
+                    completions[start : start + size],
+                    pad_id=self.pad_id,
+                    max_length=self.max_length,
+                )
+            )
+            start += size
+        return out
+
+    def _log_samples(self, step: int, kind: str, prompts, completions) -> None:
+        tok = self.gen_tokenizer
+        path = Path(self.args.output_dir) / SAMPLES_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            for p, c in zip(prompts, completions, strict=True):
+                row = {
+                    "step": step,
+                    "kind": kind,
+                    "prompt": tok.decode(p),
+                    "completion": tok.decode(c),
+                    "tokens": len(c),
+                }
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    # -- the loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        start, teacher_before = time.perf_counter(), self._timer["teacher"]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        spent = time.perf_counter() - start
+        self._timer["student"] += spent - (self._timer["teacher"] - teacher_before)
+        return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs.pop("prompt_ids", None)
+        kind = inputs.pop("batch_kind", OFF)
+        if kind != ON or self.teacher is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.on_policy.estimator == "sampled":
+            loss = self._sampled_loss(model, inputs, num_items_in_batch)
+            return (loss, None) if return_outputs else loss
+        # The same step on the generated batch, KD only, its sums logged apart from the off-policy ones.
+        spec, sums = self.spec, self._log_sums
+        self.spec, self._log_sums = self.on_spec, self._on_sums
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._on_sums = self._log_sums
+            self.spec, self._log_sums = spec, sums
+
+    def _sampled_loss(self, model, inputs, num_items_in_batch):
+        ids, attn = inputs["input_ids"], inputs["attention_mask"]
+        targets = inputs["labels"][:, 1:]
+        mask = targets != IGNORE_INDEX
+        tokens = targets[mask]
+        scores = self.teacher.score(TeacherQuery.from_batch(inputs))
+        vocab, chunk = self.spec.vocab, self.spec.chunk_size
+        t_lp = teacher_token_logprobs(scores, tokens, vocab, chunk).to(tokens.device)
+        hidden = final_hidden(model, ids, attn)[:, :-1][mask]  # [N, H]
+        head = Head.of(unwrap(model))
+        total = hidden.new_zeros((), dtype=torch.float32)
+        reward = 0.0
+        for c in range(0, tokens.shape[0], chunk):
+            logits = head.logits(hidden[c : c + chunk], vocab)
+            part, r = sampled_token_loss(
+                logits,
+                tokens[c : c + chunk],
+                t_lp[c : c + chunk],
+                temperature=self.on_policy.temperature,
+                top_p=self.on_policy.top_p,
+            )
+            total = total + part
+            reward += r.item()
+        n = int(tokens.shape[0])
+        denom = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
+        loss = total / denom
+        if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
+            loss = loss * self.accelerator.num_processes
+        if self._nonfinite_anywhere(loss):
+            return self._skip_nonfinite(loss, model)
+        if model.training:
+            self._nonfinite_streak = 0
+            self._on_sums["reverse_kl"] = self._on_sums.get("reverse_kl", 0.0) - reward
+            self._on_sums["tokens"] = self._on_sums.get("tokens", 0) + n
+        return loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:
+            tokens = self._on_sums.pop("tokens", 0)
+            for name, value in self._on_sums.items():
+                if tokens:
+                    logs[f"on_policy_{name}"] = round(value / tokens, 6)
+            logs["on_policy_tokens"] = tokens
+            self._on_sums = {}
+            logs["lmbda"] = round(self.schedule.lmbda(self.state.global_step), 6)
+            logs["on_policy_steps"] = self._counts[ON]
+            if self.on_policy.seq_kd:
+                logs["seq_kd_steps"] = self._counts[SEQ_KD]
+            for name, value in self._timer.items():
+                logs[f"time_{name}_s"] = round(value, 3)
+            self._timer.update(sampling=0.0, teacher=0.0, student=0.0)
+            self._counts = {ON: 0, SEQ_KD: 0}
+        super().log(logs, *args, **kwargs)

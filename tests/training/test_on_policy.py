@@ -1,0 +1,408 @@
+"""On-policy distillation on tiny real models: lmbda 0 is today's step exactly; generated batches mask the
+prompt and everything after the first EOS; the `sampled` estimator's gradient is reverse KL's in
+expectation; runs against a real loopback `lmdistill serve`; each bad input is one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from lmdistill.chunked import LossSpec
+from lmdistill.config import OnPolicyConfig, load_config
+from lmdistill.data import DistillCollator
+from lmdistill.errors import UserError
+from lmdistill.training.on_policy import (
+    OFF,
+    ON,
+    OnPolicyTrainer,
+    PromptCollator,
+    Schedule,
+    prompt_features,
+    sample_completions,
+    sampled_token_loss,
+    sequence_batch,
+    teacher_token_logprobs,
+)
+from lmdistill.training.trainer import DistillTrainer
+from tests.conftest import cli_fails
+from tests.teachers.test_whitebox import _run_yaml
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PROMPTS = ["What is AI?", "Tell me a joke.", "Do you like music?", "Who are you?", "What is 2 + 2?"]
+
+
+def _rows(n=8, answers=True):
+    rows = []
+    for i in range(n):
+        msgs = [{"role": "user", "content": f"{PROMPTS[i % len(PROMPTS)]} ({i})"}]
+        if answers:
+            msgs.append({"role": "assistant", "content": f"An answer number {i}, short."})
+        rows.append({"messages": msgs})
+    return rows
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=0.05,
+        max_steps=2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _pair(tiny_llama, tok):
+    v = len(tok)
+    student = tiny_llama(v, num_layers=2, seed=0)
+    teacher = tiny_llama(v, num_layers=3, hidden=48, heads=4, kv_heads=2, seed=1)
+    return student, teacher
+
+
+# -- lmbda 0 is today's step ------------------------------------------------------------------------------
+
+
+def test_lmbda_zero_equals_the_off_policy_step_exactly(tiny_llama, tiny_tokenizer, tmp_path):
+    tok = tiny_tokenizer
+    feats = prompt_features(_rows(8), tok, 64, 16)
+    spec = LossSpec(loss="forward_kl", ce_weight=0.4, kd_weight=0.6, vocab=len(tok), chunk_size=5)
+    results = []
+    for on in (False, True):
+        student, teacher = _pair(tiny_llama, tok)
+        kw = dict(
+            model=student,
+            teacher=teacher,
+            spec=spec,
+            args=_args(tmp_path / str(on), gradient_accumulation_steps=2, per_device_train_batch_size=2),
+            train_dataset=feats,
+        )
+        if on:
+            trainer = OnPolicyTrainer(
+                **kw,
+                data_collator=PromptCollator(DistillCollator(pad_token_id=0)),
+                on_policy=OnPolicyConfig(lmbda=0.0, max_new_tokens=8),
+                tokenizer=tok,
+                max_length=64,
+            )
+        else:
+            trainer = DistillTrainer(**kw, data_collator=DistillCollator(pad_token_id=0))
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        results.append((losses, [p.detach().clone() for p in student.parameters()]))
+        if on:
+            assert all(h.get("on_policy_steps") == 0 for h in trainer.state.log_history if "loss" in h)
+    assert results[0][0] == results[1][0] and len(results[0][0]) == 2
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(a, b)
+
+
+# -- masks ---------------------------------------------------------------------------------------------------
+
+
+def test_generated_batches_mask_the_prompt_and_everything_after_the_first_eos(tiny_llama, tiny_tokenizer):
+    tok = tiny_tokenizer
+    model = tiny_llama(len(tok), seed=3)
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13, 14]]
+    # Many end ids make early stops likely; rows that stop keep the EOS as their last token.
+    eos = set(range(40, 120))
+    comps = sample_completions(model, prompts, pad_id=0, eos=eos, max_new_tokens=12, seed=1)
+    assert any(len(c) < 12 for c in comps), comps  # some row stopped early
+    for c in comps:
+        assert all(t not in eos for t in c[:-1])
+        assert len(c) == 12 or c[-1] in eos
+    assert sample_completions(model, prompts, pad_id=0, eos=eos, max_new_tokens=12, seed=1) == comps
+    assert model.training  # put back as it was (tiny_llama returns a model in train mode)
+
+    batch = sequence_batch(prompts, [[20, 21, 2], [22], [23, 24, 25, 26]], pad_id=0, max_length=8)
+    assert batch["input_ids"].tolist() == [
+        [5, 6, 7, 20, 21, 2, 0, 0],
+        [8, 9, 22, 0, 0, 0, 0, 0],
+        [10, 11, 12, 13, 14, 23, 24, 25],  # cut at max_length
+    ]
+    x = -100
+    assert batch["labels"].tolist() == [
+        [x, x, x, 20, 21, 2, x, x],
+        [x, x, 22, x, x, x, x, x],
+        [x, x, x, x, x, 23, 24, 25],
+    ]
+    assert batch["attention_mask"].sum(1).tolist() == [6, 3, 8]
+
+
+def test_prompts_from_rows(tiny_tokenizer):
+    tok = tiny_tokenizer
+    chat = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    rows = [
+        {"prompt": "Say hi:", "completion": " hi"},
+        {"prompt": "Only a prompt:"},
+        {"messages": chat},
+        {"messages": [*chat, {"role": "user", "content": "More?"}]},
+    ]
+    feats = prompt_features(rows, tok, 64, 16, need_answers=False)
+    assert feats[0]["prompt_ids"] == feats[1]["prompt_ids"][:0] + tok("Say hi:")["input_ids"]
+    assert all(x == -100 for x in feats[1]["labels"])  # a prompt-only row
+    want = tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(feats[2]["prompt_ids"]) == want
+    assert tok.decode(feats[3]["prompt_ids"]).endswith("More?<|im_end|>\n<|im_start|>assistant\n")
+    assert any(x != -100 for x in feats[2]["labels"])  # the answer stays for off-policy steps
+    with pytest.raises(UserError, match="no answer to train on"):
+        prompt_features(rows, tok, 64, 16, need_answers=True)
+    with pytest.raises(UserError, match="text row has no prompt"):
+        prompt_features([{"text": "plain"}], tok, 64, 16, need_answers=False)
+    long = prompt_features([{"prompt": "word " * 80}], tok, 40, 16, need_answers=False)
+    assert len(long[0]["prompt_ids"]) == 24  # the prompt keeps its last max_length - max_new_tokens tokens
+
+
+# -- the sampled estimator --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+def test_sampled_estimator_gradient_is_reverse_kl_in_expectation(temperature):
+    g = torch.Generator().manual_seed(0)
+    V, M = 5, 400_000
+    theta = torch.randn(V, generator=g, dtype=torch.float64)
+    logp = torch.log_softmax(torch.randn(V, generator=g, dtype=torch.float64) * 2, -1)
+
+    exact = theta.clone().requires_grad_(True)
+    q = torch.softmax(exact, -1)
+    (q * (torch.log(q) - logp)).sum().backward()  # KL(q || p)
+
+    est = theta.clone().requires_grad_(True)
+    mu = torch.softmax(theta / temperature, -1)
+    y = torch.multinomial(mu, M, replacement=True, generator=g)
+    loss, reward = sampled_token_loss(est.expand(M, V), y, logp[y], temperature=temperature)
+    (loss / M).backward()
+    torch.testing.assert_close(est.grad, exact.grad, rtol=0, atol=0.01)
+    forward_kl = theta.clone().requires_grad_(True)
+    (torch.softmax(logp, -1) * (logp - torch.log_softmax(forward_kl, -1))).sum().backward()
+    assert (forward_kl.grad - exact.grad).abs().max() > 0.1  # the check can tell the two apart
+    if temperature == 1.0:  # the reward estimates -KL(q || p)
+        kl = (q * (torch.log(q) - logp)).sum().item()
+        assert -reward.item() / M == pytest.approx(kl, abs=0.01)
+
+
+@pytest.mark.parametrize(("top_p", "kept"), [(0.8, 2), (0.9, 3), (1.0, 4)])
+def test_sampling_log_probs_are_those_transformers_samples_from(top_p, kept):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from lmdistill.training.on_policy import sampling_logprobs
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.float64)  # p = 0.64, 0.24, 0.09, 0.03
+    warped = TemperatureLogitsWarper(1.3)(None, logits.clone())
+    if top_p < 1:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    want = torch.log_softmax(warped, -1)[0]
+    got = sampling_logprobs(logits.expand(4, 4), torch.arange(4), 1.3, top_p)
+    assert int(torch.isfinite(got).sum()) == kept
+    torch.testing.assert_close(got, want)
+
+
+# -- schedule ------------------------------------------------------------------------------------------------
+
+
+def test_schedule_is_a_function_of_seed_and_step():
+    s = Schedule(OnPolicyConfig(lmbda=0.5), seed=3)
+    kinds = [s.kind(step) for step in range(400)]
+    assert kinds == [Schedule(OnPolicyConfig(lmbda=0.5), seed=3).kind(step) for step in range(400)]
+    assert 0.4 < kinds.count(ON) / 400 < 0.6
+    assert set(Schedule(OnPolicyConfig(lmbda=1.0), 0).kind(i) for i in range(50)) == {ON}
+    lin = Schedule(OnPolicyConfig(lmbda=0.8, schedule="linear", ramp_steps=10), 0)
+    assert [lin.lmbda(i) for i in (0, 5, 10, 20)] == pytest.approx([0.0, 0.4, 0.8, 0.8])
+    ada = Schedule(OnPolicyConfig(lmbda=0.3, schedule="adaptive", adaptive_step=0.2), 0)
+    assert ada.kind(0) == OFF
+    for loss in (2.0, 1.5, 1.7, 1.6, 1.9):  # rises twice
+        ada.observe(loss)
+    assert ada.lmbda(0) == pytest.approx(0.3)  # 0.2 then capped at lmbda
+
+
+# -- runs ------------------------------------------------------------------------------------------------------
+
+
+def _chat_data(path, n=8, answers=True):
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(n, answers)))
+    return path
+
+
+def _on_policy_run(tmp_path, tiny_model_dirs, on_policy, teacher=None, steps=2, answers=True):
+    from lmdistill.training.run import run
+
+    cfg = _run_yaml(
+        tmp_path,
+        teacher={"name": str(tiny_model_dirs[0]), **(teacher or {})},
+        student={"name": str(tiny_model_dirs[1])},
+        data={"train": str(_chat_data(tmp_path / "chat.jsonl", answers=answers)), "max_length": 64},
+        distill={"kd_ratio": 0.5},
+        on_policy={"max_new_tokens": 10, "log_samples_every": 1, **on_policy},
+    )
+    cfg.train.max_steps = steps
+    lines = []
+    cfg.train.save_steps = steps  # the last checkpoint's trainer_state.json holds every log
+    run(cfg, log=lines.append)
+    return cfg, lines
+
+
+def _history(tmp_path) -> list[dict]:
+    state = next((tmp_path / "out").glob("checkpoint-*")) / "trainer_state.json"
+    return json.loads(state.read_text())["log_history"]
+
+
+def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
+    _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 1.0}, answers=False)
+    steps = [h for h in _history(tmp_path) if "loss" in h]
+    assert len(steps) == 2 and all(h["on_policy_steps"] == 1 and h["on_policy_tokens"] > 0 for h in steps)
+    assert all(h["on_policy_kd"] > 0 and h["time_sampling_s"] > 0 and h["time_teacher_s"] > 0 for h in steps)
+    assert all("kd" not in h for h in steps)  # no off-policy tokens: nothing logged as off-policy
+    samples = [json.loads(x) for x in (tmp_path / "out" / "on_policy_samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {0, 1} and all(s["kind"] == "on_policy" for s in samples)
+    assert all(s["prompt"].endswith("assistant\n") for s in samples)
+    assert (tmp_path / "out" / "student" / "config.json").is_file()
+
+
+@pytest.fixture
+def served(tiny_model_dirs):
+    """The tiny teacher behind `lmdistill serve` on loopback: (url, model)."""
+    from lmdistill.models import load_model, load_tokenizer
+    from lmdistill.serve import ServerThread, create_app
+    from lmdistill.teachers.local import LocalTeacher
+
+    model = load_model(tiny_model_dirs[0]).eval()
+    app = create_app(LocalTeacher(model, load_tokenizer(tiny_model_dirs[0]), name="tiny"), model_name="tiny")
+    with ServerThread(app) as server:
+        yield server.url, model
+
+
+def test_server_gives_each_sampled_tokens_log_prob(served, tiny_tokenizer):
+    from lmdistill.config import TeacherConfig
+    from lmdistill.models.vocab import real_vocab_size
+    from lmdistill.teachers.whitebox import InProcessTeacher, ServerTeacher, TeacherQuery
+
+    url, model = served
+    vocab = real_vocab_size(tiny_tokenizer)
+    ids = torch.randint(3, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[0, 3:11] = True
+    positions[1, 2:8] = True
+    query = TeacherQuery(ids, mask, positions)
+    tokens = ids[:, 1:][positions[:, :-1]]
+    source = ServerTeacher.connect(TeacherConfig(server=url), tiny_tokenizer, k=4, vocab=vocab)
+    remote = source.score(query)
+    assert remote.target_logprobs is not None and not torch.isnan(remote.target_logprobs).any()
+    local = teacher_token_logprobs(InProcessTeacher(model).score(query), tokens, vocab)
+    torch.testing.assert_close(teacher_token_logprobs(remote, tokens, vocab), local, rtol=0, atol=1e-5)
+    assert (local < remote.sparse.logprobs[:, -1]).any()  # some sampled tokens lie outside the top 4
+
+
+@pytest.mark.parametrize("estimator", ["divergence", "sampled"])
+def test_on_policy_run_against_lmdistill_serve(served, tiny_model_dirs, tmp_path, monkeypatch, estimator):
+    url, _ = served
+    _, lines = _on_policy_run(
+        tmp_path,
+        tiny_model_dirs,
+        {"lmbda": 0.5, "estimator": estimator},
+        teacher={"server": url, "server_k": 8},
+        steps=4,
+    )
+    assert any("no teacher in memory" in line for line in lines)
+    steps = [h for h in _history(tmp_path) if "loss" in h]
+    on = [h for h in steps if h["on_policy_steps"]]
+    off = [h for h in steps if not h["on_policy_steps"]]
+    assert on and off  # seed 42, lmbda 0.5: both kinds in 4 steps
+    key = "on_policy_kd" if estimator == "divergence" else "on_policy_reverse_kl"
+    assert all(torch.isfinite(torch.tensor(h[key])) for h in on)
+    if estimator == "divergence":
+        assert all(h[key] > 0 for h in on)
+    assert all("kd" in h and h["kd"] > 0 for h in off)
+
+
+# -- bad input -------------------------------------------------------------------------------------------------
+
+
+def _yaml(tmp_path, **sections):
+    import yaml
+
+    cfg = {"data": {"train": str(_chat_data(tmp_path / "chat.jsonl")), "max_length": 64}}
+    cfg["train"] = {"output_dir": str(tmp_path / "out"), "max_steps": 1}
+    cfg["on_policy"] = {"max_new_tokens": 16}
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"on_policy": {"lmbda": 1.5}}, "on_policy.lmbda must be in [0, 1]"),
+        ({"on_policy": {"lmbda": 1, "max_new_tokens": 0}}, "on_policy.max_new_tokens must be at least 1"),
+        ({"on_policy": {"estimator": "ppo"}}, "on_policy.estimator: unknown estimator 'ppo'"),
+        ({"on_policy": {"schedule": "cosine"}}, "on_policy.schedule: unknown schedule 'cosine'"),
+        (
+            {"on_policy": {"lmbda": 1}, "distill": {"teacher_store": "somewhere"}},
+            "distill.teacher_store holds scores of the data's fixed sequences",
+        ),
+        ({"on_policy": {"lmbda": 1, "schedule": "adaptive"}}, "set data.eval"),
+        ({"on_policy": {"lmbda": 1, "replay": 4, "estimator": "sampled"}}, "replay with estimator=sampled"),
+    ],
+)
+def test_bad_settings_are_one_line_before_anything_loads(tmp_path, capsys, sections, message, monkeypatch):
+    import lmdistill.training.run as train_run
+
+    monkeypatch.setattr(train_run, "load_tokenizer", lambda *a, **k: pytest.fail("loaded a tokenizer"))
+    cli_fails(["train", _yaml(tmp_path, **sections)], capsys, message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prompt_only_rows_with_off_policy_steps_are_refused(tmp_path, tiny_model_dirs, capsys, monkeypatch):
+    import lmdistill.training.run as train_run
+
+    monkeypatch.setattr(train_run, "load_teacher", lambda *a, **k: pytest.fail("loaded the teacher"))
+    path = _yaml(tmp_path, teacher={"name": str(tiny_model_dirs[0])}, on_policy={"lmbda": 0.5})
+    _chat_data(tmp_path / "chat.jsonl", answers=False)
+    cli_fails(["train", path], capsys, "no answer to train on", "on_policy.lmbda=1")
+
+
+def test_a_server_without_log_probs_is_refused_before_the_student_loads(
+    tmp_path, tiny_model_dirs, capsys, monkeypatch
+):
+    import lmdistill.training.run as train_run
+    from tests.teachers.faultserver import FaultServer
+
+    monkeypatch.setattr(train_run, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    server = FaultServer().start()
+    try:
+        path = _yaml(
+            tmp_path,
+            teacher={"name": str(tiny_model_dirs[0]), "server": server.url, "server_max_retries": 0},
+            student={"name": str(tiny_model_dirs[1])},
+            on_policy={"lmbda": 1, "estimator": "sampled"},
+        )
+        cli_fails(["train", path], capsys, "scored no token ids")
+    finally:
+        server.stop()
+
+
+def test_config_lists_the_on_policy_keys():
+    cfg = load_config(None, ["on_policy.lmbda=0.5", "on_policy.estimator=sampled"])
+    assert cfg.on_policy.enabled and cfg.on_policy.estimator == "sampled"
+    from lmdistill.config import describe_fields
+
+    text = describe_fields()
+    for key in ("lmbda", "seq_kd", "estimator", "samples_per_prompt", "log_samples_every", "top_p"):
+        assert key in text
