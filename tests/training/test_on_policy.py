@@ -406,3 +406,40 @@ def test_config_lists_the_on_policy_keys():
     text = describe_fields()
     for key in ("lmbda", "seq_kd", "estimator", "samples_per_prompt", "log_samples_every", "top_p"):
         assert key in text
+
+
+# -- two processes ---------------------------------------------------------------------------------------------
+
+
+def test_two_processes_take_the_same_windows(tmp_path, tiny_model_dirs):
+    """`torchrun` with 2 CPU processes: each samples its own prompts, both take the windows the schedule
+    draws (a function of seed and step), and the run finishes (no process waits alone in a collective)."""
+    from tests.training.test_multiprocess import _train
+
+    teacher, student = tiny_model_dirs
+    cfg = {
+        "teacher": {"name": str(teacher)},
+        "student": {"name": str(student)},
+        "data": {"train": str(_chat_data(tmp_path / "chat.jsonl", 16)), "max_length": 48},
+        "on_policy": {"lmbda": 0.5, "max_new_tokens": 8, "log_samples_every": 1},
+        "train": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 6,
+            "seed": 3,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "extra": {"use_cpu": True, "disable_tqdm": True, "dataloader_drop_last": True},
+        },
+    }
+    done = _train(tmp_path, "two", 2, cfg)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = [json.loads(x) for x in (tmp_path / "out" / "on_policy_samples.jsonl").read_text().splitlines()]
+    want = [step for step in range(6) if Schedule(OnPolicyConfig(lmbda=0.5), 3).kind(step) == ON]
+    assert 0 < len(want) < 6
+    assert sorted({s["step"] for s in samples}) == want
+    assert all(
+        n == 4 for n in [sum(s["step"] == w for s in samples) for w in want]
+    )  # 2 micro-batches x 2 rows
+    assert (tmp_path / "out" / "student" / "model.safetensors").is_file()
