@@ -4,6 +4,7 @@ expectation; runs against a real loopback `lmdistill serve`; each bad input is o
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -17,6 +18,7 @@ from lmdistill.errors import UserError
 from lmdistill.training.on_policy import (
     OFF,
     ON,
+    SAMPLES_FILE,
     OnPolicyTrainer,
     PromptCollator,
     Schedule,
@@ -270,6 +272,40 @@ def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
     assert {s["step"] for s in samples} == {0, 1} and all(s["kind"] == "on_policy" for s in samples)
     assert all(s["prompt"].endswith("assistant\n") for s in samples)
     assert (tmp_path / "out" / "student" / "config.json").is_file()
+
+
+def test_replay_reuses_stored_samples(tiny_model_dirs, tmp_path):
+    _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 1.0, "replay": 1, "replay_ratio": 1.0}, steps=3)
+    steps = [h for h in _history(tmp_path) if "loss" in h]
+    assert [h["on_policy_steps"] for h in steps] == [1, 1, 1]
+    samples = [json.loads(x) for x in (tmp_path / "out" / SAMPLES_FILE).read_text().splitlines()]
+    assert {s["step"] for s in samples} == {0}  # sampled once, then replayed from the buffer
+
+
+def test_adaptive_schedule_runs_with_held_out_data(tiny_model_dirs, tmp_path):
+    heldout = _chat_data(tmp_path / "heldout.jsonl", 4)
+    cfg_sections = {"lmbda": 0.5, "schedule": "adaptive", "adaptive_step": 0.5}
+    from lmdistill.training.run import run
+
+    cfg = _run_yaml(
+        tmp_path,
+        teacher={"name": str(tiny_model_dirs[0])},
+        student={"name": str(tiny_model_dirs[1])},
+        data={"train": str(_chat_data(tmp_path / "chat.jsonl")), "eval": str(heldout), "max_length": 64},
+        on_policy={"max_new_tokens": 8, **cfg_sections},
+    )
+    cfg.train.max_steps = cfg.train.save_steps = 4
+    cfg.train.learning_rate = 0.05  # large steps: the held-out loss goes up and down
+    cfg.train.extra["eval_steps"] = 1
+    run(cfg, log=lambda _: None)
+    history = _history(tmp_path)
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    lmbdas = [h["lmbda"] for h in history if "loss" in h]
+    assert len(evals) == 4 and lmbdas[0] == 0.0
+    # Trainer logs a step before evaluating it: the last log has seen the first three evaluations.
+    rises = [sum(b > a for a, b in itertools.pairwise(evals[:n])) for n in range(1, 5)]
+    assert lmbdas[1:] == [min(0.5, 0.5 * r) for r in rises[:3]], (evals, lmbdas)
+    assert lmbdas[-1] > 0  # the check saw a rise
 
 
 @pytest.fixture
