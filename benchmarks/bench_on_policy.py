@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ VARIANTS = {
     "sampled": ["on_policy.lmbda=1", "on_policy.estimator=sampled"],
     "gkd": ["on_policy.lmbda=0.5", "distill.loss=jsd", "distill.beta=0.5"],
 }
-METRICS = ("teacher_logprob_own", "rouge_l", "kl", "top1")
+METRICS = ("teacher_logprob_own", "rouge_l", "kl", "top1", "repeated_bigrams")
 
 
 def main() -> None:
@@ -57,9 +58,16 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=16, help="held-out prompts")
     p.add_argument("--max-new-tokens", type=int, default=24, help="answer length, sampled and greedy")
     p.add_argument("--batch", type=int, default=4, help="prompts per step after the warm-up")
+    p.add_argument("--student-layers", type=int, default=10, help="teacher layers the student keeps")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--out", default=str(OUT))
+    p.add_argument(
+        "--table", metavar="RESULTS.json", help="print the markdown table of a results file and stop"
+    )
     a = p.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return
 
     import torch
 
@@ -90,7 +98,7 @@ def main() -> None:
 
     tok = load_tokenizer("smollm2-135m")
     teacher = load_teacher("smollm2-135m")
-    base_student = shrink_model(teacher, num_layers=10).float()
+    base_student = shrink_model(teacher, num_layers=a.student_layers).float()
     vocab = check_vocab(tok, tok, teacher, base_student, teacher_name="teacher", student_name="student")
 
     train_rows = load_records(ROOT / "data/smollm2_chatterbot/train.jsonl")
@@ -221,13 +229,29 @@ class Heldout:
             teacher=self.teacher,
         ).as_dict()
         student.train(was)
+        ids = [self.tok(x, add_special_tokens=False)["input_ids"] for x in answers]
         return {
             "teacher_logprob_own": round(own.logprob_per_token, 4),
             "rouge_l": round(agree["rouge_l"], 4),
             "kl": round(scores["kl"], 4),
             "top1": round(scores["top1"], 4),
+            "repeated_bigrams": round(repeated_bigrams(ids), 4),
             "answer_example": answers[0],
         }
+
+
+def repeated_bigrams(answers: list[list[int]]) -> float:
+    """Share of token bigrams that repeat an earlier bigram of the same answer, pooled over answers: 0
+    for text that never repeats itself, near 1 for "to to to ..." (a degenerate answer the teacher may
+    still find predictable)."""
+    seen_total = repeats = 0
+    for ids in answers:
+        seen = set()
+        for pair in itertools.pairwise(ids):
+            repeats += pair in seen
+            seen.add(pair)
+            seen_total += 1
+    return repeats / seen_total if seen_total else 0.0
 
 
 def summary(runs: list[dict]) -> dict:
@@ -237,7 +261,9 @@ def summary(runs: list[dict]) -> dict:
         rows = [r for r in runs if r["variant"] == name]
         out[name] = {"seeds": len(rows)}
         for m in METRICS:
-            v = [r[m] for r in rows]
+            v = [r[m] for r in rows if m in r]
+            if not v:
+                continue
             out[name][m] = {
                 "mean": round(statistics.fmean(v), 4),
                 "sd": round(statistics.stdev(v), 4) if len(v) > 1 else None,
@@ -246,6 +272,32 @@ def summary(runs: list[dict]) -> dict:
             }
         out[name]["train_wall_s_mean"] = round(statistics.fmean(r["train_wall_s"] for r in rows), 1)
     return out
+
+
+def table(result: dict) -> str:
+    """Markdown: one row per variant, mean ± sample sd over seeds (and the warm start, the teacher)."""
+    names = {
+        "teacher_logprob_own": "teacher log-prob of own answers (nats/token, higher better)",
+        "rouge_l": "ROUGE-L vs teacher answers",
+        "kl": "KL(teacher ‖ student) on teacher text",
+        "top1": "top-1 agreement on teacher text",
+        "repeated_bigrams": "repeated bigrams in own answers",
+    }
+    metrics = [m for m in METRICS if any(m in r for r in result["runs"])]
+    lines = ["| variant | seeds | " + " | ".join(names[m] for m in metrics) + " |"]
+    lines.append("|---" * (len(metrics) + 2) + "|")
+    warm = result["warmup"]
+    lines.append(
+        "| warm start | - | " + " | ".join(f"{warm[m]:.3f}" if m in warm else "-" for m in metrics) + " |"
+    )
+    for name, s in result["summary"].items():
+        cells = []
+        for m in metrics:
+            v = s[m]
+            cells.append(f"{v['mean']:.3f} ± {v['sd']:.3f}" if v["sd"] is not None else f"{v['mean']:.3f}")
+        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + " |")
+    lines.append(f"| teacher | - | {result['heldout']['teacher_own']:.3f} |" + " |" * (len(metrics) - 1))
+    return "\n".join(lines)
 
 
 def _write(path, result) -> None:
