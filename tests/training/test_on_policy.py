@@ -274,6 +274,15 @@ def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
     assert (tmp_path / "out" / "student" / "config.json").is_file()
 
 
+def test_seq_kd_trains_on_the_teachers_samples(tiny_model_dirs, tmp_path):
+    _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 0.0, "seq_kd": True}, steps=2, answers=False)
+    steps = [h for h in _history(tmp_path) if "loss" in h]
+    assert [(h["on_policy_steps"], h["seq_kd_steps"]) for h in steps] == [(0, 1), (0, 1)]
+    assert all(h["kd"] > 0 and h["ce"] > 0 for h in steps)  # the configured CE + KD, on teacher samples
+    samples = [json.loads(x) for x in (tmp_path / "out" / SAMPLES_FILE).read_text().splitlines()]
+    assert {s["kind"] for s in samples} == {"seq_kd"} and len(samples) == 8
+
+
 def test_replay_reuses_stored_samples(tiny_model_dirs, tmp_path):
     _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 1.0, "replay": 1, "replay_ratio": 1.0}, steps=3)
     steps = [h for h in _history(tmp_path) if "loss" in h]
