@@ -62,6 +62,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--out", default=str(OUT))
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --out and do only the missing (variant, seed) pairs; the warm start "
+        "is rebuilt (deterministic at 1 thread) and must score as recorded",
+    )
+    p.add_argument(
         "--table", metavar="RESULTS.json", help="print the markdown table of a results file and stop"
     )
     a = p.parse_args()
@@ -157,6 +163,21 @@ def main() -> None:
     t0 = time.time()
     warm_info = train(warm, VARIANTS["off_policy"], a.warm_steps, 1000, a.warm_batch, a.warm_lr)
     result["warmup"] = {"steps": a.warm_steps, "wall_s": round(time.time() - t0, 1), **heldout.evaluate(warm)}
+    done = set()
+    if a.resume and Path(a.out).is_file():
+        old = json.loads(Path(a.out).read_text())
+        same = all(old["warmup"][m] == result["warmup"][m] for m in METRICS if m in old["warmup"])
+        if not same:
+            raise SystemExit(
+                f"the rebuilt warm start differs from {a.out}'s: {result['warmup']} vs {old['warmup']}"
+            )
+        result["runs"] = old["runs"]
+        result["resumed"] = {
+            "from": old["date"],
+            "runs_kept": len(old["runs"]),
+            "wall_s_before": old["total_wall_s"],
+        }
+        done = {(r["variant"], r["seed"]) for r in old["runs"]}
     result["before_warmup"] = heldout.evaluate(base_student)
     print("before warm-up", result["before_warmup"], "\nafter warm-up", result["warmup"], flush=True)
     del warm_info
@@ -164,6 +185,8 @@ def main() -> None:
 
     for seed in a.seeds:
         for name in a.variants:
+            if (name, seed) in done:
+                continue
             student = copy.deepcopy(warm).train()
             t0 = time.time()
             info = train(student, VARIANTS[name], a.steps, seed)
