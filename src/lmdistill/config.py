@@ -177,6 +177,11 @@ class TrainConfig:
     )
     bf16: bool = _f(False, "bf16 mixed precision (GPU).")
     gradient_checkpointing: bool = _f(False, "Recompute student activations in backward to save memory.")
+    fsdp: bool = _f(
+        False,
+        "Shard the student with FSDP2 across the processes of torchrun (weights, gradients, optimizer states); "
+        "see docs/multi_gpu.md.",
+    )
     report_to: str = _f("none", "transformers reporting integrations: none, tensorboard, wandb, ...")
     extra: dict = _f({}, "Any other transformers.TrainingArguments fields, passed through as given.")
 

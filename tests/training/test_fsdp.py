@@ -1,0 +1,101 @@
+"""FSDP2 (`train.fsdp: true`) with 2 CPU processes (gloo) against 1 unsharded process at the same global
+batch: the same loss trajectory, the same final weights, a resume from a sharded checkpoint that ends
+where the uninterrupted run ends, and an ordinary Hugging Face student folder. The student ties its
+head to its input embeddings (as SmolLM2 does), so the chunked loss's head gradient and the
+embedding's meet in one sharded parameter."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.training.test_multiprocess import _losses, _train
+
+
+@pytest.fixture
+def fsdp_setup(tmp_path, tiny_llama, tiny_tokenizer):
+    """A teacher (3 layers, wider) and a tied student (2 layers) sharing the tiny tokenizer, and data."""
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    tiny_llama(len(tiny_tokenizer), num_layers=3, hidden=48, seed=5).save_pretrained(teacher)
+    tiny_llama(len(tiny_tokenizer), num_layers=2, tie=True, seed=2).save_pretrained(student)
+    for d in (teacher, student):
+        tiny_tokenizer.save_pretrained(d)
+    rows = [{"text": f"Hello world number {i} the cat sat on the mat " * (1 + i % 3)} for i in range(32)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return teacher, student, data
+
+
+def _config(tmp_path, setup, name: str, procs: int, *, fsdp: bool, steps: int = 3, **train) -> dict:
+    teacher, student, data = setup
+    return {
+        "teacher": {"name": str(teacher)},
+        "student": {"name": str(student)},
+        "data": {"train": str(data), "max_length": 32},
+        "hints": {"hidden_weight": 1.0, "layers": "last"},  # a learned projection outside the sharded student
+        "train": {
+            "output_dir": str(tmp_path / name),
+            "max_steps": steps,
+            "per_device_train_batch_size": 8 // procs,  # the same global batch
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "linear",  # the scheduler's state must survive a resume too
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "fsdp": fsdp,
+            "extra": {"use_cpu": True, "disable_tqdm": True, "dataloader_drop_last": True},
+            **train,
+        },
+    }
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
+    one = _train(tmp_path, "one", 1, _config(tmp_path, fsdp_setup, "one", 1, fsdp=False))
+    assert one.returncode == 0, one.stderr[-3000:]
+    cfg = _config(tmp_path, fsdp_setup, "two", 2, fsdp=True, save_steps=2)
+    two = _train(tmp_path, "two", 2, cfg)
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = {1: _losses(one.stdout), 2: _losses(two.stdout)}
+    assert len(runs[1]) == len(runs[2]) == 3
+    for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
+        assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)  # printed to 4 significant digits
+        assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
+
+    # The final student is an ordinary Hugging Face folder with the same weights as the 1-process run.
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "two" / "student"
+    w1, w2 = _weights(tmp_path / "one" / "student"), _weights(folder)
+    assert w1.keys() == w2.keys() and "lm_head.weight" not in w2  # tied: stored once
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    assert "distributed_config" not in json.loads((folder / "config.json").read_text())
+    p1 = load_file(str(tmp_path / "one" / "hint_projections.safetensors"))
+    p2 = load_file(str(tmp_path / "two" / "hint_projections.safetensors"))
+    for key in p1:
+        torch.testing.assert_close(p2[key], p1[key], rtol=1e-4, atol=1e-6)
+
+    # Resume from the sharded checkpoint at step 2: step 3 and the final weights match the full run.
+    ckpt = tmp_path / "two" / "checkpoint-2"
+    assert (ckpt / "optimizer_fsdp").is_dir() and (ckpt / "model.safetensors").is_file()
+    shutil.rmtree(tmp_path / "two" / "student")
+    cfg["train"]["resume_from_checkpoint"] = str(ckpt)  # not `latest`: Trainer saved checkpoint-3 at the end
+    again = _train(tmp_path, "again", 2, cfg)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _losses(again.stdout)
+    assert len(resumed) == 1
+    assert abs(resumed[0][0] - runs[2][2][0]) <= 2e-3 * abs(runs[2][2][0])
+    w3 = _weights(folder)
+    for key in w2:
+        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=1e-6)
