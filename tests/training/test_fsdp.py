@@ -7,7 +7,12 @@ embedding's meet in one sharded parameter."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -59,9 +64,12 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
+    """1 process x 8 examples against FSDP2 on 2 processes x 2 examples x 2 accumulation steps."""
     one = _train(tmp_path, "one", 1, _config(tmp_path, fsdp_setup, "one", 1, fsdp=False))
     assert one.returncode == 0, one.stderr[-3000:]
+    # 2 processes x 2 examples x 2 accumulated micro-batches: FSDP2's reduction waits for the last one.
     cfg = _config(tmp_path, fsdp_setup, "two", 2, fsdp=True, save_steps=2)
+    cfg["train"].update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
     two = _train(tmp_path, "two", 2, cfg)
     assert two.returncode == 0, two.stderr[-3000:]
     runs = {1: _losses(one.stdout), 2: _losses(two.stdout)}
@@ -99,3 +107,76 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
     w3 = _weights(folder)
     for key in w2:
         torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=1e-6)
+
+
+GRADS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from lmdistill.chunked import Head, LossSpec, chunked_loss
+    from lmdistill.models.forward import final_hidden
+    from lmdistill.models.sharding import shard_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+
+    def check(tie, reshard):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+        model, whole = LlamaForCausalLM(config), LlamaForCausalLM(config)
+        whole.load_state_dict(model.state_dict())
+        shard_model(model)
+        if reshard:  # the root frees its gathered weights after forward: the loss must gather the head itself
+            model.set_reshard_after_forward(True, recurse=False)
+        ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+        teacher = torch.randn(4 * 11, 64, generator=torch.Generator().manual_seed(2))
+        spec = LossSpec(loss="jsd", ce_weight=0.5, kd_weight=0.5, chunk_size=5, vocab=64)
+
+        def loss(m, rows):
+            h = final_hidden(m, ids[rows], torch.ones_like(ids[rows]))[:, :-1].reshape(-1, 32)
+            if m is model:
+                assert isinstance(m.lm_head.weight, DTensor) == reshard, type(m.lm_head.weight)
+            t = teacher.view(4, 11, 64)[rows].reshape(-1, 64)
+            head = Head(torch.eye(64))  # the teacher's "hidden states" are its logits
+            return chunked_loss(h, Head.of(m), ids[rows, 1:].reshape(-1), spec, t, head).total / (4 * 11)
+
+        for _ in range(2):  # twice: the second forward starts from the state the first backward left
+            model.zero_grad()
+            whole.zero_grad()
+            (loss(model, slice(2 * rank, 2 * rank + 2)) * world).backward()  # FSDP2 averages over processes
+            loss(whole, slice(0, 4)).backward()
+            for (name, p), (_, q) in zip(model.named_parameters(), whole.named_parameters()):
+                torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-7, msg=name)
+        print(f"grads match: tied={tie} resharded={reshard}", flush=True)
+
+
+    for tie in (True, False):
+        for reshard in (False, True):
+            check(tie, reshard)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_head_gradients_reach_the_shards(tmp_path):
+    """The chunked loss's head gradient (tied or not) is reduce-scattered into the FSDP2 shards: every
+    parameter's gradient equals one process's on the whole batch, also when the root unit reshards
+    after forward and the head must be gathered by the loss (`unsharded_head_weight`)."""
+    script = tmp_path / "grads.py"
+    script.write_text(GRADS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the 2-process gradient check hung (killed after 120 s)") from None
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("grads match:") == 2 * 4, out  # 2 processes x (tied, untied) x (kept, resharded root)
