@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tests.training.test_multiprocess import _losses, _train
@@ -180,3 +181,78 @@ def test_head_gradients_reach_the_shards(tmp_path):
         raise AssertionError("the 2-process gradient check hung (killed after 120 s)") from None
     assert proc.returncode == 0, err[-3000:]
     assert out.count("grads match:") == 2 * 4, out  # 2 processes x (tied, untied) x (kept, resharded root)
+
+
+@pytest.mark.parametrize(
+    ("train", "env", "match"),
+    [
+        ({"fsdp": True}, {}, "launch with `torchrun"),
+        ({"fsdp": True}, {"WORLD_SIZE": "2"}, "LoRA (student.lora_r > 0) is not supported"),
+        ({"extra": {"fsdp": "full_shard"}}, {}, "use train.fsdp: true"),
+        ({"extra": {"deepspeed": {"zero_optimization": {"stage": 3}}}}, {}, "ZeRO stage 3 is not supported"),
+        ({"fsdp": True, "extra": {"deepspeed": {"zero_optimization": {"stage": 2}}}}, {}, "contradict"),
+    ],
+)
+def test_sharding_settings_refused_before_any_work(tmp_path, capsys, monkeypatch, train, env, match):
+    from tests.conftest import cli_fails
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    cfg = {
+        "teacher": {"name": str(tmp_path / "no_teacher")},
+        "student": {"name": str(tmp_path / "no_student"), "lora_r": 4 if env else 0},
+        "data": {"train": str(data)},
+        "train": {"output_dir": str(tmp_path / "out"), **train},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli_fails(["train", path], capsys, match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nonfinite_batch_is_skipped_by_all_shards(tmp_path, tiny_model_dirs, tiny_tokenizer):
+    """The poisoned-teacher run of test_multiprocess under FSDP2: every process skips the step together
+    (the zero loss still runs FSDP2's reduce-scatter on every process) and the weights match 1 process."""
+    from transformers import AutoModelForCausalLM
+
+    teacher_dir, student = tiny_model_dirs
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        teacher.get_input_embeddings().weight[tiny_tokenizer.convert_tokens_to_ids("q")] = float("nan")
+    poisoned = tmp_path / "poisoned_teacher"
+    teacher.save_pretrained(poisoned)
+    tiny_tokenizer.save_pretrained(poisoned)
+    rows = [{"text": f"Hello world number {i} the cat sat on the mat"} for i in range(16)]
+    rows[5] = {"text": "a quiet question"}
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for procs in (1, 2):
+        cfg = {
+            "teacher": {"name": str(poisoned)},
+            "student": {"name": str(student)},
+            "data": {"train": str(data), "max_length": 24},
+            "train": {
+                "output_dir": str(tmp_path / f"nan{procs}"),
+                "max_steps": 2,  # one epoch: the poisoned example is in exactly one step
+                "per_device_train_batch_size": 8 // procs,
+                "learning_rate": 1e-2,
+                "logging_steps": 1,
+                "save_steps": 1000,
+                "fsdp": procs == 2,
+                "extra": {
+                    "use_cpu": True,
+                    "disable_tqdm": True,
+                    "optim": "sgd",
+                    "dataloader_drop_last": True,
+                },
+            },
+        }
+        done = _train(tmp_path, f"nan{procs}", procs, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        logs = [line for line in done.stdout.splitlines() if "{'loss'" in line]
+        assert len(logs) == 2 and "'nonfinite_skipped': 1" in logs[-1], done.stdout[-2000:]
+    one, two = _weights(tmp_path / "nan1" / "student"), _weights(tmp_path / "nan2" / "student")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)

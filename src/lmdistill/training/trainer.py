@@ -155,7 +155,11 @@ class DistillTrainer(Trainer):
                 f"at step {self.state.global_step}; lower the learning rate, check the data, or use float32"
             )
         if _world_size() > 1 and model.training:
-            zero = [p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad]
+            # FSDP2: each process's own shard (possibly empty), so the loss stays a plain tensor.
+            local = [
+                p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad
+            ]
+            zero = [p.reshape(-1)[:1].sum() * 0.0 for p in local]
             if zero:
                 return torch.stack(zero).sum().nan_to_num(0.0)
         return torch.zeros((), device=loss.device, requires_grad=True)
