@@ -40,9 +40,10 @@ def check_sharding_settings(cfg) -> None:
     stage = _deepspeed_stage(t.extra.get("deepspeed"))
     if stage == 3:
         raise UserError(
-            "train.extra.deepspeed: ZeRO stage 3 is not supported (DeepSpeed does not install on these CPU machines, so "
-            "gathering the output head under ZeRO-3 is untested); use train.fsdp: true for a sharded student, or "
-            "ZeRO stage 1/2"
+            "train.extra.deepspeed: ZeRO stage 3 is not supported: the chunked loss would need the output head "
+            "gathered (deepspeed.zero.GatheredParameters), which is not implemented because no ZeRO stage could run "
+            "under transformers' Trainer on the CPU machines it is tested on; use train.fsdp: true for a sharded "
+            "student, or ZeRO stage 1/2"
         )
     if not t.fsdp:
         return

@@ -1,8 +1,8 @@
 """`DistillTrainer`: a `transformers.Trainer` whose loss is CE + logits KD from a frozen teacher.
 
 Checkpoints, resume, logging, `accelerate launch`/`torchrun` (DDP, DeepSpeed ZeRO-1/2) and peft
-students work as they do with the plain Trainer. FSDP and ZeRO-3 shard the output head, which the
-chunked loss reads whole: they are refused with a clear message for now. What this class adds:
+students work as they do with the plain Trainer. A student sharded with FSDP2 (`train.fsdp`) trains
+through `lmdistill.training.fsdp.ShardedDistillTrainer`; ZeRO-3 is refused. What this class adds:
 - the loss, computed from final hidden states through the student's head in token chunks
   (`lmdistill.chunked`), against whatever the teacher source answers (`lmdistill.teachers.whitebox`):
   the in-process teacher's hidden states and head, or top-k + tail rows from a store or a server. The
