@@ -182,6 +182,10 @@ class TrainConfig:
         "Shard the student with FSDP2 across the processes of torchrun (weights, gradients, optimizer states); "
         "see docs/multi_gpu.md.",
     )
+    fsdp_teacher: bool = _f(
+        False,
+        "Shard the in-process teacher with FSDP2 across the processes of torchrun too (frozen; each keeps 1/N).",
+    )
     report_to: str = _f("none", "transformers reporting integrations: none, tensorboard, wandb, ...")
     extra: dict = _f({}, "Any other transformers.TrainingArguments fields, passed through as given.")
 

@@ -65,14 +65,18 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
-    """1 process x 8 examples against FSDP2 on 2 processes x 2 examples x 2 accumulation steps."""
+    """1 process x 8 examples against FSDP2 (student and teacher sharded) on 2 processes x 2 examples x
+    2 accumulation steps."""
     one = _train(tmp_path, "one", 1, _config(tmp_path, fsdp_setup, "one", 1, fsdp=False))
     assert one.returncode == 0, one.stderr[-3000:]
     # 2 processes x 2 examples x 2 accumulated micro-batches: FSDP2's reduction waits for the last one.
     cfg = _config(tmp_path, fsdp_setup, "two", 2, fsdp=True, save_steps=2)
-    cfg["train"].update(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    # The teacher is sharded too (train.fsdp_teacher): its head is read through the same gathering.
+    cfg["train"].update(per_device_train_batch_size=2, gradient_accumulation_steps=2, fsdp_teacher=True)
     two = _train(tmp_path, "two", 2, cfg)
     assert two.returncode == 0, two.stderr[-3000:]
+    for role in ("student", "teacher"):
+        assert two.stdout.count(f"{role} sharded with FSDP2 across 2 processes") == 2, two.stdout[-2000:]
     runs = {1: _losses(one.stdout), 2: _losses(two.stdout)}
     assert len(runs[1]) == len(runs[2]) == 3
     for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
@@ -187,6 +191,7 @@ def test_head_gradients_reach_the_shards(tmp_path):
     ("train", "env", "match"),
     [
         ({"fsdp": True}, {}, "launch with `torchrun"),
+        ({"fsdp_teacher": True}, {}, "shards the teacher across processes"),
         ({"fsdp": True}, {"WORLD_SIZE": "2"}, "LoRA (student.lora_r > 0) is not supported"),
         ({"extra": {"fsdp": "full_shard"}}, {}, "use train.fsdp: true"),
         ({"extra": {"deepspeed": {"zero_optimization": {"stage": 3}}}}, {}, "ZeRO stage 3 is not supported"),

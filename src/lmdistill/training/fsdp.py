@@ -1,4 +1,5 @@
-"""`train.fsdp: true`: the student sharded with FSDP2 across the processes of `torchrun`.
+"""`train.fsdp: true`: the student sharded with FSDP2 across the processes of `torchrun`
+(`train.fsdp_teacher: true`: the in-process teacher too).
 
 The student is sharded before the Trainer sees it (`lmdistill.models.sharding.shard_model`) and marked
 the way transformers marks a model it sharded itself at load time (`from_pretrained(distributed_config=)`):
@@ -45,20 +46,31 @@ def check_sharding_settings(cfg) -> None:
             "under transformers' Trainer on the CPU machines it is tested on; use train.fsdp: true for a sharded "
             "student, or ZeRO stage 1/2"
         )
+    if t.fsdp_teacher:
+        elsewhere = cfg.distill.teacher_store or cfg.teacher.server
+        if elsewhere or not (cfg.distill.kd_ratio > 0 or cfg.hints.enabled):
+            raise UserError(
+                "train.fsdp_teacher shards the teacher model in this process, but there is none "
+                f"({'the teacher is ' + elsewhere if elsewhere else 'no loss term reads the teacher'}): drop it"
+            )
+        _check_processes("train.fsdp_teacher: true shards the teacher")
     if not t.fsdp:
         return
     if stage is not None:
         raise UserError("train.fsdp and train.extra.deepspeed contradict each other: choose one")
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        raise UserError(
-            "train.fsdp: true shards the student across processes: launch with "
-            "`torchrun --nproc_per_node N -m lmdistill.cli train ...` (N >= 2)"
-        )
+    _check_processes("train.fsdp: true shards the student")
     if cfg.student.lora_r:
         raise UserError(
             "train.fsdp with LoRA (student.lora_r > 0) is not supported: sharding peft's adapter model and merging "
             "the adapters into gathered weights are not implemented; LoRA already keeps optimizer state small, so "
             "train it with DDP (drop train.fsdp)"
+        )
+
+
+def _check_processes(what: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UserError(
+            f"{what} across processes: launch with `torchrun --nproc_per_node N -m lmdistill.cli train ...` (N >= 2)"
         )
 
 
@@ -93,6 +105,27 @@ def prepare_student(student: torch.nn.Module, args) -> torch.nn.Module:
     student._is_distributed_loading_by_transformers = True
     student._is_fsdp_managed_module = True
     return student
+
+
+def prepare_teacher(teacher: torch.nn.Module, args) -> torch.nn.Module:
+    """Move the frozen teacher to this process's device and shard it with FSDP2, as the student.
+
+    Each process then keeps 1/N of its weights; its forward gathers one layer at a time (under no_grad
+    nothing is kept for backward), and the root unit (embeddings, norm, head) stays gathered after the
+    first forward, which is what the chunked loss reads the teacher's head from.
+    """
+    return shard_model(teacher.to(args.device))
+
+
+def describe_shards(role: str, model: torch.nn.Module) -> str:
+    """One line: how many of the model's parameters this process holds."""
+    params = {id(p): p for p in model.parameters()}.values()
+    total = sum(p.numel() for p in params)
+    local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in params)
+    world = torch.distributed.get_world_size()
+    return (
+        f"{role} sharded with FSDP2 across {world} processes: {local:,} of {total:,} parameters in this one"
+    )
 
 
 class ShardedDistillTrainer(DistillTrainer):

@@ -323,6 +323,10 @@ def make_trainer(
     if cfg.train.fsdp:
         models.student = fsdp.prepare_student(models.student, args)
         trainer_class = fsdp.ShardedDistillTrainer
+        log(fsdp.describe_shards("student", models.student))
+    if cfg.train.fsdp_teacher and models.teacher is not None:
+        fsdp.prepare_teacher(models.teacher, args)
+        log(fsdp.describe_shards("teacher", models.teacher))
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
     return trainer_class(
         model=models.student,
@@ -411,7 +415,11 @@ def run(cfg: RunConfig, log=print) -> Path:
             if state is not None:  # sharded: save the gathered weights, then score the saved, whole student
                 path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg, state_dict=state)
                 log(f"student saved to {path}")
-            if evalf and models.teacher is not None:
+            if evalf and cfg.train.fsdp_teacher:
+                log(
+                    "held-out agreement with the teacher needs it whole in one process: skipped (train.fsdp_teacher)"
+                )
+            elif evalf and models.teacher is not None:
                 student = trainer.model if state is None else _reload(path, models.teacher)
                 report_agreement(student, models, evalf, out / "eval.json", log)
             elif evalf and models.source is not None:
