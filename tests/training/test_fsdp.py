@@ -219,7 +219,7 @@ def test_sharding_settings_refused_before_any_work(tmp_path, capsys, monkeypatch
 
 def test_a_nonfinite_batch_is_skipped_by_all_shards(tmp_path, tiny_model_dirs, tiny_tokenizer):
     """The poisoned-teacher run of test_multiprocess under FSDP2: every process skips the step together
-    (the zero loss still runs FSDP2's reduce-scatter on every process) and the weights match 1 process."""
+    and the weights match 1 process; the final held-out report is the same."""
     from transformers import AutoModelForCausalLM
 
     teacher_dir, student = tiny_model_dirs
@@ -231,13 +231,14 @@ def test_a_nonfinite_batch_is_skipped_by_all_shards(tmp_path, tiny_model_dirs, t
     tiny_tokenizer.save_pretrained(poisoned)
     rows = [{"text": f"Hello world number {i} the cat sat on the mat"} for i in range(16)]
     rows[5] = {"text": "a quiet question"}
-    data = tmp_path / "data.jsonl"
+    data, held_out = tmp_path / "data.jsonl", tmp_path / "eval.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held_out.write_text("".join(json.dumps({"text": f"the mat number {i}"}) + "\n" for i in range(4)))
     for procs in (1, 2):
         cfg = {
             "teacher": {"name": str(poisoned)},
             "student": {"name": str(student)},
-            "data": {"train": str(data), "max_length": 24},
+            "data": {"train": str(data), "eval": str(held_out), "max_length": 24},
             "train": {
                 "output_dir": str(tmp_path / f"nan{procs}"),
                 "max_steps": 2,  # one epoch: the poisoned example is in exactly one step
@@ -261,3 +262,7 @@ def test_a_nonfinite_batch_is_skipped_by_all_shards(tmp_path, tiny_model_dirs, t
     one, two = _weights(tmp_path / "nan1" / "student"), _weights(tmp_path / "nan2" / "student")
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+    # The held-out report of the sharded run scores the saved student, whole, in process 0.
+    eval1, eval2 = (json.loads((tmp_path / f"nan{p}" / "eval.json").read_text()) for p in (1, 2))
+    assert eval2["tokens"] == eval1["tokens"] > 0
+    assert eval2["kl"] == pytest.approx(eval1["kl"], rel=1e-4)
