@@ -74,17 +74,20 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 def _owner(model: torch.nn.Module, head: torch.nn.Module):
     """The FSDP2 unit whose parameter group holds `head.weight` (the head's own or a tied embedding's)."""
     fsdp_module, _ = _fsdp()
-    for module in model.modules():
-        if not isinstance(module, fsdp_module):
-            continue
-        group = module._get_fsdp_state()._fsdp_param_group  # FSDP2 has no public param -> unit lookup
-        for fsdp_param in group.fsdp_params if group is not None else ():
-            info = fsdp_param._module_info
-            owners = [info.module, *info.shared_modules]
-            names = [info.param_name, *info.shared_param_names]
-            if any(m is head and n == "weight" for m, n in zip(owners, names, strict=True)):
-                return module
-    return None
+    try:
+        for module in model.modules():
+            if not isinstance(module, fsdp_module):
+                continue
+            group = module._get_fsdp_state()._fsdp_param_group  # FSDP2 has no public param -> unit lookup
+            for fsdp_param in group.fsdp_params if group is not None else ():
+                info = fsdp_param._module_info
+                owners = [info.module, *info.shared_modules]
+                names = [info.param_name, *info.shared_param_names]
+                if any(m is head and n == "weight" for m, n in zip(owners, names, strict=True)):
+                    return module
+    except AttributeError:  # FSDP2's internals moved (checked on torch 2.13): the root holds the head here
+        pass
+    return model if isinstance(model, fsdp_module) else None
 
 
 def unsharded_head_weight(model: torch.nn.Module, head: torch.nn.Linear) -> torch.Tensor:

@@ -33,7 +33,7 @@ SCHEDULER_FILE = "scheduler.pt"
 def check_sharding_settings(cfg) -> None:
     """Refuse, before any work, what the sharded paths cannot do (UserError naming the key)."""
     t = cfg.train
-    if "fsdp" in t.extra or "fsdp_config" in t.extra:
+    if t.extra.get("fsdp") or t.extra.get("fsdp_config"):
         raise UserError(
             "train.extra.fsdp (accelerate's FSDP plugin) is not supported: it cannot run on CPU, so it is untested "
             "here; use train.fsdp: true (FSDP2 through torchrun; see docs/multi_gpu.md)"
