@@ -114,6 +114,41 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
         torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=1e-6)
 
 
+def test_fsdp2_lora_matches_one_process_and_resumes(tmp_path, fsdp_setup):
+    """LoRA adapters on a sharded student: the same losses and merged student as 1 process, and a
+    resume from the step-2 checkpoint (adapters gathered into adapter_model.safetensors)."""
+    runs, folders = {}, {}
+    for procs in (1, 2):
+        cfg = _config(tmp_path, fsdp_setup, f"lora{procs}", procs, fsdp=procs == 2, save_steps=2)
+        cfg["student"].update(lora_r=4, lora_alpha=8)
+        cfg["hints"] = {}
+        cfg["train"]["learning_rate"] = 5e-2  # adapters start at B = 0: a visible change in 3 steps
+        done = _train(tmp_path, f"lora{procs}", procs, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[procs], folders[procs] = _losses(done.stdout), tmp_path / f"lora{procs}"
+    assert len(runs[1]) == len(runs[2]) == 3
+    for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
+        assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)
+        assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
+    w0 = _weights(fsdp_setup[1])
+    w1, w2 = _weights(folders[1] / "student"), _weights(folders[2] / "student")
+    assert w1.keys() == w2.keys() == w0.keys()  # merged: an ordinary folder, no adapter names
+    moved = [k for k in w1 if not torch.equal(w1[k], w0[k])]
+    assert moved  # the adapters changed the merged weights
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+    ckpt = folders[2] / "checkpoint-2"
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "optimizer_fsdp").is_dir()
+    cfg["train"]["resume_from_checkpoint"] = str(ckpt)
+    again = _train(tmp_path, "lora_again", 2, cfg)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _losses(again.stdout)
+    assert len(resumed) == 1 and abs(resumed[0][0] - runs[2][2][0]) <= 2e-3 * abs(runs[2][2][0])
+    w3 = _weights(folders[2] / "student")
+    for key in w2:
+        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=1e-6)
+
+
 GRADS_SCRIPT = textwrap.dedent(
     """
     import sys, torch, torch.distributed as dist
@@ -192,7 +227,6 @@ def test_head_gradients_reach_the_shards(tmp_path):
     [
         ({"fsdp": True}, {}, "launch with `torchrun"),
         ({"fsdp_teacher": True}, {}, "shards the teacher across processes"),
-        ({"fsdp": True}, {"WORLD_SIZE": "2"}, "LoRA (student.lora_r > 0) is not supported"),
         ({"extra": {"fsdp": "full_shard"}}, {}, "use train.fsdp: true"),
         ({"extra": {"deepspeed": {"zero_optimization": {"stage": 3}}}}, {}, "ZeRO stage 3 is not supported"),
         ({"fsdp": True, "extra": {"deepspeed": {"zero_optimization": {"stage": 2}}}}, {}, "contradict"),
@@ -207,7 +241,7 @@ def test_sharding_settings_refused_before_any_work(tmp_path, capsys, monkeypatch
     data.write_text('{"text": "hello"}\n')
     cfg = {
         "teacher": {"name": str(tmp_path / "no_teacher")},
-        "student": {"name": str(tmp_path / "no_student"), "lora_r": 4 if env else 0},
+        "student": {"name": str(tmp_path / "no_student")},
         "data": {"train": str(data)},
         "train": {"output_dir": str(tmp_path / "out"), **train},
     }

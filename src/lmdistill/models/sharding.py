@@ -121,9 +121,14 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=options)
 
 
-def load_full_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full state dict held by process 0 (others pass {}) into the sharded `model` (a collective)."""
+def load_full_state_dict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], *, strict: bool = True
+) -> None:
+    """Load a full state dict held by process 0 (others pass {}) into the sharded `model` (a collective).
+
+    strict=False: `state` may hold only some of the model's tensors (LoRA adapters); the rest stay.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=strict)
     set_model_state_dict(model, state, options=options)

@@ -59,12 +59,6 @@ def check_sharding_settings(cfg) -> None:
     if stage is not None:
         raise UserError("train.fsdp and train.extra.deepspeed contradict each other: choose one")
     _check_processes("train.fsdp: true shards the student")
-    if cfg.student.lora_r:
-        raise UserError(
-            "train.fsdp with LoRA (student.lora_r > 0) is not supported: sharding peft's adapter model and merging "
-            "the adapters into gathered weights are not implemented; LoRA already keeps optimizer state small, so "
-            "train it with DDP (drop train.fsdp)"
-        )
 
 
 def _check_processes(what: str) -> None:
@@ -99,12 +93,20 @@ def prepare_student(student: torch.nn.Module, args) -> torch.nn.Module:
 
     device = args.device  # initialises torch.distributed for torchrun (gloo on CPU, NCCL on CUDA)
     world = torch.distributed.get_world_size()
-    shard_model(student.to(device))
-    # What `from_pretrained(distributed_config=DistributedConfig(fsdp_size=N))` sets on a model it shards.
-    student.config.distributed_config = DistributedConfig(fsdp_size=world)
-    student._is_distributed_loading_by_transformers = True
-    student._is_fsdp_managed_module = True
+    # LoRA: the model inside peft's wrapper is the FSDP2 root; each unit holds its frozen base weights
+    # and its trainable adapters, and FSDP2 reduce-scatters only the adapters' gradients.
+    base = student.get_base_model() if _is_peft(student) else student
+    shard_model(base.to(device))
+    # What `from_pretrained(distributed_config=DistributedConfig(fsdp_size=N))` sets on a model it shards
+    # (peft's wrapper forwards these attributes to it).
+    base.config.distributed_config = DistributedConfig(fsdp_size=world)
+    base._is_distributed_loading_by_transformers = True
+    base._is_fsdp_managed_module = True
     return student
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
 def prepare_teacher(teacher: torch.nn.Module, args) -> torch.nn.Module:
@@ -173,11 +175,21 @@ class ShardedDistillTrainer(DistillTrainer):
         from safetensors.torch import load_file
 
         state = {}
+        peft = _is_peft(self.model)
         if self.args.process_index == 0:
-            state = _with_tied_aliases(
-                self.model, load_file(str(Path(resume_from_checkpoint) / "model.safetensors"))
-            )
-        load_full_state_dict(self.model, state)
+            name = "adapter_model.safetensors" if peft else "model.safetensors"
+            saved = load_file(str(Path(resume_from_checkpoint) / name))
+            state = _adapter_names(self.model, saved) if peft else _with_tied_aliases(self.model, saved)
+        # LoRA: only the adapters are in the checkpoint; the frozen base is already in place.
+        load_full_state_dict(self.model, state, strict=not peft)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """LoRA: the adapters gathered and saved by process 0 (peft cannot save sharded tensors)."""
+        if not _is_peft(self.model):
+            return super()._save(output_dir, state_dict)
+        state = full_state_dict(self.model)  # a collective: every process gathers
+        if self.args.should_save:
+            self.model.save_pretrained(output_dir, state_dict=state, is_main_process=True)
 
 
 def _with_tied_aliases(model: torch.nn.Module, state: dict) -> dict:
@@ -191,6 +203,41 @@ def _with_tied_aliases(model: torch.nn.Module, state: dict) -> dict:
     return state
 
 
+def _adapter_names(model: torch.nn.Module, saved: dict) -> dict:
+    """peft's saved adapter names (`...lora_A.weight`) -> the model's (`...lora_A.default.weight`)."""
+    names = {}
+    for name in model.state_dict():
+        for adapter in model.peft_config:
+            short = name.replace(f".{adapter}.", ".")
+            if short != name and short in saved:
+                names[name] = saved[short]
+    return names
+
+
+def _merged_lora(model: torch.nn.Module, state: dict) -> dict:
+    """The gathered state of a peft LoRA model -> plain weights: W + scaling * B @ A per adapted Linear,
+    under the base model's own names (what `merge_and_unload` gives, done on the gathered tensors)."""
+    from peft.tuners.lora import LoraLayer
+
+    state = dict(state)
+    for prefix, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        key = f"{prefix}.base_layer.weight"
+        weight = state[key].float()
+        for adapter in module.active_adapters:
+            if module.use_dora.get(adapter):
+                raise UserError("train.fsdp with DoRA adapters is not supported")
+            a = state.pop(f"{prefix}.lora_A.{adapter}.weight").float()
+            b = state.pop(f"{prefix}.lora_B.{adapter}.weight").float()
+            delta = (b @ a) * module.scaling[adapter]
+            weight = weight + (delta.T if module.fan_in_fan_out else delta)
+        state[f"{prefix}.weight"] = weight.to(state.pop(key).dtype)
+        if f"{prefix}.base_layer.bias" in state:
+            state[f"{prefix}.bias"] = state.pop(f"{prefix}.base_layer.bias")
+    return {k.removeprefix("base_model.model."): v for k, v in state.items()}
+
+
 def _aliases(model: torch.nn.Module) -> list[list[str]]:
     """The names of each parameter, the one `named_parameters()` gives first."""
     names: dict[int, list[str]] = {}
@@ -200,13 +247,17 @@ def _aliases(model: torch.nn.Module) -> list[list[str]]:
 
 
 def gather_student(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The trained student's full weights on process 0 ({} elsewhere), for `save_student` (a collective).
+    """The trained student's full weights on process 0 ({} elsewhere), for `save_student` (a collective);
+    a LoRA student's adapters merged into them, under the base model's names (save them through
+    `saveable(model)`).
 
     Afterwards the model no longer carries its DistributedConfig, so `save_pretrained` with this state
     dict writes on process 0 alone instead of gathering again.
     """
     state = full_state_dict(model)
     model.config.distributed_config = None
+    if _is_peft(model) and state:  # merged into plain weights on process 0 (the others hold nothing)
+        state, model = _merged_lora(model, state), model.get_base_model()
     # The gather copies a tied weight once per name; one tensor under both names lets save_pretrained
     # see the tie and store it once, as it does for an unsharded model.
     for aliases in _aliases(model):
@@ -214,3 +265,8 @@ def gather_student(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if aliases[0] in state and name in state:
                 state[name] = state[aliases[0]]
     return state
+
+
+def saveable(model: torch.nn.Module) -> torch.nn.Module:
+    """The model `gather_student`'s weights are saved through: the base model inside peft's wrapper."""
+    return model.get_base_model() if _is_peft(model) else model

@@ -413,7 +413,9 @@ def run(cfg: RunConfig, log=print) -> Path:
         state = fsdp.gather_student(trainer.model) if cfg.train.fsdp else None  # every process takes part
         if trainer.is_world_process_zero():
             if state is not None:  # sharded: save the gathered weights, then score the saved, whole student
-                path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg, state_dict=state)
+                path = save_student(
+                    fsdp.saveable(trainer.model), models.tokenizer, out / STUDENT_DIR, cfg, state_dict=state
+                )
                 log(f"student saved to {path}")
             if evalf and cfg.train.fsdp_teacher:
                 log(
