@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -97,7 +98,7 @@ def train_one(method: str, seed: int, args, teacher_src, teacher_tok, s_tok, stu
         max_steps=args.steps,
         per_device_train_batch_size=args.batch,
         learning_rate=args.lr,
-        lr_scheduler_type="constant",
+        lr_scheduler_type=args.schedule,
         seed=seed,
         logging_steps=max(1, args.steps // 4),
         save_steps=10**9,
@@ -138,6 +139,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--max-length", type=int, default=32, help="student tokens per training example")
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--schedule", default="constant", help="learning-rate schedule (transformers name), no warm-up"
+    )
     p.add_argument("--kd-ratio", type=float, default=0.5)
     p.add_argument("--loss", default="forward_kl", help="byte_aligned's divergence on shared tokens")
     p.add_argument("--layers", type=int, default=4, help="student: SmolLM2-135M layers kept (of 30)")
@@ -146,7 +150,18 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument(
+        "--summarise", metavar="JSON", help="only recompute the summary of a results file in place"
+    )
     args = p.parse_args()
+    if args.summarise:
+        from lmdistill.io import atomic_write_json
+
+        result = json.loads(Path(args.summarise).read_text())
+        result["summary"] = summarise(result["runs"], result["settings"]["methods"])
+        atomic_write_json(args.summarise, result)
+        print(json.dumps(result["summary"], indent=2))
+        return
     torch.set_num_threads(args.threads)
     log = lambda *a: print(f"[{time.strftime('%H:%M:%S')}]", *a, flush=True)  # noqa: E731
 
@@ -208,25 +223,38 @@ def main() -> None:
         log(f"{method}: {s}")
 
 
+def summarise(runs: list[dict], methods: list[str]) -> dict:
+    """Per method: mean, min, max, sample std of held-out bits per byte over seeds; and, paired by seed,
+    the difference from CE alone (negative: better than CE)."""
+    by = {(r["method"], r["seed"]): r["bits_per_byte"] for r in runs}
+    summary = {}
+    for method in methods:
+        values = [v for (m, _), v in by.items() if m == method]
+        if not values:
+            continue
+        s = {
+            "mean": statistics.fmean(values),
+            "min": min(values),
+            "max": max(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "seeds": len(values),
+        }
+        diffs = [v - by[("ce", seed)] for (m, seed), v in by.items() if m == method and ("ce", seed) in by]
+        if method != "ce" and diffs:
+            s["minus_ce_same_seed"] = {"mean": statistics.fmean(diffs), "min": min(diffs), "max": max(diffs)}
+        summary[method] = s
+    return summary
+
+
 def _write(args, runs, init_bpb, teacher_bpb, n_params, n_rows, pieces, held, wall) -> dict:
     import transformers
 
-    summary = {}
-    for method in args.methods:
-        values = [r["bits_per_byte"] for r in runs if r["method"] == method]
-        if values:
-            summary[method] = {
-                "mean": statistics.fmean(values),
-                "min": min(values),
-                "max": max(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-                "seeds": len(values),
-            }
+    summary = summarise(runs, args.methods)
     result = {
         "what": "held-out bits per byte of a shallow SmolLM2-derived student distilled from gemma3-270m",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "work")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "work", "summarise")},
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
