@@ -66,9 +66,7 @@ class Models:
     tokenizer: object
     vocab: int
     source: TeacherSource | None = None
-    xtok: CrossTokenizerStep | None = (
-        None  # set when the teacher has another tokenizer (distill.cross_tokenizer)
-    )
+    xtok: CrossTokenizerStep | None = None  # a teacher with another tokenizer (distill.cross_tokenizer)
 
     def __post_init__(self):
         if self.source is None and self.teacher is not None:

@@ -60,9 +60,7 @@ class DistillTrainer(Trainer):
         self.spec = spec
         self.hints = hints
         self.max_nonfinite = max_nonfinite
-        self.xtok = (
-            xtok  # a CrossTokenizerStep (lmdistill.training.xtok_step) for a teacher with another tokenizer
-        )
+        self.xtok = xtok  # lmdistill.training.xtok_step.CrossTokenizerStep, or None
         if isinstance(teacher, torch.nn.Module):
             teacher = InProcessTeacher(teacher)
         self.teacher: TeacherSource | None = teacher
