@@ -137,6 +137,10 @@ def metric_rows(results: dict) -> list[tuple[str, list[str]]]:
                 lambda m: (m["generation_agreement"] or {}).get("exact_match"),
             )
             add("generation ROUGE-L with teacher", lambda m: (m["generation_agreement"] or {}).get("rouge_l"))
+            add(
+                "teacher log-prob of own answers, nats/token",
+                lambda m: (m.get("own_answers") or {}).get("logprob_per_token"),
+            )
     add("parameters", lambda m: m["cost"]["parameters"], _count)
     add("size on disk", lambda m: m["cost"].get("disk_bytes"), _bytes)
     add("peak memory (load + forward)", lambda m: m["cost"].get("peak_memory_bytes"), _bytes)

@@ -26,6 +26,7 @@ from lmdistill.errors import UserError
 from lmdistill.eval.bits_per_byte import byte_metrics, split_text
 from lmdistill.eval.cost import disk_size, peak_memory, prefill_tokens_per_s, weights_folder
 from lmdistill.eval.metrics import compression_ratio, generation_agreement, percentile, speedup, text_features
+from lmdistill.eval.own_answers import teacher_logprob_of_answers
 from lmdistill.eval.preflight import EvalPlan, preflight_eval
 from lmdistill.eval.scoring import score_tokens
 from lmdistill.eval.speculative import (
@@ -224,6 +225,9 @@ def run_eval(
                 fixed_length=fixed_length,
                 log=log,
             )
+            own_answer_metrics(
+                row, model if is_teacher else reference, tok, plan, outputs, batch_size=batch_size, log=log
+            )
             if speculative and not is_teacher and reference is not None:
                 draft_metrics(row, model, tok, plan, reference, draft_tokens, max_new_tokens, log=log)
         else:
@@ -293,6 +297,7 @@ def _new_row(spec: dict, label: str, model: torch.nn.Module, *, is_teacher: bool
         "span_agreement": None,
         "agreement": None,
         "generation_agreement": None,
+        "own_answers": None,
         "cost": {
             "parameters": count_parameters(model),
             "disk_bytes": disk_size(weights_folder(spec["path"])),
@@ -417,6 +422,26 @@ def generation_metrics(
     row["cost"]["per_token_latency_s"] = fixed.per_token_s
     row["cost"]["fixed_length_tokens"] = fixed.n
     return outputs
+
+
+def own_answer_metrics(
+    row: dict, scorer, tok, plan: EvalPlan, outputs: list[str], *, batch_size: int, log
+) -> None:
+    """The teacher's log-likelihood per token of this model's own greedy answers (`row["own_answers"]`).
+    `scorer`: the teacher model (for the teacher's own row), the `_Reference`, or None (no teacher)."""
+    if scorer is None:
+        return
+    if isinstance(scorer, _Reference):
+        if scorer.tokenizer.get_vocab() != tok.get_vocab():
+            row["notes"].append(
+                "teacher log-likelihood of own answers skipped: the tokenizer differs from the teacher's"
+            )
+            return
+        scorer = scorer.model
+    log(f"eval: {row['label']}: the teacher scores its {len(outputs)} greedy answers")
+    row["own_answers"] = teacher_logprob_of_answers(
+        scorer, tok, chat_prompts(tok, plan.prompts), outputs, batch_size=batch_size
+    ).as_dict()
 
 
 FIXED_LENGTH_PROMPTS = 4  # prompts timed at the fixed output length (medians over them)
