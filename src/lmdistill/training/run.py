@@ -49,6 +49,7 @@ from lmdistill.outputs import Output, differences, is_primary
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherSource
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
+from lmdistill.training.xtok_step import CrossTokenizerStep, build_step
 
 STUDENT_DIR = "student"
 CONFIG_FILE = "lmdistill_config.yaml"
@@ -65,6 +66,7 @@ class Models:
     tokenizer: object
     vocab: int
     source: TeacherSource | None = None
+    xtok: CrossTokenizerStep | None = None  # a teacher with another tokenizer (distill.cross_tokenizer)
 
     def __post_init__(self):
         if self.source is None and self.teacher is not None:
@@ -127,6 +129,11 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
         student = _shrunk_student(cfg, teacher)
         teacher_tok = student_tok
     student = _trainable(student, cfg)
+    if cfg.distill.cross_tokenizer:  # another tokenizer: each vocabulary checked against its own head
+        step = build_step(cfg.distill, student_tok, teacher_tok, student, teacher, log)
+        log(describe_sizes(teacher, student))
+        source = InProcessTeacher(teacher, cfg.teacher.name)
+        return Models(teacher, student, student_tok, step.student_vocab, source, step)
     vocab = check_vocab(
         teacher_tok,
         student_tok,
@@ -318,7 +325,10 @@ def make_trainer(
         args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
         train_dataset=train_features,
         eval_dataset=eval_features,
-        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+        data_collator=models.xtok.collator(pad_id(models.tokenizer))
+        if models.xtok is not None
+        else DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+        xtok=models.xtok,
     )
 
 
@@ -370,8 +380,19 @@ def run(cfg: RunConfig, log=print) -> Path:
     store = open_teacher_store(cfg)
     n = cfg.data.max_length
     tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
-    train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
-    evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
+    if cfg.distill.cross_tokenizer:  # both tokenizations of every text, aligned (lmdistill.xtok.data)
+        from lmdistill.xtok.data import pair_features
+
+        teacher_tok = load_tokenizer(cfg.teacher.name)
+        train, _ = pair_features(train_rows, tokenizer, teacher_tok, n, source=cfg.data.train)
+        evalf = (
+            pair_features(eval_rows, tokenizer, teacher_tok, n, source=cfg.data.eval)[0]
+            if eval_rows
+            else None
+        )
+    else:
+        train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
+        evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     source = None
     if store is not None:  # the store is checked against the run before any weights are loaded
         from lmdistill.teachers.whitebox import StoreTeacher
@@ -391,7 +412,12 @@ def run(cfg: RunConfig, log=print) -> Path:
     with output.claim(job, overwrite=overwrite, ignore=ignore, primary=is_primary()):
         trainer.train(resume_from_checkpoint=resume)
         if trainer.is_world_process_zero():
-            if evalf and models.teacher is not None:
+            if evalf and models.xtok is not None:
+                log(
+                    "held-out token agreement compares one vocabulary: skipped for a teacher with another "
+                    "tokenizer; `lmdistill eval --text` reports bits per byte and byte-aligned agreement"
+                )
+            elif evalf and models.teacher is not None:
                 report_agreement(trainer.model, models, evalf, out / "eval.json", log)
             elif evalf and models.source is not None:
                 log(
