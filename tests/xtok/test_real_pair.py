@@ -123,6 +123,17 @@ def test_train_and_eval_with_the_real_gemma_teacher(tmp_path, capsys):
     assert results == 0
     rows = json.loads((tmp_path / "eval" / "results.json").read_text())["models"]
     gemma, tiny = rows
-    assert 0.5 < gemma["bits_per_byte"]["bits_per_byte"] < 2.0  # a real model on English
+    # Independently: Gemma's own logits over its own tokenization (<bos> first) of the same text.
+    from lmdistill.models import load_teacher
+
+    t_tok = load_tokenizer("gemma3-270m")
+    ids = torch.tensor([t_tok(TEXT + "\n")["input_ids"]])
+    assert ids[0, 0] == t_tok.bos_token_id
+    with torch.no_grad():
+        logp = torch.log_softmax(load_teacher("gemma3-270m")(input_ids=ids).logits[0].double(), -1)
+    bits = -float(logp[:-1].gather(1, ids[0, 1:, None]).sum()) / math.log(2)
+    want = bits / len((TEXT + "\n").encode("utf-8"))
+    assert gemma["bits_per_byte"]["bits_per_byte"] == pytest.approx(want, rel=1e-4)
+    assert 0.5 < want < 3.0  # a real model on one odd English sentence without context
     assert tiny["bits_per_byte"]["bits_per_byte"] > gemma["bits_per_byte"]["bits_per_byte"]
     assert tiny["span_agreement"]["spans"] > 15 and 0.5 < tiny["span_agreement"]["shared_mass"] <= 1.0
