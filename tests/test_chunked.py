@@ -250,3 +250,44 @@ def test_weighted_gradients_match_autograd(teacher):
     r = _grads(ref, s_hidden, s_head.weight, s_head.bias)
     for a, b in zip(g, r, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("kd_weight", [0.0, 0.7])
+def test_closed_form_forward_kl_equals_autograd(temperature, weighted, kd_weight):
+    """CE + forward KL through a plain head takes the closed-form gradient (no autograd per chunk):
+    values and gradients equal autograd through the generic divergence, bias and padded rows included
+    (float64 inputs; both paths compute logits in float32, hence float32 tolerances)."""
+    from lmdistill import chunked
+
+    s_hidden, s_head, labels, t_hidden, t_head = _setup(seed=3, bias=True)
+    s_hidden = s_hidden.detach().double().requires_grad_(True)
+    s_head = Head(
+        torch.nn.Parameter(s_head.weight.detach().double()), torch.nn.Parameter(s_head.bias.detach().double())
+    )
+    t_hidden, t_head = t_hidden.double(), Head(t_head.weight.double())
+    weights = torch.rand(N, dtype=torch.float64) if weighted else None
+    spec = LossSpec(
+        loss="forward_kl", ce_weight=0.3, kd_weight=kd_weight * temperature**2,
+        temperature=temperature, vocab=VOCAB, chunk_size=8,
+    )  # fmt: skip
+    assert chunked._has_closed_form(spec, s_head, None)
+    ref = full_logits_loss(s_hidden, s_head, labels, spec, t_hidden, t_head, weights=weights)
+    got = chunked_loss(s_hidden, s_head, labels, spec, t_hidden, t_head, weights=weights)
+    for a, b in ((got.total, ref.total), (got.ce, ref.ce), (got.kd, ref.kd)):
+        torch.testing.assert_close(a.double(), b.double(), rtol=1e-5, atol=1e-5)
+    params = (s_hidden, s_head.weight, s_head.bias)
+    for a, b in zip(_grads(got, *params), _grads(ref, *params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_other_losses_and_softcap_keep_the_autograd_path():
+    from lmdistill import chunked
+
+    _, s_head, *_ = _setup()
+    assert not chunked._has_closed_form(LossSpec(loss="reverse_kl"), s_head, None)
+    assert not chunked._has_closed_form(LossSpec(loss="forward_kl"), Head(s_head.weight, None, 5.0), None)
+    sparse = SparseTeacher(torch.zeros(N, 2, dtype=torch.long), torch.zeros(N, 2), torch.zeros(N))
+    assert not chunked._has_closed_form(LossSpec(loss="forward_kl"), s_head, sparse)
+    assert chunked._has_closed_form(LossSpec(loss="tvd", kd_weight=0.0), s_head, None)

@@ -126,6 +126,12 @@ def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs):
         float64_token_scores(t_model, t_model, feats, len(tok))[0], rel=1e-4
     )
     assert s["generation_agreement"]["examples"] == 3
+    assert "teacher log-prob of own answers" in report
+    for m in (t, s):  # the teacher's log-prob of each model's own answers, recomputed in float64
+        assert m["own_answers"]["answers"] == 3
+        total, count = _float64_answer_logprob(t_model, tok, results["models"][0]["name"], m["outputs"])
+        assert m["own_answers"]["tokens"] == count > 0
+        assert m["own_answers"]["logprob_per_token"] == pytest.approx(total / count, rel=1e-4)
     for m in (t, s):
         assert set(m["quality"]) == {"qa", "summ"}
         assert m["quality"]["qa"]["examples"] == 2 and m["quality"]["summ"]["kind"] == "rouge_l"
@@ -135,6 +141,35 @@ def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs):
         assert cost["prefill_tokens_per_s"] > 0 and cost["generation_tokens_per_s"] > 0
         assert 0 < cost["latency_p50_s"] <= cost["latency_p95_s"]
     assert s["training_log"].endswith("checkpoint-3/trainer_state.json") and t["training_log"] is None
+
+
+def _float64_answer_logprob(teacher, tok, _name, outputs):
+    """Sum of the teacher's log-probs of each answer's tokens after its chat prompt, and their count."""
+    import torch
+
+    prompts = [
+        "Alice has 3 apples and buys 2 more. How many?",
+        "What is the capital of France?",
+        "Say hello.",
+    ]  # the tasks' order in `inputs`
+    total, count = 0.0, 0
+    model = teacher.double()
+    for prompt, answer in zip(prompts, outputs, strict=True):
+        p = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        a_ids = tok(answer, add_special_tokens=False)["input_ids"]
+        if not a_ids:
+            continue
+        with torch.no_grad():
+            logits = model(torch.tensor([p_ids + a_ids])).logits[0, :, : len(tok)].double()
+        logp = torch.log_softmax(logits, -1)
+        for j, tid in enumerate(a_ids):
+            total += logp[len(p_ids) + j - 1, tid].item()
+            count += 1
+    model.float()
+    return total, count
 
 
 def test_different_tokenizer_skips_token_agreement(tmp_path, tiny_model_dirs, inputs):
@@ -161,6 +196,8 @@ def test_different_tokenizer_skips_token_agreement(tmp_path, tiny_model_dirs, in
     assert row["agreement"] is None and row["perplexity"] > 1.0
     assert row["generation_agreement"]["examples"] == 2
     assert any("tokenizer differs from the teacher" in n for n in row["notes"])
+    assert row["own_answers"] is None
+    assert any("log-likelihood of own answers skipped" in n for n in row["notes"])
     report = (tmp_path / "out" / "report.md").read_text()
     assert "token agreement (top-1, KL) skipped" in report
     assert "training_curves.png" not in results["plots"]  # no trainer logs: skipped quietly

@@ -23,8 +23,10 @@ import torch
 
 from lmdistill.data import pad_id as pad_id_of
 from lmdistill.errors import UserError
+from lmdistill.eval.bits_per_byte import byte_metrics, split_text
 from lmdistill.eval.cost import disk_size, peak_memory, prefill_tokens_per_s, weights_folder
 from lmdistill.eval.metrics import compression_ratio, generation_agreement, percentile, speedup, text_features
+from lmdistill.eval.own_answers import teacher_logprob_of_answers
 from lmdistill.eval.preflight import EvalPlan, preflight_eval
 from lmdistill.eval.scoring import score_tokens
 from lmdistill.eval.speculative import (
@@ -191,6 +193,9 @@ def run_eval(
 
     reference: _Reference | None = None  # the teacher, once evaluated (it is the first column)
     rows: list[dict] = []
+    pieces = None  # the text cut once for every model's tokenizer: bits per byte count the same bytes
+    if plan.text is not None:
+        pieces = split_text(plan.text, [spec["tokenizer"] for spec in plan.specs], max_length)
     memory_jobs = []
     for spec, label in zip(plan.specs, plan.labels, strict=True):
         is_teacher = teacher is not None and spec["name"] == teacher
@@ -201,6 +206,7 @@ def run_eval(
             fixed = text_metrics(
                 row, model, tok, plan, reference, max_length=max_length, batch_size=batch_size, log=log
             )
+            hidden = byte_metrics(row, model, tok, pieces, reference, batch_size=batch_size, log=log)
         else:
             row["notes"].append("perplexity and token agreement skipped: no --text given")
             fixed = _prompt_features(tok, plan.prompts, max_length)
@@ -219,13 +225,16 @@ def run_eval(
                 fixed_length=fixed_length,
                 log=log,
             )
+            own_answer_metrics(
+                row, model if is_teacher else reference, tok, plan, outputs, batch_size=batch_size, log=log
+            )
             if speculative and not is_teacher and reference is not None:
                 draft_metrics(row, model, tok, plan, reference, draft_tokens, max_new_tokens, log=log)
         else:
             row["notes"].append("task quality, generation speed and latency skipped: no --task given")
         rows.append(row)
         if is_teacher:
-            reference = _Reference(model, tok, outputs)
+            reference = _Reference(model, tok, outputs, hidden if plan.text is not None else None)
         else:
             del model
             gc.collect()
@@ -257,6 +266,7 @@ class _Reference:
     model: torch.nn.Module
     tokenizer: object
     outputs: list[str] | None
+    text_hidden: list | None = None  # its final hidden states per text piece (`byte_metrics`)
 
 
 def _load(spec: dict, label: str, dtype: str, device: str, *, is_teacher: bool, log) -> torch.nn.Module:
@@ -283,8 +293,11 @@ def _new_row(spec: dict, label: str, model: torch.nn.Module, *, is_teacher: bool
         "quality": {},
         "perplexity": None,
         "text_tokens": None,
+        "bits_per_byte": None,
+        "span_agreement": None,
         "agreement": None,
         "generation_agreement": None,
+        "own_answers": None,
         "cost": {
             "parameters": count_parameters(model),
             "disk_bytes": disk_size(weights_folder(spec["path"])),
@@ -409,6 +422,26 @@ def generation_metrics(
     row["cost"]["per_token_latency_s"] = fixed.per_token_s
     row["cost"]["fixed_length_tokens"] = fixed.n
     return outputs
+
+
+def own_answer_metrics(
+    row: dict, scorer, tok, plan: EvalPlan, outputs: list[str], *, batch_size: int, log
+) -> None:
+    """The teacher's log-likelihood per token of this model's own greedy answers (`row["own_answers"]`).
+    `scorer`: the teacher model (for the teacher's own row), the `_Reference`, or None (no teacher)."""
+    if scorer is None:
+        return
+    if isinstance(scorer, _Reference):
+        if scorer.tokenizer.get_vocab() != tok.get_vocab():
+            row["notes"].append(
+                "teacher log-likelihood of own answers skipped: the tokenizer differs from the teacher's"
+            )
+            return
+        scorer = scorer.model
+    log(f"eval: {row['label']}: the teacher scores its {len(outputs)} greedy answers")
+    row["own_answers"] = teacher_logprob_of_answers(
+        scorer, tok, chat_prompts(tok, plan.prompts), outputs, batch_size=batch_size
+    ).as_dict()
 
 
 FIXED_LENGTH_PROMPTS = 4  # prompts timed at the fixed output length (medians over them)

@@ -50,6 +50,7 @@ from lmdistill.teachers.whitebox import InProcessTeacher, TeacherSource
 from lmdistill.training import fsdp
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
+from lmdistill.training.xtok_step import CrossTokenizerStep, build_step
 
 STUDENT_DIR = "student"
 CONFIG_FILE = "lmdistill_config.yaml"
@@ -66,6 +67,7 @@ class Models:
     tokenizer: object
     vocab: int
     source: TeacherSource | None = None
+    xtok: CrossTokenizerStep | None = None  # a teacher with another tokenizer (distill.cross_tokenizer)
 
     def __post_init__(self):
         if self.source is None and self.teacher is not None:
@@ -128,6 +130,11 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
         student = _shrunk_student(cfg, teacher)
         teacher_tok = student_tok
     student = _trainable(student, cfg)
+    if cfg.distill.cross_tokenizer:  # another tokenizer: each vocabulary checked against its own head
+        step = build_step(cfg.distill, student_tok, teacher_tok, student, teacher, log)
+        log(describe_sizes(teacher, student))
+        source = InProcessTeacher(teacher, cfg.teacher.name)
+        return Models(teacher, student, student_tok, step.student_vocab, source, step)
     vocab = check_vocab(
         teacher_tok,
         student_tok,
@@ -337,7 +344,10 @@ def make_trainer(
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_features,
-        data_collator=DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+        data_collator=models.xtok.collator(pad_id(models.tokenizer))
+        if models.xtok is not None
+        else DistillCollator(pad_token_id=pad_id(models.tokenizer)),
+        xtok=models.xtok,
     )
 
 
@@ -390,8 +400,19 @@ def run(cfg: RunConfig, log=print) -> Path:
     store = open_teacher_store(cfg)
     n = cfg.data.max_length
     tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
-    train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
-    evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
+    if cfg.distill.cross_tokenizer:  # both tokenizations of every text, aligned (lmdistill.xtok.data)
+        from lmdistill.xtok.data import pair_features
+
+        teacher_tok = load_tokenizer(cfg.teacher.name)
+        train, _ = pair_features(train_rows, tokenizer, teacher_tok, n, source=cfg.data.train)
+        evalf = (
+            pair_features(eval_rows, tokenizer, teacher_tok, n, source=cfg.data.eval)[0]
+            if eval_rows
+            else None
+        )
+    else:
+        train, _ = tokenize_records(train_rows, tokenizer, n, source=cfg.data.train)
+        evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     source = None
     if store is not None:  # the store is checked against the run before any weights are loaded
         from lmdistill.teachers.whitebox import StoreTeacher
@@ -417,7 +438,12 @@ def run(cfg: RunConfig, log=print) -> Path:
                     fsdp.saveable(trainer.model), models.tokenizer, out / STUDENT_DIR, cfg, state_dict=state
                 )
                 log(f"student saved to {path}")
-            if evalf and cfg.train.fsdp_teacher:
+            if evalf and models.xtok is not None:
+                log(
+                    "held-out token agreement compares one vocabulary: skipped for a teacher with another "
+                    "tokenizer; `lmdistill eval --text` reports bits per byte and byte-aligned agreement"
+                )
+            elif evalf and cfg.train.fsdp_teacher:
                 log(
                     "held-out agreement with the teacher needs it whole in one process: skipped (train.fsdp_teacher)"
                 )

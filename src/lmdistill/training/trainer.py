@@ -39,6 +39,7 @@ class DistillTrainer(Trainer):
             CE only. A source that answers None for a batch (a store asked about held-out examples)
             gives CE only for that batch.
         spec: what to compute per token (`LossSpec.from_config(distill_config, vocab)`).
+        xtok: a `CrossTokenizerStep` when the teacher has another tokenizer (batches from its collator).
         hints: resolved hint terms (`HintTerms`), or None for logits KD only. They read the teacher's
             internal states, so they need an `InProcessTeacher`. Their projections are optimised with
             the student and saved in each checkpoint as `hint_projections.safetensors`.
@@ -49,7 +50,9 @@ class DistillTrainer(Trainer):
     # compute_loss normalises by the step's target-token count itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher=None, spec: LossSpec, hints=None, max_nonfinite: int = 5, **kwargs):
+    def __init__(
+        self, *args, teacher=None, spec: LossSpec, hints=None, max_nonfinite: int = 5, xtok=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         # Makes Trainer count target tokens over the whole accumulated step (num_items_in_batch) and
         # not divide our already-normalised loss by the accumulation steps (transformers 5.x).
@@ -57,6 +60,7 @@ class DistillTrainer(Trainer):
         self.spec = spec
         self.hints = hints
         self.max_nonfinite = max_nonfinite
+        self.xtok = xtok  # lmdistill.training.xtok_step.CrossTokenizerStep, or None
         if isinstance(teacher, torch.nn.Module):
             teacher = InProcessTeacher(teacher)
         self.teacher: TeacherSource | None = teacher
@@ -73,6 +77,8 @@ class DistillTrainer(Trainer):
         self._log_sums: dict[str, float] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.xtok is not None:  # a teacher with another tokenizer: its own step, same normalisation
+            return self.xtok.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         targets = inputs["labels"][:, 1:]
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
