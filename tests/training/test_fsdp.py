@@ -60,6 +60,12 @@ def _config(tmp_path, setup, name: str, procs: int, *, fsdp: bool, steps: int = 
     }
 
 
+#: Weight tolerance after 3 AdamW steps at lr 1e-2 (each moves a weight by up to about 1e-2): AdamW divides
+#: each gradient by its own running RMS, so for a weight whose gradient is near zero the float rounding
+#: that differs between 1 and 2 processes (summation order) becomes an update difference of ~1e-6.
+ADAM_ATOL = 1e-5
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -90,14 +96,14 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
     w1, w2 = _weights(tmp_path / "one" / "student"), _weights(folder)
     assert w1.keys() == w2.keys() and "lm_head.weight" not in w2  # tied: stored once
     for key in w1:
-        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=ADAM_ATOL)
     reloaded = AutoModelForCausalLM.from_pretrained(folder)
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
     assert "distributed_config" not in json.loads((folder / "config.json").read_text())
     p1 = load_file(str(tmp_path / "one" / "hint_projections.safetensors"))
     p2 = load_file(str(tmp_path / "two" / "hint_projections.safetensors"))
     for key in p1:
-        torch.testing.assert_close(p2[key], p1[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p2[key], p1[key], rtol=1e-4, atol=ADAM_ATOL)
 
     # Resume from the sharded checkpoint at step 2: step 3 and the final weights match the full run.
     ckpt = tmp_path / "two" / "checkpoint-2"
@@ -111,7 +117,7 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
     assert abs(resumed[0][0] - runs[2][2][0]) <= 2e-3 * abs(runs[2][2][0])
     w3 = _weights(folder)
     for key in w2:
-        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=ADAM_ATOL)
 
 
 def test_fsdp2_lora_matches_one_process_and_resumes(tmp_path, fsdp_setup):
@@ -136,7 +142,7 @@ def test_fsdp2_lora_matches_one_process_and_resumes(tmp_path, fsdp_setup):
     moved = [k for k in w1 if not torch.equal(w1[k], w0[k])]
     assert moved  # the adapters changed the merged weights
     for key in w1:
-        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=ADAM_ATOL)
     ckpt = folders[2] / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "optimizer_fsdp").is_dir()
     cfg["train"]["resume_from_checkpoint"] = str(ckpt)
@@ -146,7 +152,7 @@ def test_fsdp2_lora_matches_one_process_and_resumes(tmp_path, fsdp_setup):
     assert len(resumed) == 1 and abs(resumed[0][0] - runs[2][2][0]) <= 2e-3 * abs(runs[2][2][0])
     w3 = _weights(folders[2] / "student")
     for key in w2:
-        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=ADAM_ATOL)
 
 
 GRADS_SCRIPT = textwrap.dedent(
