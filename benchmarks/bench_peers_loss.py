@@ -267,7 +267,7 @@ def report(result: dict) -> None:
     s = result["shape"]
     print(
         f"KD loss fwd+bwd (CE + forward KL), tokens {s['tokens']}, hidden {s['hidden']}, vocab {s['vocab']}, "
-        f"fp32, {result['machine']['torch_threads']} threads"
+        f"fp32, {result['args'].get('threads') or result['machine']['torch_threads']} torch threads per worker"
     )
     columns = [
         ("variant", "<"),

@@ -48,6 +48,31 @@ def build_tiny_tokenizer(path: Path, vocab_size: int = 320):
     return AutoTokenizer.from_pretrained(path)
 
 
+def build_sentencepiece_tokenizer(path, *, lowercase: bool):
+    """A second real tokenizer: Metaspace (▁) pre-tokenizer, BPE with byte fallback, optional normaliser."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    if lowercase:
+        tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<bos>", "<eos>", *byte_tokens])
+    tk.train_from_iterator(CORPUS * 4, trainer)
+    from tokenizers import processors
+
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tk.token_to_id("<bos>"))]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tok.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_tokenizer")

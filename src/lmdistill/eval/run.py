@@ -23,6 +23,7 @@ import torch
 
 from lmdistill.data import pad_id as pad_id_of
 from lmdistill.errors import UserError
+from lmdistill.eval.bits_per_byte import byte_metrics, split_text
 from lmdistill.eval.cost import disk_size, peak_memory, prefill_tokens_per_s, weights_folder
 from lmdistill.eval.metrics import compression_ratio, generation_agreement, percentile, speedup, text_features
 from lmdistill.eval.own_answers import teacher_logprob_of_answers
@@ -192,6 +193,9 @@ def run_eval(
 
     reference: _Reference | None = None  # the teacher, once evaluated (it is the first column)
     rows: list[dict] = []
+    pieces = None  # the text cut once for every model's tokenizer: bits per byte count the same bytes
+    if plan.text is not None:
+        pieces = split_text(plan.text, [spec["tokenizer"] for spec in plan.specs], max_length)
     memory_jobs = []
     for spec, label in zip(plan.specs, plan.labels, strict=True):
         is_teacher = teacher is not None and spec["name"] == teacher
@@ -202,6 +206,7 @@ def run_eval(
             fixed = text_metrics(
                 row, model, tok, plan, reference, max_length=max_length, batch_size=batch_size, log=log
             )
+            hidden = byte_metrics(row, model, tok, pieces, reference, batch_size=batch_size, log=log)
         else:
             row["notes"].append("perplexity and token agreement skipped: no --text given")
             fixed = _prompt_features(tok, plan.prompts, max_length)
@@ -229,7 +234,7 @@ def run_eval(
             row["notes"].append("task quality, generation speed and latency skipped: no --task given")
         rows.append(row)
         if is_teacher:
-            reference = _Reference(model, tok, outputs)
+            reference = _Reference(model, tok, outputs, hidden if plan.text is not None else None)
         else:
             del model
             gc.collect()
@@ -261,6 +266,7 @@ class _Reference:
     model: torch.nn.Module
     tokenizer: object
     outputs: list[str] | None
+    text_hidden: list | None = None  # its final hidden states per text piece (`byte_metrics`)
 
 
 def _load(spec: dict, label: str, dtype: str, device: str, *, is_teacher: bool, log) -> torch.nn.Module:
@@ -287,6 +293,8 @@ def _new_row(spec: dict, label: str, model: torch.nn.Module, *, is_teacher: bool
         "quality": {},
         "perplexity": None,
         "text_tokens": None,
+        "bits_per_byte": None,
+        "span_agreement": None,
         "agreement": None,
         "generation_agreement": None,
         "own_answers": None,

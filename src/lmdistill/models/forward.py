@@ -35,12 +35,22 @@ def final_hidden(
     """[B, S] ids -> [B, S, H] hidden states that the model's head turns into logits.
 
     An unwrapped model runs its decoder (`get_decoder()`) alone, so no intermediate layer's states
-    are returned and kept; a wrapped one (DDP, peft) goes through its own forward.
+    are returned and kept; a wrapped one (DDP, peft, FSDP2: its root unit gathers the embeddings in its
+    own forward) goes through its own forward.
     """
-    decoder = model.get_decoder() if unwrap(model) is model and hasattr(model, "get_decoder") else None
+    plain = unwrap(model) is model and not _is_fsdp2(model)
+    decoder = model.get_decoder() if plain and hasattr(model, "get_decoder") else None
     if decoder is not None and decoder is not model:
         return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     return forward_states(model, input_ids, attention_mask).hidden_states[-1]
+
+
+def _is_fsdp2(model: torch.nn.Module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 BLACK_BOX_HINT = (
-    "Logits KD needs the same tokenizer; for different tokenizers use black-box KD "
+    "Logits KD needs the same tokenizer; for a teacher with another tokenizer set "
+    "distill.cross_tokenizer=byte_aligned (or uld; see docs/cross_tokenizer.md), or use black-box KD "
     "(`lmdistill generate`, teacher outputs as text)"
 )
 

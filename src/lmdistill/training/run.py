@@ -47,8 +47,10 @@ from lmdistill.models import (
 )
 from lmdistill.outputs import Output, differences, is_primary
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherSource
+from lmdistill.training import fsdp
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
+from lmdistill.training.xtok_step import CrossTokenizerStep, build_step
 
 STUDENT_DIR = "student"
 CONFIG_FILE = "lmdistill_config.yaml"
@@ -65,6 +67,7 @@ class Models:
     tokenizer: object
     vocab: int
     source: TeacherSource | None = None
+    xtok: CrossTokenizerStep | None = None  # a teacher with another tokenizer (distill.cross_tokenizer)
 
     def __post_init__(self):
         if self.source is None and self.teacher is not None:
@@ -127,6 +130,11 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
         student = _shrunk_student(cfg, teacher)
         teacher_tok = student_tok
     student = _trainable(student, cfg)
+    if cfg.distill.cross_tokenizer:  # another tokenizer: each vocabulary checked against its own head
+        step = build_step(cfg.distill, student_tok, teacher_tok, student, teacher, log)
+        log(describe_sizes(teacher, student))
+        source = InProcessTeacher(teacher, cfg.teacher.name)
+        return Models(teacher, student, student_tok, step.student_vocab, source, step)
     vocab = check_vocab(
         teacher_tok,
         student_tok,
@@ -261,6 +269,8 @@ def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> Trainin
     )
     if t.gradient_checkpointing:  # only when asked: the name is deprecated in newer transformers
         args["gradient_checkpointing"] = True
+    if t.fsdp:  # Trainer's condition for a model sharded before it; ShardedDistillTrainer saves the optimizer
+        args["save_only_model"] = True
     args.update(t.extra)
     try:
         return TrainingArguments(**args)
@@ -273,17 +283,24 @@ def read_data(path: str, max_examples: int | None = None, validate: bool = True)
     return records[:max_examples] if max_examples is not None else records
 
 
-def save_student(model, tokenizer, out_dir: str | os.PathLike, config: RunConfig | None = None) -> Path:
+def save_student(
+    model,
+    tokenizer,
+    out_dir: str | os.PathLike,
+    config: RunConfig | None = None,
+    state_dict: dict | None = None,
+) -> Path:
     """save_pretrained into a temporary sibling, then rename: a half-written folder never looks finished.
 
     With `config`, the run's resolved config goes inside the folder too, so it always describes that model.
+    state_dict: the full weights when `model` is sharded (`lmdistill.training.fsdp.gather_student`).
     """
     out = Path(out_dir)
     tmp = make_temp_dir(out)  # the umask's mode, not mkdtemp's private 0700
     if hasattr(model, "merge_and_unload"):  # LoRA: ship one ordinary model folder
         model = model.merge_and_unload()
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if config is not None:
             save_config(config, tmp / CONFIG_FILE)
@@ -308,12 +325,19 @@ def make_trainer(
         from lmdistill.teachers.whitebox import StoreTeacher
 
         models.source = StoreTeacher(store)
+    args = training_arguments(cfg.train, eval_enabled=eval_features is not None)
+    trainer_class = DistillTrainer
+    if cfg.train.fsdp:
+        models.student = fsdp.prepare_student(models.student, args)
+        trainer_class = fsdp.ShardedDistillTrainer
+        log(fsdp.describe_shards("student", models.student))
+    if cfg.train.fsdp_teacher and models.teacher is not None:
+        fsdp.prepare_teacher(models.teacher, args)
+        log(fsdp.describe_shards("teacher", models.teacher))
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
-    trainer_class, extra, collator = (
-        DistillTrainer,
-        {},
-        DistillCollator(pad_token_id=pad_id(models.tokenizer)),
-    )
+    extra, collator = {}, DistillCollator(pad_token_id=pad_id(models.tokenizer))
+    if models.xtok is not None:
+        collator = models.xtok.collator(pad_id(models.tokenizer))
     if cfg.on_policy.enabled:  # batches may come from the student's (or teacher's) samples
         from lmdistill.training.on_policy import OnPolicyTrainer, PromptCollator
 
@@ -330,10 +354,11 @@ def make_trainer(
         hints=hints,
         spec=LossSpec.from_config(cfg.distill, models.vocab),
         max_nonfinite=cfg.distill.max_nonfinite,
-        args=training_arguments(cfg.train, eval_enabled=eval_features is not None),
+        args=args,
         train_dataset=train_features,
         eval_dataset=eval_features,
         data_collator=collator,
+        xtok=models.xtok,
         **extra,
     )
 
@@ -395,6 +420,7 @@ def run(cfg: RunConfig, log=print) -> Path:
     if not cfg.data.train:
         raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
     check_teacher_settings(cfg)
+    fsdp.check_sharding_settings(cfg)
     out = Path(cfg.train.output_dir)
     output, job, ignore = check_output(cfg)
     set_seed(cfg.train.seed)
@@ -405,8 +431,19 @@ def run(cfg: RunConfig, log=print) -> Path:
     store = open_teacher_store(cfg)
     n = cfg.data.max_length
     tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
-    train = tokenize_train(cfg, train_rows, tokenizer)
-    evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
+    if cfg.distill.cross_tokenizer:  # both tokenizations of every text, aligned (lmdistill.xtok.data)
+        from lmdistill.xtok.data import pair_features
+
+        teacher_tok = load_tokenizer(cfg.teacher.name)
+        train, _ = pair_features(train_rows, tokenizer, teacher_tok, n, source=cfg.data.train)
+        evalf = (
+            pair_features(eval_rows, tokenizer, teacher_tok, n, source=cfg.data.eval)[0]
+            if eval_rows
+            else None
+        )
+    else:
+        train = tokenize_train(cfg, train_rows, tokenizer)
+        evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
     source = None
     if store is not None:  # the store is checked against the run before any weights are loaded
         from lmdistill.teachers.whitebox import StoreTeacher
@@ -425,20 +462,42 @@ def run(cfg: RunConfig, log=print) -> Path:
     overwrite = cfg.train.overwrite_output_dir
     with output.claim(job, overwrite=overwrite, ignore=ignore, primary=is_primary()):
         trainer.train(resume_from_checkpoint=resume)
+        state = fsdp.gather_student(trainer.model) if cfg.train.fsdp else None  # every process takes part
         if trainer.is_world_process_zero():
-            if evalf and models.teacher is not None:
-                report_agreement(trainer.model, models, evalf, out / "eval.json", log)
+            if state is not None:  # sharded: save the gathered weights, then score the saved, whole student
+                path = save_student(
+                    fsdp.saveable(trainer.model), models.tokenizer, out / STUDENT_DIR, cfg, state_dict=state
+                )
+                log(f"student saved to {path}")
+            if evalf and models.xtok is not None:
+                log(
+                    "held-out token agreement compares one vocabulary: skipped for a teacher with another "
+                    "tokenizer; `lmdistill eval --text` reports bits per byte and byte-aligned agreement"
+                )
+            elif evalf and cfg.train.fsdp_teacher:
+                log(
+                    "held-out agreement with the teacher needs it whole in one process: skipped (train.fsdp_teacher)"
+                )
+            elif evalf and models.teacher is not None:
+                student = trainer.model if state is None else _reload(path, models.teacher)
+                report_agreement(student, models, evalf, out / "eval.json", log)
             elif evalf and models.source is not None:
                 log(
                     "held-out agreement with the teacher needs the teacher in this process: "
                     f"skipped ({models.source.name})"
                 )
-            path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
-            log(f"student saved to {path}")
+            if state is None:
+                path = save_student(trainer.model, models.tokenizer, out / STUDENT_DIR, cfg)
+                log(f"student saved to {path}")
             if trainer.hints is not None and trainer.hints.projections is not None:
                 trainer.hints.save(out)  # training-only: kept apart from the student folder
                 log(f"hint projections saved to {out / PROJECTIONS_FILE}")
     return out / STUDENT_DIR
+
+
+def _reload(path: Path, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The saved student folder as one whole model, on the teacher's device (process 0 scores it alone)."""
+    return load_model(str(path)).to(next(teacher.parameters()).device).eval()
 
 
 #: Settings that may change between a run and its rerun in the same folder without making it another run.

@@ -1,8 +1,8 @@
 """`DistillTrainer`: a `transformers.Trainer` whose loss is CE + logits KD from a frozen teacher.
 
 Checkpoints, resume, logging, `accelerate launch`/`torchrun` (DDP, DeepSpeed ZeRO-1/2) and peft
-students work as they do with the plain Trainer. FSDP and ZeRO-3 shard the output head, which the
-chunked loss reads whole: they are refused with a clear message for now. What this class adds:
+students work as they do with the plain Trainer. A student sharded with FSDP2 (`train.fsdp`) trains
+through `lmdistill.training.fsdp.ShardedDistillTrainer`; ZeRO-3 is refused. What this class adds:
 - the loss, computed from final hidden states through the student's head in token chunks
   (`lmdistill.chunked`), against whatever the teacher source answers (`lmdistill.teachers.whitebox`):
   the in-process teacher's hidden states and head, or top-k + tail rows from a store or a server. The
@@ -39,6 +39,7 @@ class DistillTrainer(Trainer):
             CE only. A source that answers None for a batch (a store asked about held-out examples)
             gives CE only for that batch.
         spec: what to compute per token (`LossSpec.from_config(distill_config, vocab)`).
+        xtok: a `CrossTokenizerStep` when the teacher has another tokenizer (batches from its collator).
         hints: resolved hint terms (`HintTerms`), or None for logits KD only. They read the teacher's
             internal states, so they need an `InProcessTeacher`. Their projections are optimised with
             the student and saved in each checkpoint as `hint_projections.safetensors`.
@@ -49,7 +50,9 @@ class DistillTrainer(Trainer):
     # compute_loss normalises by the step's target-token count itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, teacher=None, spec: LossSpec, hints=None, max_nonfinite: int = 5, **kwargs):
+    def __init__(
+        self, *args, teacher=None, spec: LossSpec, hints=None, max_nonfinite: int = 5, xtok=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         # Makes Trainer count target tokens over the whole accumulated step (num_items_in_batch) and
         # not divide our already-normalised loss by the accumulation steps (transformers 5.x).
@@ -57,6 +60,7 @@ class DistillTrainer(Trainer):
         self.spec = spec
         self.hints = hints
         self.max_nonfinite = max_nonfinite
+        self.xtok = xtok  # lmdistill.training.xtok_step.CrossTokenizerStep, or None
         if isinstance(teacher, torch.nn.Module):
             teacher = InProcessTeacher(teacher)
         self.teacher: TeacherSource | None = teacher
@@ -73,6 +77,8 @@ class DistillTrainer(Trainer):
         self._log_sums: dict[str, float] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.xtok is not None:  # a teacher with another tokenizer: its own step, same normalisation
+            return self.xtok.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         targets = inputs["labels"][:, 1:]
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
@@ -155,7 +161,11 @@ class DistillTrainer(Trainer):
                 f"at step {self.state.global_step}; lower the learning rate, check the data, or use float32"
             )
         if _world_size() > 1 and model.training:
-            zero = [p.reshape(-1)[0] * 0.0 for p in model.parameters() if p.requires_grad]
+            # FSDP2: each process's own shard (possibly empty), so the loss stays a plain tensor.
+            local = [
+                p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad
+            ]
+            zero = [p.reshape(-1)[:1].sum() * 0.0 for p in local]
             if zero:
                 return torch.stack(zero).sum().nan_to_num(0.0)
         return torch.zeros((), device=loss.device, requires_grad=True)

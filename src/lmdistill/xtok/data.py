@@ -1,0 +1,155 @@
+"""Training features for a teacher with another tokenizer: each text tokenized by both, then aligned.
+
+Tokenizers only, no models. A feature is the student's usual feature (`lmdistill.data.tokenize`:
+input_ids, labels, attention_mask, the same ids, EOS and truncation as without a teacher) plus
+
+- ``teacher_input_ids``: list[int], the teacher's tokenization of the same text (its own special
+  tokens, e.g. Gemma's BOS), cut after the last token any group uses;
+- ``xtok_groups``: list of [s_start, s_end, t_start, t_end], token ranges [start, end) of the student
+  and of the teacher that cover the same bytes (`lmdistill.xtok.align`), in text order.
+
+A group is kept when both sides can predict its first token (start >= 1) and at least one of its
+student tokens is a training target (so prompt groups of prompt/completion records are left out).
+`XtokCollator` batches such features; the groups become indices into the batch's real tokens,
+flattened row by row (what `lmdistill.training.xtok_step` reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lmdistill.data.collator import DistillCollator
+from lmdistill.data.records import detect_format, validate_record
+from lmdistill.data.tokenize import IGNORE_INDEX, check_weight, tokenize_record
+from lmdistill.errors import UserError
+from lmdistill.xtok.align import align_token_offsets, tokenize_with_offsets
+
+
+def record_text(record: dict[str, Any], where: str) -> str:
+    """The one text both models read: a text record's text, or prompt + completion; chat records are refused."""
+    fmt = detect_format(record)
+    if fmt == "text":
+        return record["text"]
+    if fmt == "prompt_completion":
+        return record["prompt"] + record["completion"]
+    raise UserError(
+        f"{where}: distill.cross_tokenizer needs text or prompt/completion records (both models must read the "
+        "same text), but this is a 'messages' record that each model's chat template would render differently; "
+        "render the conversations to text first"
+    )
+
+
+def pair_feature(
+    record: dict[str, Any],
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    max_length: int,
+    where: str = "record",
+) -> dict[str, Any] | None:
+    """One record -> the student's feature plus the teacher's ids and the aligned groups (module docstring).
+
+    Returns None when no target token, or no aligned group with a target, survives truncation.
+    """
+    text = record_text(record, where)
+    feature = tokenize_record(record, student_tokenizer, max_length)
+    if feature is None:
+        return None
+    n = len(feature["input_ids"])
+    try:
+        s_ids, s_off = tokenize_with_offsets(student_tokenizer, text)
+        t_ids, t_off = tokenize_with_offsets(teacher_tokenizer, text)
+    except ValueError as exc:  # a slow (Python) tokenizer gives no offsets
+        raise UserError(f"distill.cross_tokenizer: {exc}") from None
+    if s_ids[:n] != feature["input_ids"][: len(s_ids)]:
+        raise ValueError(
+            f"{where}: the student's tokenization with offsets differs from its training feature"
+        )
+    s_off = (s_off + [(0, 0)] * n)[:n]  # the appended EOS covers no bytes
+    alignment = align_token_offsets(text, s_off, t_off)
+    targets = [lab != IGNORE_INDEX for lab in feature["labels"]]
+    groups = [
+        [sa, sb, ta, tb]
+        for (sa, sb), (ta, tb) in zip(alignment.groups_a, alignment.groups_b, strict=True)
+        if sa >= 1 and ta >= 1 and any(targets[sa:sb])
+    ]
+    if not groups:
+        return None
+    feature["teacher_input_ids"] = t_ids[: max(g[3] for g in groups)]
+    feature["xtok_groups"] = groups
+    return feature
+
+
+def pair_features(
+    records: list[dict[str, Any]],
+    student_tokenizer: Any,
+    teacher_tokenizer: Any,
+    max_length: int,
+    source: str = "<records>",
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`pair_feature` for every record (each validated first; errors name ``source:index+1``).
+
+    Returns (features, stats) like `lmdistill.data.tokenize_records`, stats also counting "groups"
+    and "teacher_tokens". Raises UserError when nothing is kept.
+    """
+    features = []
+    for i, record in enumerate(records):
+        where = f"{source}:{i + 1}"
+        validate_record(record, where)
+        check_weight(record, where)
+        feature = pair_feature(record, student_tokenizer, teacher_tokenizer, max_length, where)
+        if feature is not None:
+            features.append(feature)
+    if not features:
+        raise UserError(
+            f"no examples left after tokenization/truncation/alignment ({len(records)} read from {source}; "
+            f"max_length={max_length}); raise max_length or shorten the prompts"
+        )
+    stats = {
+        "examples": len(records),
+        "kept": len(features),
+        "dropped_no_target": len(records) - len(features),
+        "target_tokens": sum(sum(lab != IGNORE_INDEX for lab in f["labels"]) for f in features),
+        "groups": sum(len(f["xtok_groups"]) for f in features),
+        "teacher_tokens": sum(len(f["teacher_input_ids"]) for f in features),
+    }
+    return features, stats
+
+
+@dataclass
+class XtokCollator(DistillCollator):
+    """`DistillCollator` plus the teacher's side of `pair_feature` features.
+
+    Adds ``teacher_input_ids`` and ``teacher_attention_mask`` [B, S_t] (right-padded with
+    `teacher_pad_token_id`), ``xtok_student_groups`` and ``xtok_teacher_groups`` int64 [G, 2]: each
+    group's token range as indices into the batch's real tokens flattened row by row (the order of
+    ``input_ids[attention_mask.bool()]``), and ``xtok_group_rows`` int64 [G]: each group's row.
+    """
+
+    teacher_pad_token_id: int = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = super().__call__(features)
+        width = max(len(f["teacher_input_ids"]) for f in features)
+        t_ids = torch.full((len(features), width), self.teacher_pad_token_id, dtype=torch.long)
+        t_mask = torch.zeros((len(features), width), dtype=torch.long)
+        s_groups, t_groups, rows = [], [], []
+        s_offset = t_offset = 0
+        for i, f in enumerate(features):
+            n_t = len(f["teacher_input_ids"])
+            t_ids[i, :n_t] = torch.as_tensor(f["teacher_input_ids"], dtype=torch.long)
+            t_mask[i, :n_t] = 1
+            for sa, sb, ta, tb in f["xtok_groups"]:
+                s_groups.append((sa + s_offset, sb + s_offset))
+                t_groups.append((ta + t_offset, tb + t_offset))
+                rows.append(i)
+            s_offset += len(f["input_ids"])
+            t_offset += n_t
+        batch["teacher_input_ids"] = t_ids
+        batch["teacher_attention_mask"] = t_mask
+        batch["xtok_student_groups"] = torch.tensor(s_groups, dtype=torch.long).reshape(-1, 2)
+        batch["xtok_teacher_groups"] = torch.tensor(t_groups, dtype=torch.long).reshape(-1, 2)
+        batch["xtok_group_rows"] = torch.tensor(rows, dtype=torch.long)
+        return batch

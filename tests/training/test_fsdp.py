@@ -1,0 +1,308 @@
+"""FSDP2 (`train.fsdp: true`) with 2 CPU processes (gloo) against 1 unsharded process at the same global
+batch: the same loss trajectory, the same final weights, a resume from a sharded checkpoint that ends
+where the uninterrupted run ends, and an ordinary Hugging Face student folder. The student ties its
+head to its input embeddings (as SmolLM2 does), so the chunked loss's head gradient and the
+embedding's meet in one sharded parameter."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.training.test_multiprocess import _losses, _train
+
+
+@pytest.fixture
+def fsdp_setup(tmp_path, tiny_llama, tiny_tokenizer):
+    """A teacher (3 layers, wider) and a tied student (2 layers) sharing the tiny tokenizer, and data."""
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    tiny_llama(len(tiny_tokenizer), num_layers=3, hidden=48, seed=5).save_pretrained(teacher)
+    tiny_llama(len(tiny_tokenizer), num_layers=2, tie=True, seed=2).save_pretrained(student)
+    for d in (teacher, student):
+        tiny_tokenizer.save_pretrained(d)
+    rows = [{"text": f"Hello world number {i} the cat sat on the mat " * (1 + i % 3)} for i in range(32)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return teacher, student, data
+
+
+def _config(tmp_path, setup, name: str, procs: int, *, fsdp: bool, steps: int = 3, **train) -> dict:
+    teacher, student, data = setup
+    return {
+        "teacher": {"name": str(teacher)},
+        "student": {"name": str(student)},
+        "data": {"train": str(data), "max_length": 32},
+        "hints": {"hidden_weight": 1.0, "layers": "last"},  # a learned projection outside the sharded student
+        "train": {
+            "output_dir": str(tmp_path / name),
+            "max_steps": steps,
+            "per_device_train_batch_size": 8 // procs,  # the same global batch
+            "gradient_accumulation_steps": 1,
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "linear",  # the scheduler's state must survive a resume too
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "fsdp": fsdp,
+            "extra": {"use_cpu": True, "disable_tqdm": True, "dataloader_drop_last": True},
+            **train,
+        },
+    }
+
+
+#: Weight tolerance after 3 AdamW steps at lr 1e-2 (each moves a weight by up to about 1e-2): AdamW divides
+#: each gradient by its own running RMS, so for a weight whose gradient is near zero the float rounding
+#: that differs between 1 and 2 processes (summation order) becomes an update difference of ~1e-6.
+ADAM_ATOL = 1e-5
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
+    """1 process x 8 examples against FSDP2 (student and teacher sharded) on 2 processes x 2 examples x
+    2 accumulation steps."""
+    one = _train(tmp_path, "one", 1, _config(tmp_path, fsdp_setup, "one", 1, fsdp=False))
+    assert one.returncode == 0, one.stderr[-3000:]
+    # 2 processes x 2 examples x 2 accumulated micro-batches: FSDP2's reduction waits for the last one.
+    cfg = _config(tmp_path, fsdp_setup, "two", 2, fsdp=True, save_steps=2)
+    # The teacher is sharded too (train.fsdp_teacher): its head is read through the same gathering.
+    cfg["train"].update(per_device_train_batch_size=2, gradient_accumulation_steps=2, fsdp_teacher=True)
+    two = _train(tmp_path, "two", 2, cfg)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for role in ("student", "teacher"):
+        assert two.stdout.count(f"{role} sharded with FSDP2 across 2 processes") == 2, two.stdout[-2000:]
+    runs = {1: _losses(one.stdout), 2: _losses(two.stdout)}
+    assert len(runs[1]) == len(runs[2]) == 3
+    for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
+        assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)  # printed to 4 significant digits
+        assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
+
+    # The final student is an ordinary Hugging Face folder with the same weights as the 1-process run.
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "two" / "student"
+    w1, w2 = _weights(tmp_path / "one" / "student"), _weights(folder)
+    assert w1.keys() == w2.keys() and "lm_head.weight" not in w2  # tied: stored once
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=ADAM_ATOL)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder)
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    assert "distributed_config" not in json.loads((folder / "config.json").read_text())
+    p1 = load_file(str(tmp_path / "one" / "hint_projections.safetensors"))
+    p2 = load_file(str(tmp_path / "two" / "hint_projections.safetensors"))
+    for key in p1:
+        torch.testing.assert_close(p2[key], p1[key], rtol=1e-4, atol=ADAM_ATOL)
+
+    # Resume from the sharded checkpoint at step 2: step 3 and the final weights match the full run.
+    ckpt = tmp_path / "two" / "checkpoint-2"
+    assert (ckpt / "optimizer_fsdp").is_dir() and (ckpt / "model.safetensors").is_file()
+    shutil.rmtree(tmp_path / "two" / "student")
+    cfg["train"]["resume_from_checkpoint"] = str(ckpt)  # not `latest`: Trainer saved checkpoint-3 at the end
+    again = _train(tmp_path, "again", 2, cfg)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _losses(again.stdout)
+    assert len(resumed) == 1
+    assert abs(resumed[0][0] - runs[2][2][0]) <= 2e-3 * abs(runs[2][2][0])
+    w3 = _weights(folder)
+    for key in w2:
+        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=ADAM_ATOL)
+
+
+def test_fsdp2_lora_matches_one_process_and_resumes(tmp_path, fsdp_setup):
+    """LoRA adapters on a sharded student: the same losses and merged student as 1 process, and a
+    resume from the step-2 checkpoint (adapters gathered into adapter_model.safetensors)."""
+    runs, folders = {}, {}
+    for procs in (1, 2):
+        cfg = _config(tmp_path, fsdp_setup, f"lora{procs}", procs, fsdp=procs == 2, save_steps=2)
+        cfg["student"].update(lora_r=4, lora_alpha=8)
+        cfg["hints"] = {}
+        cfg["train"]["learning_rate"] = 5e-2  # adapters start at B = 0: a visible change in 3 steps
+        done = _train(tmp_path, f"lora{procs}", procs, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[procs], folders[procs] = _losses(done.stdout), tmp_path / f"lora{procs}"
+    assert len(runs[1]) == len(runs[2]) == 3
+    for (loss1, norm1), (loss2, norm2) in zip(runs[1], runs[2], strict=True):
+        assert abs(loss1 - loss2) <= 2e-3 * abs(loss1)
+        assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
+    w0 = _weights(fsdp_setup[1])
+    w1, w2 = _weights(folders[1] / "student"), _weights(folders[2] / "student")
+    assert w1.keys() == w2.keys() == w0.keys()  # merged: an ordinary folder, no adapter names
+    moved = [k for k in w1 if not torch.equal(w1[k], w0[k])]
+    assert moved  # the adapters changed the merged weights
+    for key in w1:
+        torch.testing.assert_close(w2[key], w1[key], rtol=1e-4, atol=ADAM_ATOL)
+    ckpt = folders[2] / "checkpoint-2"
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / "optimizer_fsdp").is_dir()
+    cfg["train"]["resume_from_checkpoint"] = str(ckpt)
+    again = _train(tmp_path, "lora_again", 2, cfg)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _losses(again.stdout)
+    assert len(resumed) == 1 and abs(resumed[0][0] - runs[2][2][0]) <= 2e-3 * abs(runs[2][2][0])
+    w3 = _weights(folders[2] / "student")
+    for key in w2:
+        torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=ADAM_ATOL)
+
+
+GRADS_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch, torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from lmdistill.chunked import Head, LossSpec, chunked_loss
+    from lmdistill.models.forward import final_hidden
+    from lmdistill.models.sharding import shard_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+
+    def check(tie, reshard):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie)
+        model, whole = LlamaForCausalLM(config), LlamaForCausalLM(config)
+        whole.load_state_dict(model.state_dict())
+        shard_model(model)
+        if reshard:  # the root frees its gathered weights after forward: the loss must gather the head itself
+            model.set_reshard_after_forward(True, recurse=False)
+        ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+        teacher = torch.randn(4 * 11, 64, generator=torch.Generator().manual_seed(2))
+        spec = LossSpec(loss="jsd", ce_weight=0.5, kd_weight=0.5, chunk_size=5, vocab=64)
+
+        def loss(m, rows):
+            h = final_hidden(m, ids[rows], torch.ones_like(ids[rows]))[:, :-1].reshape(-1, 32)
+            if m is model:
+                assert isinstance(m.lm_head.weight, DTensor) == reshard, type(m.lm_head.weight)
+            t = teacher.view(4, 11, 64)[rows].reshape(-1, 64)
+            head = Head(torch.eye(64))  # the teacher's "hidden states" are its logits
+            return chunked_loss(h, Head.of(m), ids[rows, 1:].reshape(-1), spec, t, head).total / (4 * 11)
+
+        for _ in range(2):  # twice: the second forward starts from the state the first backward left
+            model.zero_grad()
+            whole.zero_grad()
+            (loss(model, slice(2 * rank, 2 * rank + 2)) * world).backward()  # FSDP2 averages over processes
+            loss(whole, slice(0, 4)).backward()
+            for (name, p), (_, q) in zip(model.named_parameters(), whole.named_parameters()):
+                torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-7, msg=name)
+        print(f"grads match: tied={tie} resharded={reshard}", flush=True)
+
+
+    for tie in (True, False):
+        for reshard in (False, True):
+            check(tie, reshard)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_head_gradients_reach_the_shards(tmp_path):
+    """The chunked loss's head gradient (tied or not) is reduce-scattered into the FSDP2 shards: every
+    parameter's gradient equals one process's on the whole batch, also when the root unit reshards
+    after forward and the head must be gathered by the loss (`unsharded_head_weight`)."""
+    script = tmp_path / "grads.py"
+    script.write_text(GRADS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the 2-process gradient check hung (killed after 120 s)") from None
+    assert proc.returncode == 0, err[-3000:]
+    assert out.count("grads match:") == 2 * 4, out  # 2 processes x (tied, untied) x (kept, resharded root)
+
+
+@pytest.mark.parametrize(
+    ("train", "env", "match"),
+    [
+        ({"fsdp": True}, {}, "launch with `torchrun"),
+        ({"fsdp_teacher": True}, {}, "shards the teacher across processes"),
+        ({"extra": {"fsdp": "full_shard"}}, {}, "use train.fsdp: true"),
+        ({"extra": {"deepspeed": {"zero_optimization": {"stage": 3}}}}, {}, "ZeRO stage 3 is not supported"),
+        ({"fsdp": True, "extra": {"deepspeed": {"zero_optimization": {"stage": 2}}}}, {}, "contradict"),
+    ],
+)
+def test_sharding_settings_refused_before_any_work(tmp_path, capsys, monkeypatch, train, env, match):
+    from tests.conftest import cli_fails
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    cfg = {
+        "teacher": {"name": str(tmp_path / "no_teacher")},
+        "student": {"name": str(tmp_path / "no_student")},
+        "data": {"train": str(data)},
+        "train": {"output_dir": str(tmp_path / "out"), **train},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cli_fails(["train", path], capsys, match)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_nonfinite_batch_is_skipped_by_all_shards(tmp_path, tiny_model_dirs, tiny_tokenizer):
+    """The poisoned-teacher run of test_multiprocess under FSDP2: every process skips the step together
+    and the weights match 1 process; the final held-out report is the same."""
+    from transformers import AutoModelForCausalLM
+
+    teacher_dir, student = tiny_model_dirs
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    with torch.no_grad():
+        teacher.get_input_embeddings().weight[tiny_tokenizer.convert_tokens_to_ids("q")] = float("nan")
+    poisoned = tmp_path / "poisoned_teacher"
+    teacher.save_pretrained(poisoned)
+    tiny_tokenizer.save_pretrained(poisoned)
+    rows = [{"text": f"Hello world number {i} the cat sat on the mat"} for i in range(16)]
+    rows[5] = {"text": "a quiet question"}
+    data, held_out = tmp_path / "data.jsonl", tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    held_out.write_text("".join(json.dumps({"text": f"the mat number {i}"}) + "\n" for i in range(4)))
+    for procs in (1, 2):
+        cfg = {
+            "teacher": {"name": str(poisoned)},
+            "student": {"name": str(student)},
+            "data": {"train": str(data), "eval": str(held_out), "max_length": 24},
+            "train": {
+                "output_dir": str(tmp_path / f"nan{procs}"),
+                "max_steps": 2,  # one epoch: the poisoned example is in exactly one step
+                "per_device_train_batch_size": 8 // procs,
+                "learning_rate": 1e-2,
+                "logging_steps": 1,
+                "save_steps": 1000,
+                "fsdp": procs == 2,
+                "extra": {
+                    "use_cpu": True,
+                    "disable_tqdm": True,
+                    "optim": "sgd",
+                    "dataloader_drop_last": True,
+                },
+            },
+        }
+        done = _train(tmp_path, f"nan{procs}", procs, cfg)
+        assert done.returncode == 0, done.stderr[-3000:]
+        logs = [line for line in done.stdout.splitlines() if "{'loss'" in line]
+        assert len(logs) == 2 and "'nonfinite_skipped': 1" in logs[-1], done.stdout[-2000:]
+    one, two = _weights(tmp_path / "nan1" / "student"), _weights(tmp_path / "nan2" / "student")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-6)
+    # The held-out report of the sharded run scores the saved student, whole, in process 0.
+    eval1, eval2 = (json.loads((tmp_path / f"nan{p}" / "eval.json").read_text()) for p in (1, 2))
+    assert eval2["tokens"] == eval1["tokens"] > 0
+    assert eval2["kl"] == pytest.approx(eval1["kl"], rel=1e-4)
