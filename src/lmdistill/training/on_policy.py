@@ -565,17 +565,9 @@ class OnPolicyTrainer(DistillTrainer):
             total = total + part
             reward += r.item()
         n = int(tokens.shape[0])
-        denom = num_items_in_batch if num_items_in_batch is not None else max(n, 1)
-        loss = total / denom
-        if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
-            loss = loss * self.accelerator.num_processes
-        if self._nonfinite_anywhere(loss):
-            return self._skip_nonfinite(loss, model)
-        if model.training:
-            self._nonfinite_streak = 0
-            self._on_sums["reverse_kl"] = self._on_sums.get("reverse_kl", 0.0) - reward
-            self._on_sums["tokens"] = self._on_sums.get("tokens", 0) + n
-        return loss
+        # reverse KL per token = -(mean reward): logged with the other on-policy sums
+        parts = {"reverse_kl": torch.tensor(-reward)}
+        return self.finish_loss(model, total, parts, n, num_items_in_batch, log_sums=self._on_sums)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:

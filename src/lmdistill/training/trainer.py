@@ -119,20 +119,36 @@ class DistillTrainer(Trainer):
                 total = total + weights[name] * value
                 parts[name] = value.detach()
 
-        denom = num_items_in_batch if num_items_in_batch is not None else max(sums.tokens, 1)
+        loss = self.finish_loss(model, total, parts, sums.tokens, num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def finish_loss(
+        self,
+        model,
+        total: torch.Tensor,
+        parts: dict[str, torch.Tensor],
+        tokens: int,
+        num_items_in_batch=None,
+        log_sums: dict | None = None,
+    ) -> torch.Tensor:
+        """The micro-batch loss from its sum over `tokens` target tokens, the same for every kind of
+        step (logits KD, cross-tokenizer, on-policy): divided by the target tokens of the whole optimizer
+        step (all processes), skipped together when non-finite anywhere, and `parts` (detached sums)
+        added to `log_sums` (default: the trainer's own) for per-token logging."""
+        denom = num_items_in_batch if num_items_in_batch is not None else max(tokens, 1)
         loss = total / denom
         if num_items_in_batch is not None and getattr(self.args, "average_tokens_across_devices", False):
             # num_items_in_batch counts every process's tokens; DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
-
         if self._nonfinite_anywhere(loss):
-            loss = self._skip_nonfinite(loss, model)
-        elif model.training:
+            return self._skip_nonfinite(loss, model)
+        if model.training:
             self._nonfinite_streak = 0
+            sums = self._log_sums if log_sums is None else log_sums
             for name, value in parts.items():
-                self._log_sums[name] = self._log_sums.get(name, 0.0) + value.item()
-            self._log_sums["tokens"] = self._log_sums.get("tokens", 0) + sums.tokens
-        return (loss, None) if return_outputs else loss
+                sums[name] = sums.get(name, 0.0) + float(value)
+            sums["tokens"] = sums.get("tokens", 0) + tokens
+        return loss
 
     @staticmethod
     def _nonfinite_anywhere(loss: torch.Tensor) -> bool:

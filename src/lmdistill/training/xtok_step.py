@@ -116,17 +116,7 @@ class CrossTokenizerStep:
         """`DistillTrainer.compute_loss` for cross-tokenizer batches: the same normalisation by the step's
         target tokens, the same non-finite skipping and the same per-token logging."""
         total, parts, tokens = self.sums(model, trainer.teacher, inputs)
-        denom = num_items_in_batch if num_items_in_batch is not None else max(tokens, 1)
-        loss = total / denom
-        if num_items_in_batch is not None and getattr(trainer.args, "average_tokens_across_devices", False):
-            loss = loss * trainer.accelerator.num_processes  # as DistillTrainer.compute_loss: DDP averages
-        if trainer._nonfinite_anywhere(loss):
-            loss = trainer._skip_nonfinite(loss, model)
-        elif model.training:
-            trainer._nonfinite_streak = 0
-            for name, value in parts.items():
-                trainer._log_sums[name] = trainer._log_sums.get(name, 0.0) + value.item()
-            trainer._log_sums["tokens"] = trainer._log_sums.get("tokens", 0) + tokens
+        loss = trainer.finish_loss(model, total, parts, tokens, num_items_in_batch)
         return (loss, None) if return_outputs else loss
 
 
