@@ -83,8 +83,8 @@ def main() -> None:
     from lmdistill.data.corpus import chatterbot_conversations
     from lmdistill.models import check_vocab, load_teacher, load_tokenizer, shrink_model
     from lmdistill.teachers.whitebox import InProcessTeacher
-    from lmdistill.training.on_policy import prompt_features
     from lmdistill.training.run import Models, make_trainer
+    from lmdistill.training.sampling import prompt_features
 
     started = time.time()
     result = {

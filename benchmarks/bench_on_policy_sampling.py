@@ -40,7 +40,7 @@ def main() -> None:
     from lmdistill.data import load_records, pad_id
     from lmdistill.io import atomic_write_json
     from lmdistill.models import load_teacher, load_tokenizer, shrink_model
-    from lmdistill.training.on_policy import eos_ids, prompt_features, sample_completions
+    from lmdistill.training.sampling import eos_ids, prompt_features, sample_completions
 
     tok = load_tokenizer("smollm2-135m")
     student = shrink_model(load_teacher("smollm2-135m"), num_layers=10).float()

@@ -305,3 +305,51 @@ def divergence(
     return fn(
         student_logits, teacher_logits, temperature=temperature, mask=mask, reduction=reduction, **extra
     )
+
+
+# --- on-policy: the `sampled` estimator (policy gradient from one teacher log-prob per token) -------
+
+
+def sampling_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """log mu(y): the log-prob of each token [N] under the sampling distribution that `generate` used,
+    softmax(logits / temperature) restricted to the top_p nucleus; logits [N, V] (detached here)."""
+    logp = torch.log_softmax(
+        logits.detach().to(torch.promote_types(logits.dtype, torch.float32)) / temperature, -1
+    )
+    if top_p < 1.0:
+        sorted_lp, order = logp.sort(dim=-1, descending=True)
+        # transformers' TopPLogitsWarper keeps a token when the mass strictly before it is below top_p.
+        before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+        drop = (before >= top_p).scatter(1, order, before >= top_p)
+        logp = torch.log_softmax(logp.masked_fill(drop, float("-inf")), dim=-1)
+    return logp.gather(1, tokens[:, None]).squeeze(1)
+
+
+def sampled_token_loss(
+    student_logits: torch.Tensor,
+    tokens: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token policy-gradient loss on the student's own samples; returns (loss sum, reward sum).
+
+    student_logits: [N, V] at the sampled positions (differentiable); tokens: [N] the sampled ids;
+    teacher_logprobs: [N] log p(y_t) of those ids under the teacher. With log q the student's log-prob
+    (temperature 1) and log mu the sampling distribution's, the per-token reward is
+    A = log p(y) - log q(y) (detached) and the loss -w * A with w = exp(log q(y) - log mu(y)), whose value
+    is 1 when the student sampled at temperature 1 and top_p 1. Its expected gradient over y ~ mu is
+    -E_q[A grad log q] = grad KL(q || p): reverse KL by importance-weighted policy gradient (TRL's
+    DistillationTrainer, Thinking Machines' on-policy distillation), using one teacher log-prob per token.
+    The reward sum is minus an unbiased estimate of sum_t KL(q || p) under mu = q.
+    """
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float64 stays float64 (tests)
+    logq_all = torch.log_softmax(student_logits.to(dtype), dim=-1)
+    logq = logq_all.gather(1, tokens[:, None]).squeeze(1)
+    logmu = sampling_logprobs(student_logits, tokens, temperature, top_p)
+    reward = (teacher_logprobs.to(dtype) - logq).detach()
+    weight = torch.exp(logq - logmu)
+    return -(weight * reward).sum(), reward.sum()

@@ -15,19 +15,16 @@ from lmdistill.chunked import LossSpec
 from lmdistill.config import OnPolicyConfig, load_config
 from lmdistill.data import DistillCollator
 from lmdistill.errors import UserError
+from lmdistill.losses import sampled_token_loss
 from lmdistill.training.on_policy import (
     OFF,
     ON,
     SAMPLES_FILE,
     OnPolicyTrainer,
-    PromptCollator,
     Schedule,
-    prompt_features,
-    sample_completions,
-    sampled_token_loss,
-    sequence_batch,
     teacher_token_logprobs,
 )
+from lmdistill.training.sampling import PromptCollator, prompt_features, sample_completions, sequence_batch
 from lmdistill.training.trainer import DistillTrainer
 from tests.conftest import cli_fails
 from tests.teachers.test_whitebox import _run_yaml
@@ -201,7 +198,7 @@ def test_sampled_estimator_gradient_is_reverse_kl_in_expectation(temperature):
 def test_sampling_log_probs_are_those_transformers_samples_from(top_p, kept):
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from lmdistill.training.on_policy import sampling_logprobs
+    from lmdistill.losses import sampling_logprobs
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]], dtype=torch.float64)  # p = 0.64, 0.24, 0.09, 0.03
     warped = TemperatureLogitsWarper(1.3)(None, logits.clone())

@@ -339,7 +339,8 @@ def make_trainer(
     if models.xtok is not None:
         collator = models.xtok.collator(pad_id(models.tokenizer))
     if cfg.on_policy.enabled:  # batches may come from the student's (or teacher's) samples
-        from lmdistill.training.on_policy import OnPolicyTrainer, PromptCollator
+        from lmdistill.training.on_policy import OnPolicyTrainer
+        from lmdistill.training.sampling import PromptCollator
 
         trainer_class, collator = OnPolicyTrainer, PromptCollator(collator)
         extra = dict(
@@ -396,7 +397,7 @@ def tokenize_train(cfg: RunConfig, rows: list[dict], tokenizer) -> list[dict]:
     o = cfg.on_policy
     if not o.enabled:
         return tokenize_records(rows, tokenizer, cfg.data.max_length, source=cfg.data.train)[0]
-    from lmdistill.training.on_policy import prompt_features
+    from lmdistill.training.sampling import prompt_features
 
     always_generated = o.seq_kd or (o.schedule == "constant" and o.lmbda == 1.0)
     return prompt_features(
