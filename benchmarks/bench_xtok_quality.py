@@ -267,9 +267,10 @@ def main() -> None:
     s_tok.save_pretrained(student_dir)
     del big
     init_bpb = bits_per_byte(small, s_tok, pieces)[0].as_dict()
+    n_layers = small.config.num_hidden_layers
     n_params = sum(p.numel() for p in small.parameters())
     del small
-    log(f"student: SmolLM2-135M shrunk to {args.layers} layers, {n_params:,} parameters; bpb {init_bpb}")
+    log(f"student: SmolLM2-135M, {n_layers} of 30 layers, {n_params:,} parameters; bpb {init_bpb}")
 
     teacher = load_teacher("gemma3-270m").eval()
     teacher_bpb = bits_per_byte(teacher, t_tok, pieces)[0].as_dict()
