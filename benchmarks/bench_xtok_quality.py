@@ -6,7 +6,7 @@ beat CE alone for a shallow SmolLM2-derived student? Held-out bits per byte, 3 s
   whose sorted index is a multiple of 5 are held out; training rows are paragraphs of the others.
 - Teacher: `gemma3-270m` (base, vocabulary 262,144). Student: SmolLM2-135M (`smollm2-135m`, vocabulary
   49,152) shrunk to `--layers` evenly spaced layers (`lmdistill.models.shrink_model`), the same starting
-  weights for every run; seeds change the data order.
+  weights for every run (`--layers 30`: the pretrained model itself); seeds change the data order.
 - Methods, same steps, batch, learning rate and data: CE alone (kd_ratio 0); sequence-level KD
   (`seqkd`, the black-box route: CE alone on the teacher's own text; each training paragraph's first
   `--prefix-words` words, continued greedily by the teacher for `--gen-tokens` of its tokens, with the
@@ -333,7 +333,7 @@ def _write(args, runs, init_bpb, teacher_bpb, n_params, n_rows, pieces, held, wa
 
     summary = summarise(runs, args.methods)
     result = {
-        "what": "held-out bits per byte of a shallow SmolLM2-derived student distilled from gemma3-270m",
+        "what": f"held-out bits per byte of a SmolLM2-135M student ({args.layers} of 30 layers) taught by gemma3-270m",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {
