@@ -6,8 +6,12 @@ beat CE alone for a shallow SmolLM2-derived student? Held-out bits per byte, 3 s
   whose sorted index is a multiple of 5 are held out; training rows are paragraphs of the others.
 - Teacher: `gemma3-270m` (base, vocabulary 262,144). Student: SmolLM2-135M (`smollm2-135m`, vocabulary
   49,152) shrunk to `--layers` evenly spaced layers (`lmdistill.models.shrink_model`), the same starting
-  weights for every run; seeds change the data order.
-- Methods, same steps, batch, learning rate and data: CE alone (kd_ratio 0); ULD
+  weights for every run (`--layers 30`: the pretrained model itself); seeds change the data order.
+- Methods, same steps, batch, learning rate and data: CE alone (kd_ratio 0); sequence-level KD
+  (`seqkd`, the black-box route: CE alone on the teacher's own text; each training paragraph's first
+  `--prefix-words` words, continued greedily by the teacher for `--gen-tokens` of its tokens, with the
+  KV cache, batched and left-padded; a base model, so plain text, no chat template; generations are
+  cached under ~/.cache/lmdistill/xtok_seqkd/ and copied into the results); ULD
   (distill.cross_tokenizer=uld); byte-aligned (distill.cross_tokenizer=byte_aligned, loss `--loss`).
   Training goes through `DistillTrainer` and `CrossTokenizerStep` exactly as `lmdistill train` does; the
   only shortcut is that the teacher's final hidden states for a training text are computed once and
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
@@ -49,6 +54,63 @@ def paragraphs(held_out: bool) -> list[str]:
             if len(para) >= 200 and sum(c.isalpha() for c in para) > 0.6 * len(para):
                 out.append(para)
     return out
+
+
+def prefix_of(text: str, words: int) -> str:
+    """The first `words` whitespace-separated words of `text`, with its own spacing and line breaks."""
+    m = re.match(rf"\s*(?:\S+\s+){{{words - 1}}}\S+", text)
+    return m.group(0) if m else text
+
+
+@torch.no_grad()
+def teacher_continuations(
+    model, tok, prefixes: list[str], max_new_tokens: int, batch_size: int = 8
+) -> list[str]:
+    """Greedy plain-text continuation of each prefix by a base model: left-padded batches, the KV cache,
+    its own tokenizer (with its BOS); returns only the new text (special tokens dropped), one per prefix."""
+    side, tok.padding_side = tok.padding_side, "left"
+    out_texts: list[str] = []
+    try:
+        for start in range(0, len(prefixes), batch_size):
+            enc = tok(prefixes[start : start + batch_size], return_tensors="pt", padding=True)
+            seq = model.generate(
+                **enc,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                use_cache=True,
+            )
+            new = seq[:, enc["input_ids"].shape[1] :]
+            out_texts += tok.batch_decode(new, skip_special_tokens=True)
+    finally:
+        tok.padding_side = side
+    return out_texts
+
+
+def seqkd_rows(rows: list[dict], args, teacher, t_tok, log) -> tuple[list[dict], dict]:
+    """Training rows for sequence-level KD: prefix + the teacher's greedy continuation, from a cache
+    file keyed by the teacher, the prefixes and the generation length (computed once, then reused)."""
+    from lmdistill.io import atomic_write_json
+
+    prefixes = [prefix_of(r["text"], args.prefix_words) for r in rows]
+    key = hashlib.sha256(
+        json.dumps(["gemma3-270m", "greedy", args.gen_tokens, prefixes]).encode("utf-8")
+    ).hexdigest()[:16]
+    path = Path(args.gen_cache).expanduser() / f"{key}.json"
+    info = {"cache_file": str(path), "prefix_words": args.prefix_words, "max_new_tokens": args.gen_tokens}
+    if path.exists():
+        conts = json.loads(path.read_text())["continuations"]
+        info["seconds"], info["cached"] = None, True
+        log(f"seqkd: {len(conts)} teacher continuations from {path}")
+    else:
+        start = time.perf_counter()
+        conts = teacher_continuations(teacher, t_tok, prefixes, args.gen_tokens)
+        info["seconds"], info["cached"] = round(time.perf_counter() - start, 1), False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"teacher": "gemma3-270m", "prefixes": prefixes, "continuations": conts})
+        log(f"seqkd: generated {len(conts)} teacher continuations in {info['seconds']} s -> {path}")
+    info["examples"] = [p + c for p, c in zip(prefixes, conts, strict=True)]
+    return [{"text": t} for t in info["examples"]], info
 
 
 class CachedTeacher:
@@ -104,7 +166,7 @@ def train_one(method: str, seed: int, args, teacher_src, teacher_tok, s_tok, stu
         save_steps=10**9,
         extra={"use_cpu": True, "disable_tqdm": True, "save_strategy": "no", "dataloader_num_workers": 0},
     )
-    if method == "ce":
+    if method in ("ce", "seqkd"):  # seqkd: CE alone, on the teacher's generations (rows given)
         distill = DistillConfig(kd_ratio=0.0)
         feats, _ = tokenize_records(rows, s_tok, args.max_length)
         step, teacher, collator = None, None, DistillCollator(pad_token_id=pad_id(s_tok))
@@ -133,7 +195,12 @@ def train_one(method: str, seed: int, args, teacher_src, teacher_tok, s_tok, stu
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--methods", nargs="+", default=["ce", "uld", "byte_aligned"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["ce", "uld", "byte_aligned"],
+        choices=["ce", "seqkd", "uld", "byte_aligned"],
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch", type=int, default=2)
@@ -147,6 +214,11 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4, help="student: SmolLM2-135M layers kept (of 30)")
     p.add_argument("--heldout-chars", type=int, default=2000)
     p.add_argument("--eval-length", type=int, default=128, help="tokens per held-out piece")
+    p.add_argument(
+        "--prefix-words", type=int, default=8, help="seqkd: words of each paragraph given as prompt"
+    )
+    p.add_argument("--gen-tokens", type=int, default=32, help="seqkd: teacher tokens generated per prompt")
+    p.add_argument("--gen-cache", default="~/.cache/lmdistill/xtok_seqkd", help="seqkd: generations cache")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
@@ -185,24 +257,34 @@ def main() -> None:
 
     student_dir = Path(args.work) / "student-init"
     big = load_teacher("smollm2-135m")
-    small = shrink_model(big, num_layers=args.layers)
+    # all 30 layers: the pretrained SmolLM2-135M itself, unshrunk
+    small = (
+        big.train()
+        if args.layers >= big.config.num_hidden_layers
+        else shrink_model(big, num_layers=args.layers)
+    )
     small.save_pretrained(student_dir)
     s_tok.save_pretrained(student_dir)
     del big
     init_bpb = bits_per_byte(small, s_tok, pieces)[0].as_dict()
+    n_layers = small.config.num_hidden_layers
     n_params = sum(p.numel() for p in small.parameters())
     del small
-    log(f"student: SmolLM2-135M shrunk to {args.layers} layers, {n_params:,} parameters; bpb {init_bpb}")
+    log(f"student: SmolLM2-135M, {n_layers} of 30 layers, {n_params:,} parameters; bpb {init_bpb}")
 
     teacher = load_teacher("gemma3-270m").eval()
     teacher_bpb = bits_per_byte(teacher, t_tok, pieces)[0].as_dict()
     log(f"teacher gemma3-270m: bpb {teacher_bpb}")
     teacher_src = CachedTeacher(InProcessTeacher(teacher, "gemma3-270m"))
+    rows_of, seqkd_info = {}, None
+    if "seqkd" in args.methods:
+        rows_of["seqkd"], seqkd_info = seqkd_rows(rows, args, teacher, t_tok, log)
 
     runs = []
     for seed in args.seeds:
         for method in args.methods:
-            out = train_one(method, seed, args, teacher_src, t_tok, s_tok, student_dir, rows, log)
+            m_rows = rows_of.get(method, rows)
+            out = train_one(method, seed, args, teacher_src, t_tok, s_tok, student_dir, m_rows, log)
             bpb = bits_per_byte(out["student"], s_tok, pieces)[0].as_dict()
             runs.append(
                 {
@@ -217,8 +299,8 @@ def main() -> None:
                 f"{method} seed {seed}: held-out bpb {bpb['bits_per_byte']:.4f} ({out['train_seconds']:.0f} s)"
             )
             if args.json:  # partial results survive an interrupted run
-                _write(args, runs, init_bpb, teacher_bpb, n_params, len(rows), pieces, held, wall)
-    summary = _write(args, runs, init_bpb, teacher_bpb, n_params, len(rows), pieces, held, wall)
+                _write(args, runs, init_bpb, teacher_bpb, n_params, len(rows), pieces, held, wall, seqkd_info)
+    summary = _write(args, runs, init_bpb, teacher_bpb, n_params, len(rows), pieces, held, wall, seqkd_info)
     for method, s in summary.items():
         log(f"{method}: {s}")
 
@@ -246,15 +328,17 @@ def summarise(runs: list[dict], methods: list[str]) -> dict:
     return summary
 
 
-def _write(args, runs, init_bpb, teacher_bpb, n_params, n_rows, pieces, held, wall) -> dict:
+def _write(args, runs, init_bpb, teacher_bpb, n_params, n_rows, pieces, held, wall, seqkd_info=None) -> dict:
     import transformers
 
     summary = summarise(runs, args.methods)
     result = {
-        "what": "held-out bits per byte of a shallow SmolLM2-derived student distilled from gemma3-270m",
+        "what": f"held-out bits per byte of a SmolLM2-135M student ({args.layers} of 30 layers) taught by gemma3-270m",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "work", "summarise")},
+        "settings": {
+            k: v for k, v in vars(args).items() if k not in ("json", "work", "summarise", "gen_cache")
+        },
         "machine": {
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
@@ -270,6 +354,7 @@ def _write(args, runs, init_bpb, teacher_bpb, n_params, n_rows, pieces, held, wa
             "heldout_bytes": len(held.encode("utf-8")),
             "heldout_pieces": len(pieces),
         },
+        "seqkd_generations": seqkd_info,
         "student_parameters": n_params,
         "student_before_training": init_bpb,
         "teacher": teacher_bpb,
