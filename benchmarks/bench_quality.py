@@ -106,6 +106,7 @@ def run_all(a: argparse.Namespace, log=print) -> dict:
         heldout_prompts=a.heldout_prompts,
         max_new_tokens=a.max_new_tokens,
         name=a.teacher,
+        human_per_prompt=1,
     )
     train_f, held_f, human_f = data.features(tokenizer)
     student0 = shrink_model(teacher, num_layers=a.student_layers)
@@ -129,7 +130,12 @@ def run_all(a: argparse.Namespace, log=print) -> dict:
             e0 = time.time()
             s, h = scorer.score(student), human.score(student)
             gen = answer_metrics(
-                student, teacher, tokenizer, data.held_prompts, data.teacher_answers, max_new_tokens=a.max_new_tokens
+                student,
+                teacher,
+                tokenizer,
+                data.held_prompts,
+                data.teacher_answers,
+                max_new_tokens=a.max_new_tokens,
             )
             row = {
                 "method": method.name,

@@ -53,7 +53,7 @@ class DemoConfig:
     """The demo's knobs; defaults finish in under 10 minutes on 2 CPU cores."""
 
     output_dir: str = "runs/demo"
-    steps: int | None = None  # optimizer steps per training run (default 48; --fast: 4)
+    steps: int | None = None  # optimizer steps per training run (default 32; --fast: 4)
     fast: bool = False  # smoke test: few prompts, few steps
     heldout_prompts: int = 40
     max_new_tokens: int = 40
@@ -62,7 +62,7 @@ class DemoConfig:
     learning_rate: float = 6e-4
     kd_ratio: float = 0.5
     temperature: float = 1.0
-    eval_every: int | None = None  # held-out scoring every N steps for the curves (default steps // 6)
+    eval_every: int | None = None  # held-out scoring every N steps for the curves (default steps // 4)
     seed: int = 0
 
     def resolved(self) -> DemoConfig:
@@ -70,9 +70,9 @@ class DemoConfig:
         if c.fast:
             c.heldout_prompts, c.max_new_tokens = 8, 16
         if c.steps is None:
-            c.steps = 4 if c.fast else 48
+            c.steps = 4 if c.fast else 32
         if c.eval_every is None:
-            c.eval_every = max(1, c.steps // 6)
+            c.eval_every = max(1, c.steps // 4)
         return c
 
     @property
@@ -149,11 +149,12 @@ def chatterbot_data(
     max_new_tokens: int,
     seed: int = 0,
     name: str = TEACHER,
+    human_per_prompt: int | None = None,
 ) -> ChatData:
     """chatterbot-corpus split by prompt (a fixed split, so the response cache fits every seed):
     `train_examples` human answers of training prompts (shuffled with `seed`, the same tokens for every
     student), and for the first `heldout_prompts` held-out prompts the teacher's greedy answers (empty
-    ones dropped) and every human answer."""
+    ones dropped) and their human answers (at most `human_per_prompt` each; None: all)."""
     convs = chatterbot_conversations()
     prompts = list(dict.fromkeys(cv["prompt"] for cv in convs))
     train_p, held_p = split_train_heldout(prompts, heldout_fraction=0.2, seed=0)
@@ -164,10 +165,17 @@ def chatterbot_data(
     train = [pool[i] for i in order][:train_examples]
     answers = teacher_responses(teacher, tokenizer, held_p, max_new_tokens=max_new_tokens, name=name)
     kept = [a for a in answers if a["response"]]
+    human, seen = [], {}
+    for cv in convs:
+        if cv["prompt"] in held_set and (
+            human_per_prompt is None or seen.get(cv["prompt"], 0) < human_per_prompt
+        ):
+            human.append(cv)
+            seen[cv["prompt"]] = seen.get(cv["prompt"], 0) + 1
     return ChatData(
         train_rows=_as_messages(train),
         teacher_rows=_as_messages(kept),
-        human_rows=_as_messages(cv for cv in convs if cv["prompt"] in held_set),
+        human_rows=_as_messages(human),
         held_prompts=[a["prompt"] for a in kept],
         teacher_answers=[a["response"] for a in kept],
         train_prompts=len({cv["prompt"] for cv in train}),
@@ -198,7 +206,7 @@ def plot_curves(curves: dict[str, list[dict]], path: Path, title: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for (name, points), style in zip(curves.items(), ("o-", "s--", "^-.", "d:"), strict=False):
         steps = [p["step"] for p in points]
         a1.plot(steps, [100 * p["top1"] for p in points], style, label=name, markersize=4)
