@@ -170,7 +170,7 @@ def run_all(a: argparse.Namespace, log=print) -> dict:
             "seeds": a.seed_list,
             "train_examples": len(train_f),
             "heldout_teacher_answers": len(held_f),
-            "heldout_teacher_tokens": scorer.score(teacher).tokens,
+            "heldout_teacher_tokens": scorer.teacher_scores().tokens,
             "heldout_human_answers": len(human_f),
             "max_new_tokens": a.max_new_tokens,
             "threads": a.threads,

@@ -271,8 +271,9 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     human_scorer = HeldoutScorer(teacher, human_f, vocab, pad)
 
     def evaluate(model) -> dict:
-        s = scorer.score(model)
-        h = human_scorer.score(model)
+        own = model is teacher  # the teacher's states are kept: no forward for its own row
+        s = scorer.teacher_scores() if own else scorer.score(model)
+        h = human_scorer.teacher_scores() if own else human_scorer.score(model)
         return {
             "top1": s.top1,
             "kl": s.kl,

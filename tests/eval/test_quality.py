@@ -78,6 +78,11 @@ def test_heldout_scorer_matches_score_tokens(tiny_llama):
     assert ours.top1 == pytest.approx(ref.top1)
     assert ours.kl == pytest.approx(ref.kl, rel=1e-5)
     assert ours.perplexity == pytest.approx(ref.perplexity, rel=1e-5)
+    own = HeldoutScorer(teacher, feats, VOCAB, pad=0).teacher_scores()
+    ref = score_tokens(teacher, feats, vocab=VOCAB, pad_token_id=0, teacher=teacher)
+    assert (own.top1, own.tokens) == (1.0, ref.tokens)
+    assert own.kl == pytest.approx(0.0, abs=1e-6)
+    assert own.perplexity == pytest.approx(ref.perplexity, rel=1e-5)
 
 
 def test_training_with_a_curve_moves_towards_the_teacher(

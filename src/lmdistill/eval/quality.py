@@ -140,7 +140,13 @@ class HeldoutScorer:
 
     def score(self, model: torch.nn.Module) -> TokenScores:
         rows = _scored_rows(model, self.features, self.pad, self.batch_size)
-        head = Head.of(model, trainable=False)
+        return self._scores(Head.of(model, trainable=False), rows)
+
+    def teacher_scores(self) -> TokenScores:
+        """The teacher's own figures (top-1 1, KL 0, its perplexity) from the states kept: no forward."""
+        return self._scores(self.t_head, self.t_rows)
+
+    def _scores(self, head: Head, rows: list[torch.Tensor]) -> TokenScores:
         sums = ScoreSums()
         with torch.no_grad():
             sums.add(
