@@ -60,8 +60,8 @@ METHODS = [
 ]
 BASELINE = METHODS[0].name
 METRICS = ["top1", "kl", "perplexity", "human_perplexity", "rouge_l", "own_logprob"]
-FULL = dict(steps=24, batch_size=8, seeds="0,1,2", heldout_prompts=24, max_new_tokens=32)
-QUICK = dict(steps=6, batch_size=4, seeds="0,1", heldout_prompts=6, max_new_tokens=12)
+FULL = dict(steps=6, batch_size=4, seeds="0,1,2", heldout_prompts=8, max_new_tokens=40)
+QUICK = dict(steps=3, batch_size=2, seeds="0,1", heldout_prompts=4, max_new_tokens=16)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,7 +25,7 @@ def test_quick_runs_every_method_and_writes_results(tmp_path, tiny_model_dirs, m
     teacher, _ = tiny_model_dirs
     bench = _bench()
     out_json, out_png = tmp_path / "quality.json", tmp_path / "quality.png"
-    argv = ["--quick", "--teacher", str(teacher), "--student-layers", "2", "--steps", "3", "--seeds", "0,1"]
+    argv = ["--quick", "--teacher", str(teacher), "--student-layers", "2"]
     argv += ["--json", str(out_json), "--plot", str(out_png), "--output-dir", str(tmp_path / "runs")]
     bench.main(argv)
 
@@ -41,7 +41,7 @@ def test_quick_runs_every_method_and_writes_results(tmp_path, tiny_model_dirs, m
     for row in list(results["summary"].values())[1:]:
         assert {cell["verdict"] for cell in row.values()} <= {"better", "worse", "tie"}
         assert all(cell["n"] == 2 for cell in row.values())
-    assert results["settings"]["train_examples"] == 3 * 4
+    assert results["settings"]["train_examples"] == 3 * 2  # --quick: 3 steps of batch 2
     assert results["wall_seconds"] > 0 and "load_average_start" in results
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| CE alone |" in results["table"]
