@@ -315,6 +315,14 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     results["curves"] = curves
 
     table = _table(list(results["models"].items()))
+    kd, ce = results["models"][f"student, {KD_NAME}"], results["models"][f"student, {CE_NAME}"]
+    gaps = (
+        f"KD against CE alone on the held-out teacher answers: top-1 agreement {100 * (kd['top1'] - ce['top1']):+.1f} "
+        f"points, KL {kd['kl'] - ce['kl']:+.3f} nats/token, perplexity {kd['perplexity']:.2f} vs "
+        f"{ce['perplexity']:.2f}; on the human answers, perplexity {kd['human_perplexity']:.2f} vs "
+        f"{ce['human_perplexity']:.2f}."
+    )
+    results["gaps"] = gaps
     title = f"{c.student_layers}-layer student, {c.steps} steps x {c.batch_size} human answers; held-out teacher answers"
     plotted = plot_curves(curves, out / "curves.png", title)
     results["seconds"] = round(time.time() - started, 1)
@@ -332,12 +340,12 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
         f"({results['models']['teacher']['tokens']} target tokens: top-1, KL, perplexity) and the "
         f"{len(human_f)} human answers to the same prompts "
         f"({results['models']['teacher']['human_tokens']} tokens: perplexity, human text).\n\n"
-        f"{table}\n\n{picture}"
+        f"{table}\n\n{gaps}\n\n{picture}"
         f"Total time {results['seconds']} s. Student folder (KD): {out / 'student'}\n"
     )
     atomic_write_text(out / "report.md", report)
     atomic_write_json(out / "results.json", results)
-    log("\n" + table)
+    log("\n" + table + "\n\n" + gaps)
     log(
         f"\nstudent (KD) saved to {out / 'student'}; report {out / 'report.md'}"
         + (f", curves {out / 'curves.png'}" if plotted else "")
