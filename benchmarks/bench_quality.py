@@ -77,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int)
     ap.add_argument("--methods", help="comma-separated method names (default: all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--skip-generation", action="store_true", help="no greedy answers: no ROUGE-L, no own log-prob"
+    )
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "quality.png"))
     ap.add_argument("--output-dir", default="runs/bench_quality", help="trainer scratch folder")
@@ -129,14 +132,12 @@ def run_all(a: argparse.Namespace, log=print) -> dict:
             )  # fmt: skip
             e0 = time.time()
             s, h = scorer.score(student), human.score(student)
-            gen = answer_metrics(
-                student,
-                teacher,
-                tokenizer,
-                data.held_prompts,
-                data.teacher_answers,
-                max_new_tokens=a.max_new_tokens,
-            )
+            gen = {"rouge_l": None, "own_logprob": None}
+            if not a.skip_generation:
+                gen = answer_metrics(
+                    student, teacher, tokenizer, data.held_prompts, data.teacher_answers,
+                    max_new_tokens=a.max_new_tokens,
+                )  # fmt: skip
             row = {
                 "method": method.name,
                 "seed": seed,
@@ -151,9 +152,16 @@ def run_all(a: argparse.Namespace, log=print) -> dict:
             }
             runs.append(row)
             log(json.dumps(row))
-    teacher_gen = answer_metrics(
-        teacher, teacher, tokenizer, data.held_prompts, data.teacher_answers, max_new_tokens=a.max_new_tokens
-    )
+    teacher_gen = {"rouge_l": None, "own_logprob": None}
+    if not a.skip_generation:
+        teacher_gen = answer_metrics(
+            teacher,
+            teacher,
+            tokenizer,
+            data.held_prompts,
+            data.teacher_answers,
+            max_new_tokens=a.max_new_tokens,
+        )
     return {
         "benchmark": "quality",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -204,7 +212,7 @@ LABELS = {
     "rouge_l": "ROUGE-L vs teacher",
     "own_logprob": "teacher log-prob of own answers",
 }
-MARK = {"better": " ▲", "worse": " ▼", "tie": " =", "baseline": ""}
+MARK = {"better": " ▲", "worse": " ▼", "tie": " =", "baseline": "", "n/a": ""}
 
 
 def markdown(results: dict) -> str:
@@ -215,7 +223,9 @@ def markdown(results: dict) -> str:
         cells = []
         for c in cols:
             x = row[c]
-            if c == "top1":
+            if "mean" not in x:
+                cells.append("n/a")
+            elif c == "top1":
                 cells.append(f"{100 * x['mean']:.1f}% ± {100 * x['sd']:.1f}{MARK[x['verdict']]}")
             else:
                 cells.append(f"{x['mean']:.3f} ± {x['sd']:.3f}{MARK[x['verdict']]}")
@@ -235,9 +245,17 @@ def plot(results: dict, path: Path) -> bool:
     summary = results["summary"]
     names = list(summary)
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    colours = {"baseline": "grey", "better": "tab:green", "worse": "tab:red", "tie": "tab:blue"}
+    colours = {
+        "baseline": "grey",
+        "better": "tab:green",
+        "worse": "tab:red",
+        "tie": "tab:blue",
+        "n/a": "white",
+    }
     for ax, metric in zip(axes.flat, ["top1", "kl", "rouge_l", "own_logprob"], strict=True):
         cells = [summary[n][metric] for n in names]
+        if any("mean" not in c for c in cells):
+            cells = [c if "mean" in c else {"mean": 0.0, "sd": 0.0, "verdict": "n/a"} for c in cells]
         scale = 100 if metric == "top1" else 1
         ax.barh(
             range(len(names)),

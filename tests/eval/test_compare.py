@@ -18,6 +18,20 @@ def test_cell_one_seed_has_no_spread():
     assert cell([0.25]).sd == 0.0
 
 
+def test_cell_leaves_out_missing_values():
+    c = cell([1.0, None, 3.0])
+    assert (c.mean, c.n) == (2.0, 2)
+    assert cell([None, None]) is None
+    assert verdict(None, cell([1.0]), higher_is_better=True) == "n/a"
+
+
+def test_summarise_marks_a_metric_without_values():
+    runs = [{"method": "ce", "own": None}, {"method": "kd", "own": -2.0}]
+    out = summarise(runs, ["own"], baseline="ce", higher_is_better={"own": True})
+    assert out["ce"]["own"] == {"n": 0, "verdict": "n/a"}
+    assert out["kd"]["own"]["verdict"] == "n/a" and out["kd"]["own"]["mean"] == -2.0
+
+
 def test_cell_refuses_nothing_and_nan():
     with pytest.raises(ValueError):
         cell([])

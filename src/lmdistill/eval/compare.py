@@ -40,11 +40,15 @@ class Cell:
         return asdict(self)
 
 
-def cell(values: Sequence[float]) -> Cell:
-    """Mean and spread of one metric over seeds (None values are refused: a missing figure is a bug)."""
-    xs = [float(v) for v in values]
-    if not xs:
+def cell(values: Sequence[float | None]) -> Cell | None:
+    """Mean and spread of one metric over seeds. None values (a figure that does not exist for a run,
+    e.g. the teacher's log-prob of answers that are all empty) are left out and `n` counts the rest;
+    None when no value is left."""
+    if not values:
         raise ValueError("no values to summarise")
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None
     if any(math.isnan(x) for x in xs):
         raise ValueError(f"NaN among the values: {xs}")
     n = len(xs)
@@ -53,8 +57,11 @@ def cell(values: Sequence[float]) -> Cell:
     return Cell(mean, sd, min(xs), max(xs), n)
 
 
-def verdict(method: Cell, baseline: Cell, *, higher_is_better: bool) -> str:
-    """ "better", "worse" or "tie" for `method` against `baseline` (see the module docstring)."""
+def verdict(method: Cell | None, baseline: Cell | None, *, higher_is_better: bool) -> str:
+    """ "better", "worse" or "tie" for `method` against `baseline` (see the module docstring); "n/a"
+    when either has no value."""
+    if method is None or baseline is None:
+        return "n/a"
     gap = method.mean - baseline.mean
     if abs(gap) <= method.sd + baseline.sd:
         return "tie"
@@ -62,13 +69,19 @@ def verdict(method: Cell, baseline: Cell, *, higher_is_better: bool) -> str:
 
 
 def summarise(
-    runs: Sequence[Mapping], metrics: Sequence[str], *, baseline: str, method_key: str = "method"
+    runs: Sequence[Mapping],
+    metrics: Sequence[str],
+    *,
+    baseline: str,
+    method_key: str = "method",
+    higher_is_better: Mapping[str, bool] = HIGHER_IS_BETTER,
 ) -> dict:
     """Per method (in first-seen order) and metric: the `Cell` as a dict, plus its verdict against the
     `baseline` method ("baseline" for the baseline itself).
 
     runs: one mapping per (method, seed) with `method_key` and every metric name as keys.
-    Returns {method: {metric: {mean, sd, min, max, n, verdict}}}.
+    Returns {method: {metric: {mean, sd, min, max, n, verdict}}} ({"verdict": "n/a", "n": 0} for a
+    metric with no value).
     """
     by_method: dict[str, list[Mapping]] = {}
     for r in runs:
@@ -80,10 +93,9 @@ def summarise(
     for m, row in cells.items():
         out[m] = {}
         for k, c in row.items():
-            v = (
-                "baseline"
-                if m == baseline
-                else verdict(c, cells[baseline][k], higher_is_better=HIGHER_IS_BETTER[k])
-            )
-            out[m][k] = {**c.as_dict(), "verdict": v}
+            if m == baseline:
+                v = "baseline" if c is not None else "n/a"
+            else:
+                v = verdict(c, cells[baseline][k], higher_is_better=higher_is_better[k])
+            out[m][k] = {**(c.as_dict() if c is not None else {"n": 0}), "verdict": v}
     return out
