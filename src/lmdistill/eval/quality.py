@@ -103,7 +103,11 @@ class PrecomputedTeacher:
         self.device = torch.device("cpu")
 
     def to(self, device) -> PrecomputedTeacher:
+        """The kept states move per batch; the head is the model's, so the model moves."""
         self.device = torch.device(device)
+        if next(self.model.parameters()).device != self.device:
+            self.model.to(self.device)
+            self.head = Head.of(self.model, trainable=False)
         return self
 
     def score(self, query: TeacherQuery) -> TeacherScores:
