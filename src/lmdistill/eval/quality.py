@@ -78,7 +78,9 @@ def _scored_rows(model, features: list[dict], pad: int, batch_size: int) -> list
         with torch.no_grad():
             for i in range(0, len(features), batch_size):
                 batch = collate(features[i : i + batch_size])
-                hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
+                device = next(model.parameters()).device
+                ids, attn = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                hidden = final_hidden(model, ids, attn)[:, :-1].cpu()  # kept on the CPU
                 mask = batch["labels"][:, 1:] != IGNORE_INDEX
                 rows.extend(hidden[b][mask[b]].clone() for b in range(hidden.shape[0]))
     finally:
@@ -152,14 +154,16 @@ class HeldoutScorer:
 
     def _scores(self, head: Head, rows: list[torch.Tensor]) -> TokenScores:
         sums = ScoreSums()
+        device = head.weight.device if head.weight is not None else next(head.module.parameters()).device
+        t_device = self.t_head.weight.device if self.t_head.weight is not None else device
         with torch.no_grad():
             sums.add(
                 head,
-                torch.cat(rows),
-                torch.cat(self.targets),
+                torch.cat(rows).to(device),
+                torch.cat(self.targets).to(device),
                 self.vocab,
                 t_head=self.t_head,
-                t_hidden=torch.cat(self.t_rows),
+                t_hidden=torch.cat(self.t_rows).to(t_device),
             )
         return sums.scores(with_teacher=True)
 
