@@ -1,9 +1,13 @@
-"""`lmdistill demo`: the main job on the embedded default, end to end on a laptop CPU.
+"""`lmdistill demo`: what logits KD is for, on the embedded teacher, end to end on a laptop CPU.
 
-SmolLM2-135M-Instruct (30 layers) answers real chat prompts from chatterbot-corpus; a student with a
-third of its layers, initialised from it, learns from those answers twice at equal steps: once with
-logits KD (CE + forward KL to the teacher's distribution), once with CE only. A before/after table on
-held-out prompts reports top-1 agreement with the teacher, KL to it and perplexity.
+SmolLM2-135M-Instruct (30 layers) is the teacher; a student with a third of its layers, initialised
+from it, is trained twice at equal steps on the SAME tokens: human-written chat answers from
+chatterbot-corpus. Once with CE alone (plain fine-tuning: it learns the human answers), once with
+logits KD (CE on the same tokens plus forward KL to the teacher's distribution at every position: the
+teacher's knowledge is the only difference). The held-out prompts are answered by the teacher
+(greedy, through the response cache); both students are scored on those answers every few steps:
+top-1 agreement with the teacher and KL to it, the figures KD exists to move. Perplexity is reported
+on the teacher's held-out answers and on the held-out human answers.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lmdistill.config import DistillConfig, RunConfig, TrainConfig
 from lmdistill.data import chatterbot_conversations, pad_id, split_train_heldout, tokenize_records
-from lmdistill.eval.scoring import score_tokens
-from lmdistill.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from lmdistill.eval.quality import (
+    CurveCallback,
+    HeldoutScorer,
+    Method,
+    PrecomputedTeacher,
+    indexed,
+    train_student,
+)
+from lmdistill.io import atomic_write, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from lmdistill.models import (
     cache_dir,
     check_vocab,
@@ -31,9 +41,11 @@ from lmdistill.models import (
 from lmdistill.teachers.cache import CachedTeacher, ResponseCache
 from lmdistill.teachers.local import LocalTeacher
 from lmdistill.teachers.types import Request, Sampling
-from lmdistill.training.run import Models, make_trainer, save_student
+from lmdistill.training.run import save_student
 
 TEACHER = "smollm2-135m"
+KD_NAME = "KD (CE + forward KL)"
+CE_NAME = "CE only (no KD)"
 
 
 @dataclass
@@ -41,33 +53,44 @@ class DemoConfig:
     """The demo's knobs; defaults finish in under 10 minutes on 2 CPU cores."""
 
     output_dir: str = "runs/demo"
-    steps: int | None = None  # optimizer steps per training run (default 40; --fast: 4)
+    steps: int | None = None  # optimizer steps per training run (default 32; --fast: 4)
     fast: bool = False  # smoke test: few prompts, few steps
-    train_prompts: int = 224
     heldout_prompts: int = 40
     max_new_tokens: int = 40
     student_layers: int = 10
     batch_size: int = 8
     learning_rate: float = 6e-4
-    kd_ratio: float = 0.9
+    kd_ratio: float = 0.5
+    temperature: float = 1.0
+    eval_every: int | None = None  # held-out scoring every N steps for the curves (default steps // 4)
     seed: int = 0
 
     def resolved(self) -> DemoConfig:
         c = copy.copy(self)
         if c.fast:
-            c.train_prompts, c.heldout_prompts, c.max_new_tokens = 16, 8, 16
+            c.heldout_prompts, c.max_new_tokens = 8, 16
         if c.steps is None:
-            c.steps = 4 if c.fast else 40
+            c.steps = 4 if c.fast else 32
+        if c.eval_every is None:
+            c.eval_every = max(1, c.steps // 4)
         return c
 
+    @property
+    def train_examples(self) -> int:
+        """One pass: every training example is seen once (steps x batch)."""
+        return (self.steps or 0) * self.batch_size
 
-def teacher_responses(teacher, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32):
+
+def teacher_responses(
+    teacher, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 32, name: str = TEACHER
+):
     """Greedy teacher answers through the response cache (a rerun generates only what is missing).
+    `name`: the teacher's identity in the cache (another model must have another name).
 
     Returns a list of dicts {prompt, response, finished} in the order of `prompts`; `finished` is False
     where the answer was cut at max_new_tokens.
     """
-    local = LocalTeacher(teacher, tokenizer, name=TEACHER, batch_size=batch_size)
+    local = LocalTeacher(teacher, tokenizer, name=name, batch_size=batch_size)
     sampling = Sampling(max_new_tokens=max_new_tokens)
     requests = [Request.chat([{"role": "user", "content": p}], sampling) for p in prompts]
     answers = [None] * len(requests)
@@ -83,26 +106,125 @@ def teacher_responses(teacher, tokenizer, prompts: list[str], *, max_new_tokens:
     ]
 
 
-def _as_messages(rows):
+def _as_messages(rows, answer_key: str = "response"):
     return [
         {
             "messages": [
                 {"role": "user", "content": r["prompt"]},
-                {"role": "assistant", "content": r["response"]},
+                {"role": "assistant", "content": r[answer_key]},
             ]
         }
         for r in rows
     ]
 
 
+@dataclass
+class ChatData:
+    """The demo's and the quality benchmark's data, as message rows: human training answers, and for
+    the held-out prompts the teacher's greedy answers and the human ones."""
+
+    train_rows: list[dict]
+    teacher_rows: list[dict]
+    human_rows: list[dict]
+    held_prompts: list[str]  # the prompts of teacher_rows, in order
+    teacher_answers: list[str]  # aligned with held_prompts
+    train_prompts: int
+    cut: int  # teacher answers cut at max_new_tokens
+
+    def features(self, tokenizer, max_length: int = 256) -> tuple[list[dict], list[dict], list[dict]]:
+        """(train, held-out teacher answers, held-out human answers), tokenized."""
+        return (
+            tokenize_records(self.train_rows, tokenizer, max_length, source="train (human answers)")[0],
+            tokenize_records(self.teacher_rows, tokenizer, max_length, source="held-out teacher answers")[0],
+            tokenize_records(self.human_rows, tokenizer, max_length, source="held-out human answers")[0],
+        )
+
+
+def chatterbot_data(
+    teacher,
+    tokenizer,
+    *,
+    train_examples: int,
+    heldout_prompts: int,
+    max_new_tokens: int,
+    seed: int = 0,
+    name: str = TEACHER,
+    human_per_prompt: int | None = None,
+) -> ChatData:
+    """chatterbot-corpus split by prompt (a fixed split, so the response cache fits every seed):
+    `train_examples` human answers of training prompts (shuffled with `seed`, the same tokens for every
+    student), and for the first `heldout_prompts` held-out prompts the teacher's greedy answers (empty
+    ones dropped) and their human answers (at most `human_per_prompt` each; None: all)."""
+    convs = chatterbot_conversations()
+    prompts = list(dict.fromkeys(cv["prompt"] for cv in convs))
+    train_p, held_p = split_train_heldout(prompts, heldout_fraction=0.2, seed=0)
+    held_p = held_p[:heldout_prompts]
+    train_set, held_set = set(train_p), set(held_p)
+    pool = [cv for cv in convs if cv["prompt"] in train_set]
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).tolist()
+    train = [pool[i] for i in order][:train_examples]
+    answers = teacher_responses(teacher, tokenizer, held_p, max_new_tokens=max_new_tokens, name=name)
+    kept = [a for a in answers if a["response"]]
+    human, seen = [], {}
+    for cv in convs:
+        if cv["prompt"] in held_set and (
+            human_per_prompt is None or seen.get(cv["prompt"], 0) < human_per_prompt
+        ):
+            human.append(cv)
+            seen[cv["prompt"]] = seen.get(cv["prompt"], 0) + 1
+    return ChatData(
+        train_rows=_as_messages(train),
+        teacher_rows=_as_messages(kept),
+        human_rows=_as_messages(human),
+        held_prompts=[a["prompt"] for a in kept],
+        teacher_answers=[a["response"] for a in kept],
+        train_prompts=len({cv["prompt"] for cv in train}),
+        cut=sum(not a["finished"] for a in kept),
+    )
+
+
 def _table(rows: list[tuple[str, dict]]) -> str:
     lines = [
-        "| model | top-1 agreement with teacher | KL(teacher ‖ model) nats/token | perplexity |",
-        "|---|---:|---:|---:|",
+        "| model | top-1 agreement with teacher | KL(teacher ‖ model) nats/token | perplexity, teacher text "
+        "| perplexity, human text |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, m in rows:
-        lines.append(f"| {name} | {m['top1']:.1%} | {m['kl']:.3f} | {m['perplexity']:.2f} |")
+        lines.append(
+            f"| {name} | {m['top1']:.1%} | {m['kl']:.3f} | {m['perplexity']:.2f} | {m['human_perplexity']:.2f} |"
+        )
     return "\n".join(lines)
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path, title: str) -> bool:
+    """Held-out top-1 agreement and KL against optimizer steps, one line per student; False without
+    matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for (name, points), style in zip(curves.items(), ("o-", "s--", "^-.", "d:"), strict=False):
+        steps = [p["step"] for p in points]
+        a1.plot(steps, [100 * p["top1"] for p in points], style, label=name, markersize=4)
+        a2.plot(steps, [p["kl"] for p in points], style, label=name, markersize=4)
+    a1.set(
+        xlabel="optimizer step",
+        ylabel="top-1 agreement with teacher (%)",
+        title="agreement (higher is better)",
+    )
+    a2.set(xlabel="optimizer step", ylabel="KL(teacher ‖ student), nats/token", title="KL (lower is better)")
+    a2.set_yscale("log")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return True
 
 
 def run_demo(config: DemoConfig | None = None, log=print) -> dict:
@@ -116,78 +238,117 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
     tokenizer = load_tokenizer(TEACHER)
     teacher = load_teacher(TEACHER)
 
-    log("[2/5] data: chatterbot-corpus prompts, answered by the teacher (greedy)")
-    convs = chatterbot_conversations()
-    prompts = list(dict.fromkeys(cv["prompt"] for cv in convs))
-    train_p, held_p = split_train_heldout(prompts, heldout_fraction=0.2, seed=c.seed)
-    train_p, held_p = train_p[: c.train_prompts], held_p[: c.heldout_prompts]
-    answers = teacher_responses(teacher, tokenizer, train_p + held_p, max_new_tokens=c.max_new_tokens)
-    # Answers cut at max_new_tokens are kept: they are real teacher text, and KD learns from every token.
-    kept = [a for a in answers if a["response"]]
-    cut = sum(not a["finished"] for a in kept)
-    train_rows = _as_messages(a for a in kept if a["prompt"] in set(train_p))
-    held_rows = _as_messages(a for a in kept if a["prompt"] in set(held_p))
-    atomic_write_jsonl(out / "data" / "train.jsonl", train_rows)
-    atomic_write_jsonl(out / "data" / "heldout.jsonl", held_rows)
     log(
-        f"      {len(answers)} answers ({cut} cut at {c.max_new_tokens} tokens, {len(answers) - len(kept)} "
-        f"empty and dropped); train {len(train_rows)}, held-out {len(held_rows)}"
+        "[2/5] data: chatterbot-corpus; students learn its human answers, held-out prompts answered by the teacher"
     )
-    train_f, _ = tokenize_records(train_rows, tokenizer, 256, source="demo train")
-    held_f, _ = tokenize_records(held_rows, tokenizer, 256, source="demo held-out")
+    data = chatterbot_data(
+        teacher,
+        tokenizer,
+        train_examples=c.train_examples,
+        heldout_prompts=c.heldout_prompts,
+        max_new_tokens=c.max_new_tokens,
+        seed=c.seed,
+    )
+    atomic_write_jsonl(out / "data" / "train.jsonl", data.train_rows)
+    atomic_write_jsonl(out / "data" / "heldout_teacher.jsonl", data.teacher_rows)
+    atomic_write_jsonl(out / "data" / "heldout_human.jsonl", data.human_rows)
+    train_f, held_f, human_f = data.features(tokenizer)
+    log(
+        f"      train: {len(train_f)} human answers to {data.train_prompts} prompts; held-out: {len(held_f)} "
+        f"teacher answers ({data.cut} cut at {c.max_new_tokens} tokens) and {len(human_f)} human answers "
+        f"to {len(data.held_prompts)} other prompts"
+    )
 
     log(f"[3/5] student: {c.student_layers} of the teacher's 30 layers, copied")
     student0 = shrink_model(teacher, num_layers=c.student_layers)
     vocab = check_vocab(tokenizer, tokenizer, teacher, student0)
     log(describe_sizes(teacher, student0))
     pad = pad_id(tokenizer)
+    log("      the teacher reads the training and held-out text once (its states are reused by every run)")
+    train_f = indexed(train_f)
+    precomputed = PrecomputedTeacher(teacher, train_f, pad)
+    scorer = HeldoutScorer(teacher, held_f, vocab, pad)
+    human_scorer = HeldoutScorer(teacher, human_f, vocab, pad)
 
     def evaluate(model) -> dict:
-        return score_tokens(model, held_f, vocab=vocab, pad_token_id=pad, teacher=teacher).as_dict()
+        own = model is teacher  # the teacher's states are kept: no forward for its own row
+        s = scorer.teacher_scores() if own else scorer.score(model)
+        h = human_scorer.teacher_scores() if own else human_scorer.score(model)
+        return {
+            "top1": s.top1,
+            "kl": s.kl,
+            "perplexity": s.perplexity,
+            "tokens": s.tokens,
+            "human_perplexity": h.perplexity,
+            "human_top1": h.top1,
+            "human_kl": h.kl,
+            "human_tokens": h.tokens,
+        }
 
-    results: dict = {"models": {}, "config": c.__dict__}
+    results: dict = {"models": {}, "config": {**c.__dict__, "train_examples": c.train_examples}}
     results["models"]["teacher"] = evaluate(teacher)
     results["models"]["student before training"] = evaluate(student0)
 
-    runs = {"KD (CE + forward KL)": c.kd_ratio, "CE only (no KD)": 0.0}
-    for i, (name, kd_ratio) in enumerate(runs.items()):
-        log(f"[{4 + i}/5] train {name}: {c.steps} steps, batch {c.batch_size}")
-        student = copy.deepcopy(student0).train()
-        cfg = RunConfig(
-            distill=DistillConfig(loss="forward_kl", kd_ratio=kd_ratio),
-            train=TrainConfig(
-                output_dir=str(out / ("kd" if kd_ratio else "ce")),
-                max_steps=c.steps,
-                per_device_train_batch_size=c.batch_size,
-                learning_rate=c.learning_rate,
-                lr_scheduler_type="cosine",
-                warmup_steps=max(1, c.steps // 10),
-                logging_steps=max(1, c.steps // 4),
-                save_steps=10**9,
-                seed=c.seed,
-                extra={"use_cpu": not torch.cuda.is_available(), "save_strategy": "no"},
-            ),
+    methods = [
+        Method(KD_NAME, loss="forward_kl", kd_ratio=c.kd_ratio, temperature=c.temperature),
+        Method(CE_NAME, kd_ratio=0.0),
+    ]
+    curves: dict[str, list[dict]] = {}
+    for i, method in enumerate(methods):
+        log(
+            f"[{4 + i}/5] train {method.name}: {c.steps} steps, batch {c.batch_size}, held-out score every {c.eval_every}"
         )
-        t0 = time.time()
-        trainer = make_trainer(cfg, Models(teacher, student, tokenizer, vocab), train_f)
-        trainer.train()
-        seconds = time.time() - t0
-        results["models"][f"student, {name}"] = {**evaluate(student), "train_seconds": round(seconds, 1)}
-        if kd_ratio:
+        curve = CurveCallback(scorer, c.eval_every)
+        student, seconds = train_student(
+            method, student0, teacher, tokenizer, vocab, train_f,
+            steps=c.steps, batch_size=c.batch_size, lr=c.learning_rate, seed=c.seed,
+            output_dir=str(out / ("kd" if method.kd_ratio else "ce")),
+            precomputed=precomputed, curve=curve,
+        )  # fmt: skip
+        curves[method.name] = curve.points
+        results["models"][f"student, {method.name}"] = {
+            **evaluate(student),
+            "train_seconds": round(seconds, 1),
+        }
+        if method.kd_ratio:
             save_student(student, tokenizer, out / "student")
+    results["curves"] = curves
 
     table = _table(list(results["models"].items()))
+    kd, ce = results["models"][f"student, {KD_NAME}"], results["models"][f"student, {CE_NAME}"]
+    gaps = (
+        f"KD against CE alone on the held-out teacher answers: top-1 agreement {100 * (kd['top1'] - ce['top1']):+.1f} "
+        f"points, KL {kd['kl'] - ce['kl']:+.3f} nats/token, perplexity {kd['perplexity']:.2f} vs "
+        f"{ce['perplexity']:.2f}; on the human answers, perplexity {kd['human_perplexity']:.2f} vs "
+        f"{ce['human_perplexity']:.2f}."
+    )
+    results["gaps"] = gaps
+    title = f"{c.student_layers}-layer student, {c.steps} steps x {c.batch_size} human answers; held-out teacher answers"
+    plotted = plot_curves(curves, out / "curves.png", title)
     results["seconds"] = round(time.time() - started, 1)
+    picture = (
+        "![held-out agreement and KL against steps](curves.png)\n\n"
+        if plotted
+        else "(no plot: matplotlib is not installed)\n\n"
+    )
     report = (
         f"# lmdistill demo\n\nTeacher SmolLM2-135M-Instruct (30 layers) -> student with {c.student_layers} "
-        f"layers; {c.steps} steps of batch {c.batch_size} each; held-out: {len(held_f)} teacher answers, "
-        f"{results['models']['teacher']['tokens']} target tokens.\n\n{table}\n\n"
-        f"Total time {results['seconds']} s. Student folder: {out / 'student'}\n"
+        f"layers copied from it. Both students learn the same {len(train_f)} human-written chatterbot answers "
+        f"({c.steps} steps of batch {c.batch_size}, lr {c.learning_rate}, seed {c.seed}): CE alone, or "
+        f"{1 - c.kd_ratio:g} x CE + {c.kd_ratio:g} x forward KL to the teacher (T = {c.temperature:g}). "
+        f"Held-out: the teacher's greedy answers to {len(held_f)} other prompts "
+        f"({results['models']['teacher']['tokens']} target tokens: top-1, KL, perplexity) and the "
+        f"{len(human_f)} human answers to the same prompts "
+        f"({results['models']['teacher']['human_tokens']} tokens: perplexity, human text).\n\n"
+        f"{table}\n\n{gaps}\n\n{picture}"
+        f"Total time {results['seconds']} s. Student folder (KD): {out / 'student'}\n"
     )
     atomic_write_text(out / "report.md", report)
     atomic_write_json(out / "results.json", results)
-    log("\n" + table)
+    log("\n" + table + "\n\n" + gaps)
     log(
-        f"\nstudent (KD) saved to {out / 'student'}; report {out / 'report.md'}; {results['seconds']} s in all"
+        f"\nstudent (KD) saved to {out / 'student'}; report {out / 'report.md'}"
+        + (f", curves {out / 'curves.png'}" if plotted else "")
+        + f"; {results['seconds']} s in all"
     )
     return results

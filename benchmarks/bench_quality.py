@@ -1,0 +1,299 @@
+"""Distillation quality per method, over seeds: what each loss does for the same student.
+
+The embedded teacher (SmolLM2-135M-Instruct) and a student of 10 of its layers, copied; every method
+trains the same student on the same human-written chatterbot answers for the same steps, once per
+seed (the seed changes the data order). Held-out figures against the teacher's greedy answers to
+other prompts: top-1 agreement, KL(teacher ‖ student), perplexity; perplexity on the human answers
+to the same prompts; ROUGE-L of the student's greedy answers against the teacher's; the teacher's
+log-prob per token of the student's own answers. Mean and sample sd per cell; a method whose gap
+to CE alone is inside the two spreads is a tie (`lmdistill.eval.compare`).
+
+    python benchmarks/bench_quality.py                 # the full table (see docs/quality.md for its size)
+    python benchmarks/bench_quality.py --quick         # a few minutes: 2 seeds, few steps
+    python benchmarks/bench_quality.py --methods "CE alone,forward KL" --seeds 0,1,2
+
+Writes benchmarks/results/quality.json and docs/img/quality.png (or --json / --plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from lmdistill.data import pad_id
+from lmdistill.demo import TEACHER, chatterbot_data
+from lmdistill.eval.compare import summarise
+from lmdistill.eval.quality import (
+    HeldoutScorer,
+    Method,
+    PrecomputedTeacher,
+    answer_metrics,
+    indexed,
+    train_student,
+)
+from lmdistill.io import atomic_write, atomic_write_json
+from lmdistill.models import check_vocab, load_teacher, load_tokenizer, shrink_model
+
+ROOT = Path(__file__).resolve().parent.parent
+KD = 0.5  # kd_ratio of every KD method: loss = 0.5 CE + 0.5 T^2 D (the demo's setting)
+HINTS = {"hidden_weight": 1.0, "layers": "copied", "metric": "ln_mse", "relation_weight": 1.0}
+
+#: The methods compared, baseline first. On-policy distillation (issue 13) is one more entry here.
+METHODS = [
+    Method("CE alone", kd_ratio=0.0),
+    Method("forward KL", "forward_kl", KD),
+    Method("reverse KL", "reverse_kl", KD),
+    Method("JSD (beta 0.5)", "jsd", KD, beta=0.5),
+    Method("skew forward KL (0.1)", "skew_forward_kl", KD, alpha=0.1),
+    Method("skew reverse KL (0.1)", "skew_reverse_kl", KD, alpha=0.1),
+    Method("TVD", "tvd", KD),
+    Method("forward KL, T=2", "forward_kl", KD, temperature=2.0),
+    Method("forward KL + hints", "forward_kl", KD, hints=HINTS),
+]
+BASELINE = METHODS[0].name
+METRICS = ["top1", "kl", "perplexity", "human_perplexity", "rouge_l", "own_logprob"]
+FULL = dict(steps=6, batch_size=4, seeds="0,1,2", heldout_prompts=8, max_new_tokens=40)
+QUICK = dict(steps=3, batch_size=2, seeds="0,1", heldout_prompts=4, max_new_tokens=16)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few minutes: fewer steps, seeds and prompts")
+    ap.add_argument("--teacher", default=TEACHER, help="teacher model (short name or folder)")
+    ap.add_argument("--student-layers", type=int, default=10)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--seeds", help="comma-separated seeds")
+    ap.add_argument("--heldout-prompts", type=int)
+    ap.add_argument("--max-new-tokens", type=int)
+    ap.add_argument("--methods", help="comma-separated method names (default: all)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--skip-generation", action="store_true", help="no greedy answers: no ROUGE-L, no own log-prob"
+    )
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "img" / "quality.png"))
+    ap.add_argument("--output-dir", default="runs/bench_quality", help="trainer scratch folder")
+    a = ap.parse_args(argv)
+    for key, value in (QUICK if a.quick else FULL).items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    names = [m.name for m in METHODS]
+    a.method_list = METHODS if not a.methods else [m for m in METHODS if m.name in a.methods.split(",")]
+    unknown = set(a.methods.split(",")) - set(names) if a.methods else set()
+    if unknown or not a.method_list or a.method_list[0].name != BASELINE:
+        ap.error(f"--methods: known names are {', '.join(names)}; {BASELINE!r} must be among them")
+    a.seed_list = [int(s) for s in a.seeds.split(",")]
+    return a
+
+
+def run_all(a: argparse.Namespace, log=print) -> dict:
+    """Train and score every (method, seed); returns the results dict (not yet written)."""
+    started = time.time()
+    torch.set_num_threads(a.threads)
+    tokenizer = load_tokenizer(a.teacher)
+    teacher = load_teacher(a.teacher)
+    data = chatterbot_data(
+        teacher,
+        tokenizer,
+        train_examples=a.steps * a.batch_size,
+        heldout_prompts=a.heldout_prompts,
+        max_new_tokens=a.max_new_tokens,
+        name=a.teacher,
+        human_per_prompt=1,
+    )
+    train_f, held_f, human_f = data.features(tokenizer)
+    student0 = shrink_model(teacher, num_layers=a.student_layers)
+    vocab = check_vocab(tokenizer, tokenizer, teacher, student0)
+    pad = pad_id(tokenizer)
+    train_f = indexed(train_f)
+    t0 = time.time()
+    precomputed = PrecomputedTeacher(teacher, train_f, pad)
+    scorer = HeldoutScorer(teacher, held_f, vocab, pad)
+    human = HeldoutScorer(teacher, human_f, vocab, pad)
+    setup = {"seconds": round(time.time() - started, 1), "teacher_pass_seconds": round(time.time() - t0, 1)}
+    log(f"setup {setup}: train {len(train_f)}, held-out {len(held_f)} teacher / {len(human_f)} human answers")
+    runs = []
+    for seed in a.seed_list:
+        for method in a.method_list:
+            student, seconds = train_student(
+                method, student0, teacher, tokenizer, vocab, train_f,
+                steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=seed,
+                output_dir=a.output_dir, precomputed=precomputed,
+            )  # fmt: skip
+            e0 = time.time()
+            s, h = scorer.score(student), human.score(student)
+            gen = {"rouge_l": None, "own_logprob": None}
+            if not a.skip_generation:
+                gen = answer_metrics(
+                    student, teacher, tokenizer, data.held_prompts, data.teacher_answers,
+                    max_new_tokens=a.max_new_tokens,
+                )  # fmt: skip
+            row = {
+                "method": method.name,
+                "seed": seed,
+                "top1": s.top1,
+                "kl": s.kl,
+                "perplexity": s.perplexity,
+                "human_perplexity": h.perplexity,
+                "rouge_l": gen["rouge_l"],
+                "own_logprob": gen["own_logprob"],
+                "train_seconds": round(seconds, 1),
+                "eval_seconds": round(time.time() - e0, 1),
+            }
+            runs.append(row)
+            log(json.dumps(row))
+    teacher_gen = {"rouge_l": None, "own_logprob": None}
+    if not a.skip_generation:
+        teacher_gen = answer_metrics(
+            teacher,
+            teacher,
+            tokenizer,
+            data.held_prompts,
+            data.teacher_answers,
+            max_new_tokens=a.max_new_tokens,
+        )
+    return {
+        "benchmark": "quality",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": machine(),
+        "load_average_start": a.load_start,
+        "load_average_end": list(os.getloadavg()),
+        "settings": {
+            "teacher": a.teacher,
+            "student_layers": a.student_layers,
+            "steps": a.steps,
+            "batch_size": a.batch_size,
+            "lr": a.lr,
+            "seeds": a.seed_list,
+            "train_examples": len(train_f),
+            "heldout_teacher_answers": len(held_f),
+            "heldout_teacher_tokens": scorer.teacher_scores().tokens,
+            "heldout_human_answers": len(human_f),
+            "max_new_tokens": a.max_new_tokens,
+            "threads": a.threads,
+            "methods": [m.__dict__ for m in a.method_list],
+        },
+        "teacher": {"rouge_l": teacher_gen["rouge_l"], "own_logprob": teacher_gen["own_logprob"]},
+        "setup": setup,
+        "runs": runs,
+        "summary": summarise(runs, METRICS, baseline=BASELINE),
+        "wall_seconds": round(time.time() - started, 1),
+    }
+
+
+def machine() -> dict:
+    import transformers
+
+    return {
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+LABELS = {
+    "top1": "top-1 agreement",
+    "kl": "KL(teacher ‖ student)",
+    "perplexity": "perplexity (teacher text)",
+    "human_perplexity": "perplexity (human text)",
+    "rouge_l": "ROUGE-L vs teacher",
+    "own_logprob": "teacher log-prob of own answers",
+}
+MARK = {"better": " ▲", "worse": " ▼", "tie": " =", "baseline": "", "n/a": ""}
+
+
+def markdown(results: dict) -> str:
+    """The table: mean ± sd per cell; ▲/▼ better/worse than CE alone beyond the spreads, = a tie."""
+    cols = METRICS
+    lines = ["| method | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, row in results["summary"].items():
+        cells = []
+        for c in cols:
+            x = row[c]
+            if "mean" not in x:
+                cells.append("n/a")
+            elif c == "top1":
+                cells.append(f"{100 * x['mean']:.1f}% ± {100 * x['sd']:.1f}{MARK[x['verdict']]}")
+            else:
+                cells.append(f"{x['mean']:.3f} ± {x['sd']:.3f}{MARK[x['verdict']]}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> bool:
+    """Bars with ± sd for four metrics, one bar per method; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    summary = results["summary"]
+    names = list(summary)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    colours = {
+        "baseline": "grey",
+        "better": "tab:green",
+        "worse": "tab:red",
+        "tie": "tab:blue",
+        "n/a": "white",
+    }
+    for ax, metric in zip(axes.flat, ["top1", "kl", "rouge_l", "own_logprob"], strict=True):
+        cells = [summary[n][metric] for n in names]
+        if any("mean" not in c for c in cells):
+            cells = [c if "mean" in c else {"mean": 0.0, "sd": 0.0, "verdict": "n/a"} for c in cells]
+        scale = 100 if metric == "top1" else 1
+        ax.barh(
+            range(len(names)),
+            [scale * c["mean"] for c in cells],
+            xerr=[scale * c["sd"] for c in cells],
+            color=[colours[c["verdict"]] for c in cells],
+            capsize=3,
+        )
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+        better = "higher" if metric != "kl" else "lower"
+        ax.set_title(f"{LABELS[metric]}{' (%)' if metric == 'top1' else ''}, {better} is better", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    s = results["settings"]
+    fig.suptitle(
+        f"{s['student_layers']}-layer student of SmolLM2-135M-Instruct, {s['steps']} steps x {s['batch_size']}, "
+        f"{len(s['seeds'])} seeds; mean ± sd; green/red: better/worse than CE alone beyond the spreads, "
+        "blue: tie",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    a.load_start = list(os.getloadavg())
+    results = run_all(a)
+    table = markdown(results)
+    results["table"] = table
+    atomic_write_json(a.json, results)
+    plotted = plot(results, Path(a.plot))
+    print("\n" + table)
+    print(f"\nwall {results['wall_seconds']} s; results {a.json}" + (f"; plot {a.plot}" if plotted else ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()
