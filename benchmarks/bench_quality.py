@@ -50,6 +50,7 @@ HINTS = {"hidden_weight": 1.0, "layers": "copied", "metric": "ln_mse", "relation
 METHODS = [
     Method("CE alone", kd_ratio=0.0),
     Method("forward KL", "forward_kl", KD),
+    Method("forward KL (kd_ratio 0.9)", "forward_kl", 0.9),
     Method("reverse KL", "reverse_kl", KD),
     Method("JSD (beta 0.5)", "jsd", KD, beta=0.5),
     Method("skew forward KL (0.1)", "skew_forward_kl", KD, alpha=0.1),

@@ -60,7 +60,7 @@ class DemoConfig:
     student_layers: int = 10
     batch_size: int = 8
     learning_rate: float = 6e-4
-    kd_ratio: float = 0.5
+    kd_ratio: float = 0.9  # 0.5 ties CE alone on top-1 over 3 seeds; 0.9 wins (docs/quality.md)
     temperature: float = 1.0
     eval_every: int | None = None  # held-out scoring every N steps for the curves (default steps // 4)
     seed: int = 0
