@@ -184,3 +184,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_training_args(tmp_path, **kw):
+    """TrainingArguments for the tiny in-process trainer tests: SGD, constant lr, no saving, CPU, seeded."""
+    from transformers import TrainingArguments
+
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=0.05,
+        max_steps=2,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+    base.update(kw)
+    return TrainingArguments(**base)

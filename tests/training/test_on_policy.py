@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-from transformers import TrainingArguments
 
 from lmdistill.chunked import LossSpec
 from lmdistill.config import OnPolicyConfig, load_config
@@ -26,7 +25,7 @@ from lmdistill.training.on_policy import (
 )
 from lmdistill.training.sampling import PromptCollator, prompt_features, sample_completions, sequence_batch
 from lmdistill.training.trainer import DistillTrainer
-from tests.conftest import cli_fails
+from tests.conftest import cli_fails, tiny_training_args
 from tests.teachers.test_whitebox import _run_yaml
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,28 +41,6 @@ def _rows(n=8, answers=True):
             msgs.append({"role": "assistant", "content": f"An answer number {i}, short."})
         rows.append({"messages": msgs})
     return rows
-
-
-def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        learning_rate=0.05,
-        max_steps=2,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
 
 
 def _pair(tiny_llama, tok):
@@ -87,7 +64,9 @@ def test_lmbda_zero_equals_the_off_policy_step_exactly(tiny_llama, tiny_tokenize
             model=student,
             teacher=teacher,
             spec=spec,
-            args=_args(tmp_path / str(on), gradient_accumulation_steps=2, per_device_train_batch_size=2),
+            args=tiny_training_args(
+                tmp_path / str(on), gradient_accumulation_steps=2, per_device_train_batch_size=2
+            ),
             train_dataset=feats,
         )
         if on:

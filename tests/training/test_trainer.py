@@ -6,13 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from lmdistill.chunked import Head, LossSpec
 from lmdistill.data import DistillCollator
 from lmdistill.errors import TrainingDiverged
 from lmdistill.models.forward import final_hidden
 from lmdistill.training.trainer import DistillTrainer
+from tests.conftest import tiny_training_args
 
 VOCAB = 96
 
@@ -30,28 +31,6 @@ def _features(n=8, seed=0):
     return feats
 
 
-def _args(tmp_path, **kw):
-    base = dict(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        learning_rate=0.05,
-        max_steps=2,
-        optim="sgd",
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=0,
-        data_seed=0,
-        remove_unused_columns=False,
-        disable_tqdm=True,
-    )
-    base.update(kw)
-    return TrainingArguments(**base)
-
-
 def _trainer(tiny_llama, tmp_path, feats, *, teacher_seed=1, spec=None, **kw):
     student = tiny_llama(VOCAB, num_layers=2, seed=0)
     teacher = tiny_llama(VOCAB, num_layers=3, hidden=48, heads=4, kv_heads=2, seed=teacher_seed)
@@ -59,7 +38,7 @@ def _trainer(tiny_llama, tmp_path, feats, *, teacher_seed=1, spec=None, **kw):
         model=student,
         teacher=teacher,
         spec=spec or LossSpec(loss="forward_kl", ce_weight=0.4, kd_weight=0.6, vocab=VOCAB, chunk_size=5),
-        args=_args(tmp_path, **kw),
+        args=tiny_training_args(tmp_path, **kw),
         train_dataset=feats,
         data_collator=DistillCollator(pad_token_id=0),
     )
