@@ -287,7 +287,8 @@ class _ChunkedLoss(torch.autograd.Function):
                     if grad_h is not None:
                         grad_h[rows] = g.to(s_weight.dtype) @ s_weight.detach()[:vocab]
                     if grad_w is not None:
-                        grad_w[:vocab] += g.t() @ h.float()
+                        # in the head's dtype, as autograd would (bf16 matmuls on a GPU), summed in fp32
+                        grad_w[:vocab] += (g.to(s_weight.dtype).t() @ h.to(s_weight.dtype)).float()
                     if grad_b is not None:
                         grad_b[:vocab] += g.sum(0)
                 ce_sum += ce
@@ -355,6 +356,8 @@ def _closed_form_chunk(spec, z, labels, t_logits, weights):
         d CE / dz = softmax(z) - onehot(label),  d KL(p_t || softmax(z/T)) / dz = (softmax(z/T) - p_t) / T.
     Fewer passes over [n, V] than autograd through the generic divergence (Liger-Kernel's point): the
     same values and gradients to float32 rounding (tests/test_chunked.py checks it against autograd).
+    Both heads are plain Linears here (`_has_closed_form`), so the logits are finite; unlike the generic
+    divergence, this form does not guard -inf teacher logits.
     """
     w = None if weights is None else weights[:, None]
     c = spec.ce_weight if w is None else spec.ce_weight * w

@@ -11,7 +11,8 @@ from lmdistill.data import DistillCollator
 from lmdistill.errors import UserError
 from lmdistill.training.hint_terms import PROJECTIONS_FILE, HintTerms
 from lmdistill.training.trainer import DistillTrainer
-from tests.training.test_trainer import VOCAB, _args, _features
+from tests.conftest import tiny_training_args
+from tests.training.test_trainer import VOCAB, _features
 
 
 def _models(tiny_llama):
@@ -27,7 +28,7 @@ def _trainer(tiny_llama, tmp_path, hint_cfg: HintConfig, **kw):
         teacher=teacher,
         hints=HintTerms(hint_cfg, student, teacher, log=lambda *_: None),
         spec=LossSpec(loss="forward_kl", ce_weight=0.5, kd_weight=0.5, vocab=VOCAB, chunk_size=8),
-        args=_args(tmp_path, **kw),
+        args=tiny_training_args(tmp_path, **kw),
         train_dataset=_features(16),
         data_collator=DistillCollator(pad_token_id=0),
     )
