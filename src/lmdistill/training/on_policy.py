@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import TrainerCallback
 
 from lmdistill.chunked import Head, LossSpec
@@ -310,21 +311,23 @@ class OnPolicyTrainer(DistillTrainer):
         hidden = final_hidden(model, ids, attn)[:, :-1][mask]  # [N, H]
         head = Head.of(unwrap(model))
         total = hidden.new_zeros((), dtype=torch.float32)
-        reward = 0.0
-        for c in range(0, tokens.shape[0], chunk):
-            logits = head.logits(hidden[c : c + chunk], vocab)
-            part, r = sampled_token_loss(
-                logits,
-                tokens[c : c + chunk],
-                t_lp[c : c + chunk],
-                temperature=self.on_policy.temperature,
-                top_p=self.on_policy.top_p,
+        reward = torch.zeros((), dtype=torch.float32, device=hidden.device)
+
+        def chunk_loss(h, toks, t_lp):  # [n, H] -> (loss sum, reward sum); logits recomputed in backward
+            cfg = self.on_policy
+            return sampled_token_loss(
+                head.logits(h, vocab), toks, t_lp, temperature=cfg.temperature, top_p=cfg.top_p
             )
+
+        for c in range(0, tokens.shape[0], chunk):
+            rows = slice(c, c + chunk)
+            # Checkpointed so that only one chunk's [chunk, vocab] logits live at a time, in backward too.
+            part, r = checkpoint(chunk_loss, hidden[rows], tokens[rows], t_lp[rows], use_reentrant=False)
             total = total + part
-            reward += r.item()
+            reward = reward + r.detach()
         n = int(tokens.shape[0])
         # reverse KL per token = -(mean reward): logged with the other on-policy sums
-        parts = {"reverse_kl": torch.tensor(-reward)}
+        parts = {"reverse_kl": -reward}
         return self.finish_loss(model, total, parts, n, num_items_in_batch, log_sums=self._on_sums)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
