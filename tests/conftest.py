@@ -209,3 +209,16 @@ def tiny_training_args(tmp_path, **kw):
     )
     base.update(kw)
     return TrainingArguments(**base)
+
+
+@pytest.fixture
+def served(tiny_model_dirs):
+    """The tiny teacher behind `lmdistill serve` on loopback: (url, model)."""
+    from lmdistill.models import load_model, load_tokenizer
+    from lmdistill.serve import ServerThread, create_app
+    from lmdistill.teachers.local import LocalTeacher
+
+    model = load_model(tiny_model_dirs[0]).eval()
+    app = create_app(LocalTeacher(model, load_tokenizer(tiny_model_dirs[0]), name="tiny"), model_name="tiny")
+    with ServerThread(app) as server:
+        yield server.url, model

@@ -144,19 +144,6 @@ def _check_echo_rows(sparse, full, ids, lps, unmapped):
 # -- against a real `lmdistill serve` ------------------------------------------------------------------
 
 
-@pytest.fixture
-def served(tiny_model_dirs):
-    """The tiny teacher behind `lmdistill serve` on loopback: (url, model)."""
-    from lmdistill.models import load_model, load_tokenizer
-    from lmdistill.serve import ServerThread, create_app
-    from lmdistill.teachers.local import LocalTeacher
-
-    model = load_model(tiny_model_dirs[0]).eval()
-    app = create_app(LocalTeacher(model, load_tokenizer(tiny_model_dirs[0]), name="tiny"), model_name="tiny")
-    with ServerThread(app) as server:
-        yield server.url, model
-
-
 def test_lmdistill_serve_scores_equal_the_in_process_teacher(served, tiny_tokenizer):
     url, model = served
     vocab = real_vocab(tiny_tokenizer)

@@ -293,19 +293,6 @@ def test_adaptive_schedule_runs_with_held_out_data(tiny_model_dirs, tmp_path):
     assert lmbdas[-1] > 0  # the check saw a rise
 
 
-@pytest.fixture
-def served(tiny_model_dirs):
-    """The tiny teacher behind `lmdistill serve` on loopback: (url, model)."""
-    from lmdistill.models import load_model, load_tokenizer
-    from lmdistill.serve import ServerThread, create_app
-    from lmdistill.teachers.local import LocalTeacher
-
-    model = load_model(tiny_model_dirs[0]).eval()
-    app = create_app(LocalTeacher(model, load_tokenizer(tiny_model_dirs[0]), name="tiny"), model_name="tiny")
-    with ServerThread(app) as server:
-        yield server.url, model
-
-
 def test_server_gives_each_sampled_tokens_log_prob(served, tiny_tokenizer):
     from lmdistill.config import TeacherConfig
     from lmdistill.models.vocab import real_vocab_size
