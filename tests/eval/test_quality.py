@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from lmdistill.chunked import LossSpec
 from lmdistill.data import DistillCollator
@@ -67,6 +68,53 @@ def test_precomputed_teacher_refuses_a_row_that_does_not_line_up(tiny_llama):
         pre.score(TeacherQuery.from_batch(DistillCollator(pad_token_id=0)(wrong)))
     with pytest.raises(ValueError, match="example_index"):
         pre.score(TeacherQuery.from_batch(DistillCollator(pad_token_id=0)(_features(2))))
+
+
+def test_precomputed_teacher_with_live_teacher_scores_new_text_live(tiny_llama):
+    teacher = tiny_llama(VOCAB, num_layers=2, seed=1)
+    feats = indexed(_features(4))
+    pre = PrecomputedTeacher(teacher, feats, pad=0)
+    view = pre.with_live_teacher()
+    assert pre.live is None and view.rows is pre.rows  # the shared source is unchanged, nothing copied
+    new = DistillCollator(pad_token_id=0)(_features(3, seed=9))  # no example_index: sampled text, say
+    query = TeacherQuery.from_batch(new)
+    torch.testing.assert_close(view.score(query).hidden, InProcessTeacher(teacher).score(query).hidden)
+    # training rows still come from the stored states, which are what a lookup returns
+    old = TeacherQuery.from_batch(DistillCollator(pad_token_id=0)(feats[:2]))
+    assert torch.equal(view.score(old).hidden, torch.cat(pre.rows[:2]))
+
+
+class _Logs(TrainerCallback):
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def test_on_policy_method_trains_on_its_samples_with_a_precomputed_teacher(
+    tiny_llama, tiny_tokenizer, tmp_path, one_torch_thread
+):
+    teacher, student0 = tiny_llama(VOCAB, num_layers=3, seed=1), tiny_llama(VOCAB, num_layers=2, seed=2)
+    feats = indexed([{**f, "prompt_ids": f["input_ids"][:3]} for f in _features(8, seed=4)])
+    method = Method("on-policy", "reverse_kl", 0.5, on_policy={"lmbda": 1.0, "max_new_tokens": 4})
+    logs = _Logs()
+    student, _ = train_student(
+        method, student0, teacher, tiny_tokenizer, VOCAB, feats,
+        steps=2, batch_size=2, lr=1e-2, seed=0, output_dir=str(tmp_path),
+        precomputed=PrecomputedTeacher(teacher, feats, pad=0), curve=logs,
+    )  # fmt: skip
+    trained = [entry for entry in logs.logs if "loss" in entry]
+    assert sum(entry["on_policy_steps"] for entry in trained) == 2  # lmbda 1: every step sampled
+    assert all(entry["on_policy_tokens"] > 0 and entry["on_policy_kd"] > 0 for entry in trained)
+    assert not any(
+        torch.equal(a, b) for a, b in zip(student.parameters(), student0.parameters(), strict=True)
+    )
+    with pytest.raises(ValueError, match="prompt_ids"):
+        train_student(
+            method, student0, teacher, tiny_tokenizer, VOCAB, indexed(_features(4)),
+            steps=1, batch_size=2, lr=1e-2, seed=0, output_dir=str(tmp_path),
+        )  # fmt: skip
 
 
 def test_heldout_scorer_matches_score_tokens(tiny_llama):

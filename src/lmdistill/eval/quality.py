@@ -6,7 +6,8 @@ Two things make many runs affordable on a CPU:
 - `PrecomputedTeacher`: the teacher's final hidden states at the scored positions of every training
   example are computed once ([n_i, H] per example, a few MB), and every run and seed reads them; the
   KD term is then computed from them through the teacher's head, exactly as `InProcessTeacher` does,
-  with no teacher forward per step (hint terms still need the live teacher);
+  with no teacher forward per step (hint terms still need the live teacher, and so do on-policy
+  steps: the student's own samples are new text, scored by the live teacher);
 - `HeldoutScorer`: the same for the held-out set, so scoring a student costs one student forward.
 """
 
@@ -21,10 +22,11 @@ import torch
 from transformers import TrainerCallback
 
 from lmdistill.chunked import Head
-from lmdistill.config import DistillConfig, HintConfig, RunConfig, TrainConfig
+from lmdistill.config import DistillConfig, HintConfig, OnPolicyConfig, RunConfig, TrainConfig
 from lmdistill.data import IGNORE_INDEX, DistillCollator
 from lmdistill.eval.scoring import ScoreSums, TokenScores
 from lmdistill.models.forward import final_hidden
+from lmdistill.teachers.whitebox.local import InProcessTeacher
 from lmdistill.teachers.whitebox.source import TeacherQuery, TeacherScores
 
 
@@ -32,7 +34,10 @@ from lmdistill.teachers.whitebox.source import TeacherQuery, TeacherScores
 class Method:
     """One way to train the student. kd_ratio 0: CE alone on the data's tokens (plain fine-tuning;
     sequence-level KD when the tokens are the teacher's). `hints`: `HintConfig` fields (the live
-    teacher runs each step). A new method (on-policy, say) is one more entry in a table of these."""
+    teacher runs each step). `on_policy`: `OnPolicyConfig` fields (e.g. {"lmbda": 0.5}): that share
+    of the optimizer steps trains on the student's own samples of the training rows' prompts
+    (`lmdistill.training.on_policy.OnPolicyTrainer`), the other steps on the data's answers as
+    without it. A new method is one more entry in a table of these."""
 
     name: str
     loss: str = "forward_kl"
@@ -41,6 +46,7 @@ class Method:
     beta: float = 0.5
     alpha: float = 0.1
     hints: dict = field(default_factory=dict)
+    on_policy: dict = field(default_factory=dict)
 
     def run_config(self, *, output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> RunConfig:
         return RunConfig(
@@ -52,6 +58,7 @@ class Method:
                 alpha=self.alpha,
             ),
             hints=HintConfig(**self.hints),
+            on_policy=OnPolicyConfig(**self.on_policy),
             train=TrainConfig(
                 output_dir=output_dir,
                 max_steps=steps,
@@ -94,7 +101,8 @@ class PrecomputedTeacher:
     `features`); the trainer's queries are answered by looking them up.
 
     Exact for right-padded causal models (a token's state does not depend on the padding after it),
-    up to float summation order.
+    up to float summation order. Any other text (a batch without example_index: the student's own
+    samples on on-policy steps) is refused, or, from `with_live_teacher()`, scored by the live teacher.
     """
 
     def __init__(self, teacher: torch.nn.Module, features: list[dict], pad: int, *, batch_size: int = 8):
@@ -103,6 +111,15 @@ class PrecomputedTeacher:
         self.rows = _scored_rows(teacher, features, pad, batch_size)
         self.head = Head.of(teacher, trainable=False)
         self.device = torch.device("cpu")
+        self.live: InProcessTeacher | None = None
+
+    def with_live_teacher(self) -> PrecomputedTeacher:
+        """The same states (shared, not copied), and batches without example_index scored by the live
+        teacher, as `InProcessTeacher` scores every batch: on-policy steps train on text sampled
+        during training, which no precomputation covers."""
+        view = copy.copy(self)
+        view.live = InProcessTeacher(self.model, self.name)
+        return view
 
     def to(self, device) -> PrecomputedTeacher:
         """The kept states move per batch; the head is the model's, so the model moves."""
@@ -114,6 +131,8 @@ class PrecomputedTeacher:
 
     def score(self, query: TeacherQuery) -> TeacherScores:
         if query.example_index is None:
+            if self.live is not None:  # new text (on-policy samples): the teacher runs on it
+                return self.live.score(query)
             raise ValueError(
                 "PrecomputedTeacher answers training examples only (no example_index in the batch)"
             )
@@ -207,6 +226,9 @@ def train_student(
     """Train a copy of `student0` as `method` says; returns (student, training seconds).
 
     `train_features` must be `indexed` when `precomputed` is given; hint methods use the live teacher.
+    On-policy methods need features carrying "prompt_ids" (`lmdistill.training.sampling.prompt_features`):
+    the student samples answers to those prompts; their off-policy steps read `precomputed`, their
+    on-policy steps the live teacher (`PrecomputedTeacher.with_live_teacher`).
     """
     from transformers import set_seed
 
@@ -215,7 +237,14 @@ def train_student(
     cfg = method.run_config(output_dir=output_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
     set_seed(seed)
     student = copy.deepcopy(student0).train().requires_grad_(True)
-    source = precomputed if (precomputed is not None and not method.hints) else None
+    if method.on_policy and not all("prompt_ids" in f for f in train_features):
+        raise ValueError(
+            f"{method.name}: on-policy steps sample answers to the training prompts, but the features carry "
+            "no prompt_ids (build them with lmdistill.training.sampling.prompt_features)"
+        )
+    source = None  # None: the live teacher (Models' default)
+    if precomputed is not None and not method.hints:
+        source = precomputed.with_live_teacher() if method.on_policy else precomputed
     models = Models(teacher, student, tokenizer, vocab, source)
     trainer = make_trainer(cfg, models, train_features, log=lambda *a: None)
     if curve is not None:
