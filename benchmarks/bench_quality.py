@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -259,6 +260,8 @@ def run_workers(a: argparse.Namespace, log=print) -> list[dict]:
     env["OMP_NUM_THREADS"] = str(a.threads)
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         procs: list[tuple[subprocess.Popen, Path]] = []
+        # `kill PID` of this process raises SystemExit here, so the `finally` below stops the workers too
+        on_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench_quality: terminated"))
         try:
             for i in range(n):
                 part, err = Path(tmp) / f"part{i}.json", Path(tmp) / f"part{i}.stderr"
@@ -284,7 +287,8 @@ def run_workers(a: argparse.Namespace, log=print) -> list[dict]:
                 time.sleep(0.2)
             return [json.loads(part.read_text()) for _, part in procs]
         finally:
-            for proc, _ in procs:  # after a failure (or Ctrl-C): no worker is left running
+            signal.signal(signal.SIGTERM, on_term)
+            for proc, _ in procs:  # after a failure, Ctrl-C or kill: no worker is left running
                 if proc.poll() is None:
                     proc.terminate()
                     proc.wait()
@@ -293,7 +297,7 @@ def run_workers(a: argparse.Namespace, log=print) -> list[dict]:
 def merge_runs(parts: list[dict], total: int) -> list[dict]:
     """The parts' [index, row] runs as one list in index order (what one process writes); each index
     0..total-1 exactly once (ValueError otherwise)."""
-    indexed_rows = sorted((i, row) for p in parts for i, row in p["runs"])
+    indexed_rows = sorted(((i, row) for p in parts for i, row in p["runs"]), key=lambda x: x[0])
     if [i for i, _ in indexed_rows] != list(range(total)):
         raise ValueError(f"the workers' runs do not cover each of the {total} runs once")
     return [row for _, row in indexed_rows]

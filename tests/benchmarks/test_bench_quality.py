@@ -122,3 +122,39 @@ def test_merge_runs_orders_by_index_and_refuses_gaps():
         bench.merge_runs(parts, 4)
     with pytest.raises(ValueError, match="once"):
         bench.merge_runs([*parts, {"runs": [[1, {"r": 1}]]}], 3)
+
+
+def test_killing_the_run_stops_its_workers(tmp_path, tiny_model_dirs):
+    pytest.importorskip("chatterbot_corpus")
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    teacher, _ = tiny_model_dirs
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_quality.py"),
+        "--quick",
+        "--teacher",
+        str(teacher),
+    ]
+    cmd += ["--student-layers", "2", "--workers", "2", "--output-dir", str(tmp_path / "runs")]
+    cmd += ["--json", str(tmp_path / "q.json"), "--plot", str(tmp_path / "q.png")]
+    env = {**os.environ, "LMDISTILL_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT / "src")}
+    env["PYTHONUNBUFFERED"] = "1"
+    parent = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        while "workers started" not in parent.stdout.readline():
+            assert parent.poll() is None, "the run ended before its workers started"
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+        assert len(children) == 2
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) != 0
+        time.sleep(0.5)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+        assert not (tmp_path / "q.json").exists()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
