@@ -7,7 +7,10 @@ Trainer then neither wraps it in DDP nor moves it, defers FSDP2's gradient reduc
 accumulation, and gathers the full weights when it saves a checkpoint's model. transformers does not
 checkpoint the optimizer of such a model (it refuses to save one); `ShardedDistillTrainer` does, as a
 sharded `torch.distributed.checkpoint` folder (`optimizer_fsdp/`, one file per process, reshardable),
-and on resume loads the gathered weights back into the shards. The chunked loss reads the head through
+and on resume loads the gathered weights back into the shards. Checkpoints move between process counts:
+DCP reshards the optimizer folder on load (into whole tensors for an unsharded run, see
+`DistillTrainer._load_optimizer_and_scheduler`), and an unsharded run's optimizer.pt is read into the
+shards (`load_whole_optimizer`). The chunked loss reads the head through
 `lmdistill.models.sharding.unsharded_head_weight`. This runs on CPU (gloo) and on CUDA (NCCL) alike;
 accelerate's FSDP plugin (`train.extra.fsdp`) is refused because it does not run on CPU here and so
 cannot be tested (see docs/multi_gpu.md).

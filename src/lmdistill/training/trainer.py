@@ -229,10 +229,8 @@ class DistillTrainer(Trainer):
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
         )
         self.state.compute_steps(self.args, max_steps)
-        if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
-            self.resumed_finished = True
-            return num_train_epochs, 0
-        return epochs, batches
+        self.resumed_finished = resume_from_checkpoint is not None and self.state.global_step >= max_steps
+        return (num_train_epochs, 0) if self.resumed_finished else (epochs, batches)
 
     def _save_checkpoint(self, model, trial) -> None:
         """As Trainer's, into an empty folder: a resume from an earlier checkpoint trains this step again,
@@ -259,7 +257,7 @@ class DistillTrainer(Trainer):
         `torch.distributed.checkpoint` folder, no optimizer.pt) is read whole into this unsharded one."""
         from lmdistill.training import fsdp
 
-        if checkpoint is None or not fsdp.has_sharded_optimizer(checkpoint):
+        if checkpoint is None or self.is_deepspeed_enabled or not fsdp.has_sharded_optimizer(checkpoint):
             return super()._load_optimizer_and_scheduler(checkpoint)
         fsdp.load_sharded_optimizer(self._optimized(), self.optimizer, self.lr_scheduler, checkpoint)
 
