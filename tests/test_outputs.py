@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,59 @@ def test_resume_with_another_model_is_one_clear_message(train_config, capsys):
     )
     # resuming the same run further is fine (max_steps may grow)
     assert main(["train", str(config), "train.resume_from_checkpoint=latest", "train.max_steps=6"]) == 0
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `folder`: its bytes and modification time."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_resuming_a_finished_run_trains_nothing(train_config, capsys):
+    """12 examples in batches of 4: 3 steps an epoch, so the last step (4) is mid-epoch, where Trainer
+    used to train step 5 and save checkpoint-5 (dropping checkpoint-2 under save_total_limit=2)."""
+    config, out = train_config
+    assert main(["train", str(config)]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["train", str(config), "train.resume_from_checkpoint=latest"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing trained, nothing written" in printed and "{'loss'" not in printed, printed
+    assert _snapshot(out) == before  # not a byte, not a timestamp
+    # Killed after its last checkpoint, before its student was saved: the student comes from the
+    # checkpoint, still without a step.
+    student = (out / "student" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "student")
+    assert main(["train", str(config), "train.resume_from_checkpoint=latest"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing trained; saving the student from it" in printed and "{'loss'" not in printed, printed
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "student" / "model.safetensors").read_bytes() == student
+    # A max_steps below the checkpoint's step cannot be reached: refused before anything runs.
+    cli_fails(
+        ["train", str(config), "train.resume_from_checkpoint=latest", "train.max_steps=3"],
+        capsys,
+        "below the step",
+    )
+
+
+def test_resuming_a_finished_epoch_run_trains_nothing(train_config, capsys):
+    """Steps from epochs (train.max_steps 0): 1.5 epochs of 3 steps = 5 steps, the last mid-epoch; the
+    trainer finds the run finished itself (its step count needs the data)."""
+    config, out = train_config
+    epochs = ["train.max_steps=0", "train.num_train_epochs=1.5"]
+    assert main(["train", str(config), *epochs]) == 0
+    assert (out / "checkpoint-5").is_dir()
+    student = _snapshot(out / "student")
+    capsys.readouterr()
+    assert main(["train", str(config), *epochs, "train.resume_from_checkpoint=latest"]) == 0
+    printed = capsys.readouterr().out
+    assert "nothing trained; the student is saved already" in printed and "{'loss'" not in printed, printed
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-5"]
+    assert _snapshot(out / "student") == student
 
 
 def test_latest_without_a_checkpoint_says_so(train_config, capsys):

@@ -170,6 +170,32 @@ def test_instruct_recipe_format_filter_and_comparison(tmp_path, student_dir):
     assert set(vs) == {"format_one_word", "format_json"}
     assert all(r["win"] + r["tie"] + r["loss"] == 3 for r in vs.values())
     assert "win / tie / loss" in (tmp_path / "run" / "report.md").read_text()
+    # ROUGE-L against the reference answer, recomputed from predictions.jsonl; the oracle teacher
+    # answers with the gold answer (cut at eval.max_new_tokens), so it scores high.
+    from lmdistill.text import rouge_l
+
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    for task, r in vs.items():
+        mine = [p for p in preds if p["task"] == task]
+        for model, key in (("teacher", "rouge_ref_teacher"), ("student (instruct)", "rouge_ref_after")):
+            expected = sum(rouge_l(p[model], str(p["gold"])) for p in mine) / len(mine)
+            assert r[key] == pytest.approx(expected)
+        assert r["rouge_ref_teacher"] > 0.5
+
+
+def test_per_task_counts_override_the_defaults(tmp_path, student_dir):
+    cfg = _cfg(
+        tmp_path,
+        student_dir,
+        "http://127.0.0.1:1/v1",
+        "instruct",
+        "tasks.names=[arithmetic:1,format_json]",
+        "tasks.train_counts={format_json: 5}",
+        "tasks.heldout_counts={arithmetic:1: 2}",
+    )
+    _, splits = draw_splits(cfg)
+    assert len(splits["format_json"]["train"]) == 5 and len(splits["arithmetic:1"]["train"]) == 8
+    assert len(splits["arithmetic:1"]["heldout"]) == 2 and len(splits["format_json"]["heldout"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -180,6 +206,9 @@ def test_instruct_recipe_format_filter_and_comparison(tmp_path, student_dir):
         ("cot.alpha=1.5", "cot.alpha"),
         ("icl.demo_pool=99", "demo_pool"),
         ("tasks.names=[nope]", None),
+        ("tasks.train_counts={format_json: 4}", "not one of tasks.names"),
+        ("tasks.heldout_counts={arithmetic:1: 0}", "integer >= 1"),
+        ("tasks.train_counts={arithmetic:1: 3}", "fewest 3"),
     ],
 )
 def test_bad_recipe_config(tmp_path, student_dir, override, message):

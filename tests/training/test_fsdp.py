@@ -120,6 +120,48 @@ def test_fsdp2_matches_one_process_and_resumes(tmp_path, fsdp_setup):
         torch.testing.assert_close(w3[key], w2[key], rtol=1e-4, atol=ADAM_ATOL)
 
 
+def test_fsdp2_checkpoint_resumes_in_another_process_count(tmp_path, fsdp_setup, capsys):
+    """A checkpoint of FSDP2 on 2 processes resumes unsharded in 1 (the optimizer's DCP folder read whole),
+    and one that 1 process wrote (optimizer.pt) resumes under FSDP2 on 2, each process keeping its shards:
+    at the same global batch every resumed step and the final weights match the uninterrupted run."""
+    from tests.conftest import cli_fails
+
+    cfg = _config(tmp_path, fsdp_setup, "run", 2, fsdp=True, steps=4, save_steps=2)
+    two = _train(tmp_path, "two", 2, cfg)
+    assert two.returncode == 0, two.stderr[-3000:]
+    full, final = _losses(two.stdout), _weights(tmp_path / "run" / "student")
+    assert len(full) == 4
+
+    # 2 -> 1 from checkpoint-2, saving every step: checkpoint-3 is then one that 1 process wrote.
+    one = _config(tmp_path, fsdp_setup, "run", 1, fsdp=False, steps=4, save_steps=1)
+    one["train"]["resume_from_checkpoint"] = str(tmp_path / "run" / "checkpoint-2")
+    # Half the global batch (1 process x 4) would resume at another data position: refused before any work.
+    (tmp_path / "half.yaml").write_text(yaml.safe_dump(one))
+    argv = ["train", str(tmp_path / "half.yaml"), "train.per_device_train_batch_size=4"]
+    err = cli_fails(argv, capsys, "written by 2 process(es) x 4 examples x 1 accumulated = 8")
+    assert "this run has 1 x 4 x 1 = 4" in err
+    resumed = _train(tmp_path, "one", 1, one)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ckpt = tmp_path / "run" / "checkpoint-3"
+    assert (ckpt / "optimizer.pt").is_file() and not (ckpt / "optimizer_fsdp").exists()
+    assert sorted(p.name for p in ckpt.glob("rng_state*")) == ["rng_state.pth"]
+    # The moments and the learning rate came back too (a fresh AdamW step moves weights by ~1e-2).
+    for key, value in _weights(tmp_path / "run" / "student").items():
+        torch.testing.assert_close(value, final[key], rtol=1e-4, atol=ADAM_ATOL)
+
+    # 1 -> 2 from that checkpoint-3, sharded again.
+    cfg["train"]["resume_from_checkpoint"] = str(ckpt)
+    again = _train(tmp_path, "again", 2, cfg)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for run, steps in ((resumed, full[2:]), (again, full[3:])):
+        losses = _losses(run.stdout)
+        assert len(losses) == len(steps), run.stdout[-2000:]
+        for (loss, norm), (loss0, norm0) in zip(losses, steps, strict=True):
+            assert abs(loss - loss0) <= 2e-3 * abs(loss0) and abs(norm - norm0) <= 2e-3 * abs(norm0)
+    for key, value in _weights(tmp_path / "run" / "student").items():
+        torch.testing.assert_close(value, final[key], rtol=1e-4, atol=ADAM_ATOL)
+
+
 def test_fsdp2_lora_matches_one_process_and_resumes(tmp_path, fsdp_setup):
     """LoRA adapters on a sharded student: the same losses and merged student as 1 process, and a
     resume from the step-2 checkpoint (adapters gathered into adapter_model.safetensors)."""

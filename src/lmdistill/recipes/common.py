@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmdistill.config import DataConfig, RunConfig, TeacherConfig
+from lmdistill.config import DataConfig, HintConfig, OnPolicyConfig, RunConfig, TeacherConfig
 from lmdistill.errors import UserError
 from lmdistill.io import atomic_write_jsonl
 from lmdistill.teachers.types import Request, Response, Sampling
@@ -71,6 +71,8 @@ def run_config(cfg, train_path: str, output_dir: str | None = None) -> RunConfig
         student=cfg.student,
         data=DataConfig(train=train_path, max_length=1024),
         distill=cfg.distill,
+        hints=cfg.hints,
+        on_policy=cfg.on_policy,
         train=dataclasses.replace(cfg.train, output_dir=output_dir or cfg.train.output_dir),
     )
 
@@ -148,9 +150,9 @@ def student_before(cfg, log=print):
     from lmdistill.training.run import build_models
 
     run_cfg = run_config(cfg, "unused.jsonl")
-    run_cfg.distill = dataclasses.replace(
-        run_cfg.distill, kd_ratio=0.0
-    )  # the student alone: no teacher loads
+    # The student alone: no term reads the teacher, so none loads.
+    run_cfg.distill = dataclasses.replace(run_cfg.distill, kd_ratio=0.0)
+    run_cfg.hints, run_cfg.on_policy = HintConfig(), OnPolicyConfig()
     models = build_models(run_cfg, log=lambda *_: None)
     models.student.eval()
     return models.student, models.tokenizer

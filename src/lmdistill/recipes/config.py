@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from lmdistill import yamlconfig
-from lmdistill.config import DistillConfig, StudentConfig, TrainConfig
+from lmdistill.config import DistillConfig, HintConfig, OnPolicyConfig, StudentConfig, TrainConfig
 from lmdistill.errors import UserError
 from lmdistill.generate.config import SamplingConfig, TeacherBackendConfig
 from lmdistill.yamlconfig import f
@@ -28,6 +28,12 @@ class TasksConfig:
     )
     train_per_task: int = f(48, "Training questions drawn per task.")
     heldout_per_task: int = f(24, "Held-out questions per task, used only for evaluation.")
+    train_counts: dict = f(
+        {},
+        "Training questions of the tasks named here, overriding train_per_task for them (a finite task's "
+        "split may hold fewer), e.g. {sentiment: 1000, format_json: 145}.",
+    )
+    heldout_counts: dict = f({}, "Held-out questions of the tasks named here, overriding heldout_per_task.")
     seed: int = f(0, "Seed for drawing questions and demonstrations.")
 
 
@@ -110,6 +116,8 @@ class RecipeConfig:
     instruct: InstructRecipeConfig = field(default_factory=InstructRecipeConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(kd_ratio=0.0))
+    hints: HintConfig = field(default_factory=HintConfig)
+    on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: RecipeEvalConfig = field(default_factory=RecipeEvalConfig)
 
@@ -120,14 +128,21 @@ class RecipeConfig:
             raise UserError("tasks.names: give at least one task")
         if self.tasks.train_per_task < 1 or self.tasks.heldout_per_task < 1:
             raise UserError("tasks.train_per_task and tasks.heldout_per_task must be at least 1")
+        for key in ("train_counts", "heldout_counts"):
+            for name, n in getattr(self.tasks, key).items():
+                if name not in self.tasks.names:
+                    raise UserError(f"tasks.{key}: {name!r} is not one of tasks.names {self.tasks.names}")
+                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                    raise UserError(f"tasks.{key}.{name} must be an integer >= 1, got {n!r}")
         if self.icl.selection not in ("random", "nearest"):
             raise UserError(f"icl.selection: choose random or nearest, got {self.icl.selection!r}")
         if not self.icl.k or any(k < 0 for k in self.icl.k) or self.icl.eval_k < 0:
             raise UserError("icl.k must list demonstration counts >= 0, and icl.eval_k must be >= 0")
-        if self.method == "icl" and self.icl.demo_pool >= self.tasks.train_per_task:
+        fewest = min(self.tasks.train_counts.get(n, self.tasks.train_per_task) for n in self.tasks.names)
+        if self.method == "icl" and self.icl.demo_pool >= fewest:
             raise UserError(
-                f"icl.demo_pool ({self.icl.demo_pool}) must be smaller than tasks.train_per_task "
-                f"({self.tasks.train_per_task}): the rest are the training queries"
+                f"icl.demo_pool ({self.icl.demo_pool}) must be smaller than every task's training questions "
+                f"(tasks.train_per_task / tasks.train_counts; fewest {fewest}): the rest are the training queries"
             )
         if "{question}" not in self.icl.template or "{answer}" not in self.icl.template:
             raise UserError("icl.template must contain {question} and {answer}")

@@ -73,19 +73,25 @@ def probes(cfg, tasks, splits) -> list[Probe]:
 
 
 def compare(probes_: list[Probe], teacher: list[str], before: list[str], after: list[str]) -> dict:
-    """ROUGE-L of before/after against the teacher's answers, and after-vs-before win/tie/loss per task."""
+    """Per task: ROUGE-L of before/after against the teacher's answers; ROUGE-L of the teacher, before and
+    after against the task's reference answer (`rouge_ref_*`: the teacher is scored too, so a student's
+    share of the teacher's figure can be read); after-vs-before win/tie/loss (format first, then ROUGE-L
+    against the teacher)."""
     out: dict[str, dict] = {}
+    keys = ("rouge_before", "rouge_after", "rouge_ref_teacher", "rouge_ref_before", "rouge_ref_after")
     for p, t, b, a in zip(probes_, teacher, before, after, strict=True):
-        row = out.setdefault(
-            p.task.name, {"rouge_before": 0.0, "rouge_after": 0.0, "win": 0, "tie": 0, "loss": 0, "n": 0}
-        )
+        row = out.setdefault(p.task.name, dict.fromkeys(keys, 0.0) | {"win": 0, "tie": 0, "loss": 0, "n": 0})
         rb, ra = rouge_l(b, t), rouge_l(a, t)
+        ref = str(p.example.answer)
         row["rouge_before"] += rb
         row["rouge_after"] += ra
+        row["rouge_ref_teacher"] += rouge_l(t, ref)
+        row["rouge_ref_before"] += rouge_l(b, ref)
+        row["rouge_ref_after"] += rouge_l(a, ref)
         row["n"] += 1
         key_b, key_a = (p.task.check(b, p.example), rb), (p.task.check(a, p.example), ra)
         row["win" if key_a > key_b else "loss" if key_a < key_b else "tie"] += 1
     for row in out.values():
-        row["rouge_before"] /= row["n"]
-        row["rouge_after"] /= row["n"]
+        for key in keys:
+            row[key] /= row["n"]
     return out

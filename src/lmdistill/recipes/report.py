@@ -15,6 +15,16 @@ def _pct(row: dict | None) -> str:
     return "–" if row is None else f"{row['accuracy']:.0%} ({row['correct']}/{row['n']})"
 
 
+def _counts(t) -> str:
+    text = f"{t.train_per_task} training and {t.heldout_per_task} held-out questions each"
+    named = [
+        f"{n} {t.train_counts.get(n, t.train_per_task)}/{t.heldout_counts.get(n, t.heldout_per_task)}"
+        for n in t.names
+        if n in t.train_counts or n in t.heldout_counts
+    ]
+    return text + (f"; training/held-out: {', '.join(named)}" if named else "")
+
+
 def score_table(results: dict) -> str:
     models = list(results["scores"])
     keys = sorted({k for table in results["scores"].values() for k in table})
@@ -34,8 +44,7 @@ def render(cfg, results: dict, *, brief: bool = False) -> str:
         "",
         f"{_WHAT[cfg.method]}; teacher `{cfg.teacher.backend}:{cfg.teacher.name}`; tasks: "
         + ", ".join(f"`{t}`" for t in results["tasks"])
-        + f" ({cfg.tasks.train_per_task} training and {cfg.tasks.heldout_per_task} held-out questions each, seed "
-        f"{cfg.tasks.seed}).",
+        + f" ({_counts(cfg.tasks)}, seed {cfg.tasks.seed}).",
         "",
         "## Teacher data",
         "",
@@ -56,12 +65,17 @@ def render(cfg, results: dict, *, brief: bool = False) -> str:
         parts += [
             "## Against the teacher's answers and the untrained student",
             "",
-            "| task | ROUGE-L vs teacher, before | after | after vs before: win / tie / loss |",
-            "|---|---:|---:|---|",
+            "ROUGE-L of each model's answers against the teacher's (before / after training), and against the "
+            "task's reference answer (teacher / before / after).",
+            "",
+            "| task | ROUGE-L vs teacher, before | after | ROUGE-L vs reference, teacher | before | after "
+            "| after vs before: win / tie / loss |",
+            "|---|---:|---:|---:|---:|---:|---|",
         ]
         for task, r in results["versus_teacher"].items():
             parts.append(
-                f"| {task} | {r['rouge_before']:.3f} | {r['rouge_after']:.3f} | {r['win']} / {r['tie']} / {r['loss']} |"
+                f"| {task} | {r['rouge_before']:.3f} | {r['rouge_after']:.3f} | {r['rouge_ref_teacher']:.3f} | "
+                f"{r['rouge_ref_before']:.3f} | {r['rouge_ref_after']:.3f} | {r['win']} / {r['tie']} / {r['loss']} |"
             )
         parts.append("")
     parts += [

@@ -42,10 +42,10 @@ def draw_splits(cfg) -> tuple[list, dict]:
     t = cfg.tasks
     splits = {
         task.name: {
-            "train": task.examples("train", t.train_per_task, seed=t.seed),
-            "heldout": task.examples("heldout", t.heldout_per_task, seed=t.seed),
+            "train": task.examples("train", t.train_counts.get(name, t.train_per_task), seed=t.seed),
+            "heldout": task.examples("heldout", t.heldout_counts.get(name, t.heldout_per_task), seed=t.seed),
         }
-        for task in tasks
+        for name, task in zip(cfg.tasks.names, tasks, strict=True)
     }
     return tasks, splits
 

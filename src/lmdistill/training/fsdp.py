@@ -7,7 +7,10 @@ Trainer then neither wraps it in DDP nor moves it, defers FSDP2's gradient reduc
 accumulation, and gathers the full weights when it saves a checkpoint's model. transformers does not
 checkpoint the optimizer of such a model (it refuses to save one); `ShardedDistillTrainer` does, as a
 sharded `torch.distributed.checkpoint` folder (`optimizer_fsdp/`, one file per process, reshardable),
-and on resume loads the gathered weights back into the shards. The chunked loss reads the head through
+and on resume loads the gathered weights back into the shards. Checkpoints move between process counts:
+DCP reshards the optimizer folder on load (into whole tensors for an unsharded run, see
+`DistillTrainer._load_optimizer_and_scheduler`), and an unsharded run's optimizer.pt is read into the
+shards (`load_whole_optimizer`). The chunked loss reads the head through
 `lmdistill.models.sharding.unsharded_head_weight`. This runs on CPU (gloo) and on CUDA (NCCL) alike;
 accelerate's FSDP plugin (`train.extra.fsdp`) is refused because it does not run on CPU here and so
 cannot be tested (see docs/multi_gpu.md).
@@ -28,6 +31,8 @@ from lmdistill.training.trainer import DistillTrainer
 #: The optimizer's sharded checkpoint inside each checkpoint-N folder.
 OPTIMIZER_DIR = "optimizer_fsdp"
 SCHEDULER_FILE = "scheduler.pt"
+#: Trainer's optimizer file in the checkpoint of an unsharded run (one process, or DDP).
+WHOLE_OPTIMIZER_FILE = "optimizer.pt"
 
 
 def check_sharding_settings(cfg) -> None:
@@ -137,13 +142,6 @@ class ShardedDistillTrainer(DistillTrainer):
         super().__init__(*args, **kwargs)
         self.args.save_only_model = False  # this class writes and reads the optimizer state itself
 
-    def _optimized(self) -> torch.nn.Module:
-        """Every module the optimizer updates: the student and, when there are any, the hint
-        projections (the optimizer's last group), so each optimizer state has a parameter name."""
-        if self.hints is None or self.hints.projections is None:
-            return self.model
-        return torch.nn.ModuleDict({"student": self.model, "hint_projections": self.hints.projections})
-
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -155,20 +153,18 @@ class ShardedDistillTrainer(DistillTrainer):
             torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_FILE)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The sharded optimizer folder, resharded to this run's processes by DCP; or the whole
+        optimizer.pt of an unsharded run (1 process, or DDP), each process keeping its shards of it."""
         if checkpoint is None:
             return
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-        folder = Path(checkpoint) / OPTIMIZER_DIR
-        if not folder.is_dir():
+        if has_sharded_optimizer(checkpoint):
+            load_sharded_optimizer(self._optimized(), self.optimizer, self.lr_scheduler, checkpoint)
+        elif (Path(checkpoint) / WHOLE_OPTIMIZER_FILE).is_file():
+            load_whole_optimizer(self._optimized(), self.optimizer, self.lr_scheduler, checkpoint)
+        else:
             raise UserError(
-                f"{checkpoint}: no {OPTIMIZER_DIR} folder; it was not written by a train.fsdp run"
+                f"{checkpoint}: no optimizer state ({OPTIMIZER_DIR}/ or {WHOLE_OPTIMIZER_FILE}) to resume from"
             )
-        state = {"optimizer": get_optimizer_state_dict(self._optimized(), self.optimizer)}
-        dcp.load(state, checkpoint_id=folder)
-        set_optimizer_state_dict(self._optimized(), self.optimizer, state["optimizer"])
-        self.lr_scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """The checkpoint's gathered model.safetensors, read by process 0 and scattered into the shards."""
@@ -190,6 +186,74 @@ class ShardedDistillTrainer(DistillTrainer):
         state = full_state_dict(self.model)  # a collective: every process gathers
         if self.args.should_save:
             self.model.save_pretrained(output_dir, state_dict=state, is_main_process=True)
+
+
+def has_sharded_optimizer(checkpoint: str | os.PathLike) -> bool:
+    """Whether a checkpoint holds a sharded run's optimizer (`optimizer_fsdp/`) and no whole optimizer.pt."""
+    folder = Path(checkpoint)
+    return (folder / OPTIMIZER_DIR).is_dir() and not (folder / WHOLE_OPTIMIZER_FILE).is_file()
+
+
+def load_sharded_optimizer(
+    module: torch.nn.Module, optimizer, scheduler, checkpoint: str | os.PathLike
+) -> None:
+    """The optimizer state of `checkpoint/optimizer_fsdp` into `optimizer` (over `module`'s parameters,
+    named as when it was saved), and the scheduler's. `torch.distributed.checkpoint` reads into whatever
+    layout `module` has now: FSDP2 shards over any number of processes, or whole tensors in a process
+    that is not sharded (one alone, or each of DDP's); it is a collective when a process group is up."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    state = {"optimizer": get_optimizer_state_dict(module, optimizer)}  # the layout to read into
+    dcp.load(state, checkpoint_id=Path(checkpoint) / OPTIMIZER_DIR, no_dist=not _distributed())
+    set_optimizer_state_dict(module, optimizer, state["optimizer"])
+    scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
+
+
+def load_whole_optimizer(
+    module: torch.nn.Module, optimizer, scheduler, checkpoint: str | os.PathLike
+) -> None:
+    """An unsharded run's optimizer.pt (states keyed by parameter position) into the sharded `optimizer`:
+    each position named as in this optimizer (the same parameter groups in the same order, which the
+    same student and settings give; shapes checked), then each process keeps its own shards."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    path = Path(checkpoint) / WHOLE_OPTIMIZER_FILE
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mapped: not read N times
+    names = [group["params"] for group in get_optimizer_state_dict(module, optimizer)["param_groups"]]
+    groups = saved.get("param_groups", [])
+    if [len(g["params"]) for g in groups] != [len(n) for n in names]:
+        raise UserError(
+            f"{path}: its parameter groups ({[len(g['params']) for g in groups]} parameters) are not this "
+            f"run's ({[len(n) for n in names]}): it was written for another student or other settings"
+        )
+    params = dict(module.named_parameters())
+    state, full = saved.get("state", {}), {"state": {}, "param_groups": []}
+    for group, fqns in zip(groups, names, strict=True):
+        for position, fqn in zip(group["params"], fqns, strict=True):
+            param = params.get(fqn)
+            moments = state.get(position, {})
+            shape = tuple(param.shape) if param is not None else None  # a DTensor's shape is the whole one
+            for value in moments.values():
+                if torch.is_tensor(value) and value.dim() > 0 and tuple(value.shape) != shape:
+                    raise UserError(
+                        f"{path}: the state of {fqn} has shape {tuple(value.shape)}, the parameter {shape}: "
+                        "it was written for another student"
+                    )
+            if moments:
+                full["state"][fqn] = moments
+        full["param_groups"].append({**group, "params": list(fqns)})
+    options = StateDictOptions(full_state_dict=True)  # every process has it whole and keeps its shards
+    set_optimizer_state_dict(module, optimizer, full, options=options)
+    scheduler.load_state_dict(torch.load(Path(checkpoint) / SCHEDULER_FILE, weights_only=True))
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _with_tied_aliases(model: torch.nn.Module, state: dict) -> dict:

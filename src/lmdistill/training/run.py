@@ -20,6 +20,7 @@ With a store or a server no teacher is in memory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -392,6 +393,40 @@ def resolve_checkpoint(value: str | None, output_dir: str, *, needs: tuple[str, 
     return value
 
 
+def checkpoint_step(checkpoint: str | os.PathLike) -> int | None:
+    """The optimizer steps a checkpoint holds (its trainer_state.json's global_step); None without one."""
+    path = Path(checkpoint) / "trainer_state.json"
+    try:
+        step = json.loads(path.read_text(encoding="utf-8"))["global_step"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+    return int(step)
+
+
+def _max_steps(t: TrainConfig) -> int:
+    """The run's last step as TrainingArguments will see it (train.extra may set it); <= 0: from epochs."""
+    return int(t.extra.get("max_steps", t.max_steps))
+
+
+def finished_run(cfg: RunConfig) -> str | None:
+    """A resume of a run that is finished (its checkpoint at train.max_steps, its student saved): the
+    one line to log instead of training, else None. (Trainer would train one step past the last and
+    save checkpoint-(N+1) when the last step is not at an epoch's end.)"""
+    t = cfg.train
+    if t.resume_from_checkpoint is None or _max_steps(t) <= 0:
+        return None
+    checkpoint = resolve_checkpoint(t.resume_from_checkpoint, t.output_dir)
+    step = checkpoint_step(checkpoint)
+    if step is None or step < _max_steps(t) or not (Path(t.output_dir) / STUDENT_DIR).is_dir():
+        return None  # more steps to train, or the run stopped before saving its student: saved from it
+    return (
+        f"train: {checkpoint} is at step {step} = train.max_steps: the run is finished and its student "
+        "saved; nothing trained, nothing written (raise train.max_steps to train further)"
+    )
+
+
 def tokenize_train(cfg: RunConfig, rows: list[dict], tokenizer) -> list[dict]:
     """Training features; with on-policy steps each also carries its prompt (`prompt_features`)."""
     o = cfg.on_policy
@@ -424,6 +459,10 @@ def run(cfg: RunConfig, log=print) -> Path:
     fsdp.check_sharding_settings(cfg)
     out = Path(cfg.train.output_dir)
     output, job, ignore = check_output(cfg)
+    done = finished_run(cfg)
+    if done:  # before any model loads: nothing is read further and nothing written
+        log(done)
+        return out / STUDENT_DIR
     set_seed(cfg.train.seed)
     # Data is read and tokenized before any model is loaded: a bad file fails in a second, not after a minute.
     # On-policy rows may be prompts alone: `tokenize_train` checks them itself.
@@ -463,6 +502,14 @@ def run(cfg: RunConfig, log=print) -> Path:
     overwrite = cfg.train.overwrite_output_dir
     with output.claim(job, overwrite=overwrite, ignore=ignore, primary=is_primary()):
         trainer.train(resume_from_checkpoint=resume)
+        if trainer.resumed_finished:  # the steps to train came from the data (train.max_steps <= 0)
+            done = (out / STUDENT_DIR).is_dir()
+            log(
+                f"train: {resume} is at step {trainer.state.global_step}, the run's last: nothing trained; "
+                + ("the student is saved already, nothing written" if done else "saving the student from it")
+            )
+            if done:
+                return out / STUDENT_DIR
         state = fsdp.gather_student(trainer.model) if cfg.train.fsdp else None  # every process takes part
         if trainer.is_world_process_zero():
             if state is not None:  # sharded: save the gathered weights, then score the saved, whole student
@@ -510,8 +557,16 @@ RERUN_MAY_CHANGE = (
     "train.save_total_limit",
     "train.report_to",
 )
-#: ... and, when resuming, how long it trains.
-RESUME_MAY_CHANGE = ("train.max_steps", "train.num_train_epochs")
+#: ... and, when resuming, how long it trains, and how each step's batch is split (so a run may resume
+#: with another number of processes, sharded or not, when the global batch stays the same: checked).
+RESUME_MAY_CHANGE = (
+    "train.max_steps",
+    "train.num_train_epochs",
+    "train.per_device_train_batch_size",
+    "train.gradient_accumulation_steps",
+    "train.fsdp",
+    "train.fsdp_teacher",
+)
 
 
 def check_output(cfg: RunConfig) -> tuple[Output, dict, tuple[str, ...]]:
@@ -538,6 +593,12 @@ def check_output(cfg: RunConfig) -> tuple[Output, dict, tuple[str, ...]]:
         )
     if resuming:
         checkpoint = resolve_checkpoint(t.resume_from_checkpoint, t.output_dir)
+        step = checkpoint_step(checkpoint)
+        if step is not None and 0 < _max_steps(t) < step:
+            raise UserError(
+                f"train.max_steps={_max_steps(t)} is below the step of {checkpoint} ({step}): a resume cannot "
+                "train backwards; raise train.max_steps, or resume an earlier checkpoint"
+            )
         run_dir = Path(checkpoint).parent
         recorded = run_dir / CONFIG_FILE
         if recorded.is_file():
@@ -552,8 +613,43 @@ def check_output(cfg: RunConfig) -> tuple[Output, dict, tuple[str, ...]]:
                     f"({'; '.join(diff[:4])}); resume with that run's settings (see {recorded}), or drop "
                     "train.resume_from_checkpoint to start a new run in another train.output_dir"
                 )
+            _check_global_batch(checkpoint, (old.get("train") if isinstance(old, dict) else None) or {}, t)
     output.check(job, overwrite=t.overwrite_output_dir, ignore=ignore)
     return output, job, ignore
+
+
+def checkpoint_processes(checkpoint: str | os.PathLike) -> int | None:
+    """How many processes wrote a checkpoint: Trainer saves one RNG file per process (rng_state_<rank>.pth),
+    or rng_state.pth in a single one; None when there is none."""
+    folder = Path(checkpoint)
+    ranks = list(folder.glob("rng_state_*.pth"))
+    return len(ranks) if ranks else 1 if (folder / "rng_state.pth").is_file() else None
+
+
+def _check_global_batch(checkpoint: str, old: dict, t: TrainConfig) -> None:
+    """A resume may change the number of processes and how each step's batch is split among them, not
+    the global batch: the resumed run skips global_step x that many examples, and its learning rate
+    schedule and optimizer state were tuned to it. UserError naming both layouts otherwise."""
+    then = checkpoint_processes(checkpoint)
+    now = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    try:
+        per_device, accumulate = (
+            int(old["per_device_train_batch_size"]),
+            int(old["gradient_accumulation_steps"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return  # recorded by an lmdistill without these settings: nothing to compare
+    if then is None:
+        return
+    before = then * per_device * accumulate
+    after = now * t.per_device_train_batch_size * t.gradient_accumulation_steps
+    if before != after:
+        raise UserError(
+            f"train.resume_from_checkpoint: {checkpoint} was written by {then} process(es) x "
+            f"{per_device} examples x {accumulate} accumulated = {before} examples per step; this run has {now} "
+            f"x {t.per_device_train_batch_size} x {t.gradient_accumulation_steps} = {after}: keep {before} "
+            "(train.per_device_train_batch_size x train.gradient_accumulation_steps x processes)"
+        )
 
 
 def report_agreement(student, models: Models, features, path: Path, log=print) -> dict:

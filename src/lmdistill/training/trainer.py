@@ -19,6 +19,7 @@ through `lmdistill.training.fsdp.ShardedDistillTrainer`; ZeRO-3 is refused. What
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -75,6 +76,9 @@ class DistillTrainer(Trainer):
         self.nonfinite_skipped = 0
         self._nonfinite_streak = 0
         self._log_sums: dict[str, float] = {}
+        #: Set by `train`: the checkpoint resumed from was at (or past) the run's last step, so the
+        #: weights were loaded from it and no step was trained.
+        self.resumed_finished = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.xtok is not None:  # a teacher with another tokenizer: its own step, same normalisation
@@ -208,6 +212,54 @@ class DistillTrainer(Trainer):
         finally:
             if self.hints is not None:
                 self.hints.restore()  # e.g. back from eager attention, for whoever uses the models next
+
+    def _init_training_state(
+        self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+    ):
+        """As Trainer's, but a resume from a checkpoint at (or past) `max_steps` trains nothing, and a
+        resumed run logs, evaluates and saves every N steps as this run's settings say.
+
+        Trainer checks `max_steps` only after a step: resumed from a finished run whose last step is not
+        on an epoch boundary, it re-enters the last epoch and trains (and saves) step max_steps + 1.
+        Returning the epoch count as the epochs already trained leaves its epoch loop empty. And it takes
+        logging_steps, eval_steps and save_steps from the checkpoint's trainer_state.json, though a rerun
+        may change them (`lmdistill.training.run.RERUN_MAY_CHANGE`).
+        """
+        epochs, batches = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        self.state.compute_steps(self.args, max_steps)
+        self.resumed_finished = resume_from_checkpoint is not None and self.state.global_step >= max_steps
+        return (num_train_epochs, 0) if self.resumed_finished else (epochs, batches)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """As Trainer's, into an empty folder: a resume from an earlier checkpoint trains this step again,
+        and Trainer would write into the old checkpoint-N, mixing its files with the new ones (with
+        another number of processes they differ: optimizer.pt or optimizer_fsdp/, one RNG file or one
+        per process), so the old folder is removed first, as its files would have been replaced."""
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        stale = folder.is_dir()
+        self.accelerator.wait_for_everyone()  # every process has looked before process 0 removes it
+        if stale and self.args.should_save:
+            shutil.rmtree(folder)
+        self.accelerator.wait_for_everyone()
+        super()._save_checkpoint(model, trial)
+
+    def _optimized(self) -> torch.nn.Module:
+        """Every module the optimizer updates: the student and, when there are any, the hint
+        projections (the optimizer's last group), so each optimizer state has a parameter name."""
+        if self.hints is None or self.hints.projections is None:
+            return self.model
+        return torch.nn.ModuleDict({"student": self.model, "hint_projections": self.hints.projections})
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """As Trainer's; a checkpoint of a sharded run (`train.fsdp`: its optimizer in a
+        `torch.distributed.checkpoint` folder, no optimizer.pt) is read whole into this unsharded one."""
+        from lmdistill.training import fsdp
+
+        if checkpoint is None or self.is_deepspeed_enabled or not fsdp.has_sharded_optimizer(checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        fsdp.load_sharded_optimizer(self._optimized(), self.optimizer, self.lr_scheduler, checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
