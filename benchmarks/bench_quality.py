@@ -186,6 +186,21 @@ def run_part(a: argparse.Namespace, jobs: list[int], *, teacher_figures: bool, l
     setup = {"seconds": round(time.time() - started, 1), "teacher_pass_seconds": round(time.time() - t0, 1)}
     log(f"setup {setup}: train {len(train_f)}, held-out {len(held_f)} teacher / {len(human_f)} human answers")
     all_jobs = [(seed, method) for seed in a.seed_list for method in a.method_list]
+
+    def generation_figures(model) -> dict:
+        """ROUGE-L of `model`'s greedy answers against the teacher's, the teacher's log-prob of them."""
+        if a.skip_generation:
+            return {"rouge_l": None, "own_logprob": None}
+        gen = answer_metrics(
+            model,
+            teacher,
+            tokenizer,
+            data.held_prompts,
+            data.teacher_answers,
+            max_new_tokens=a.max_new_tokens,
+        )
+        return {"rouge_l": gen["rouge_l"], "own_logprob": gen["own_logprob"]}
+
     runs = []
     for index in jobs:
         seed, method = all_jobs[index]
@@ -196,12 +211,7 @@ def run_part(a: argparse.Namespace, jobs: list[int], *, teacher_figures: bool, l
         )  # fmt: skip
         e0 = time.time()
         s, h = scorer.score(student), human.score(student)
-        gen = {"rouge_l": None, "own_logprob": None}
-        if not a.skip_generation:
-            gen = answer_metrics(
-                student, teacher, tokenizer, data.held_prompts, data.teacher_answers,
-                max_new_tokens=a.max_new_tokens,
-            )  # fmt: skip
+        gen = generation_figures(student)
         row = {
             "method": method.name,
             "seed": seed,
@@ -217,15 +227,7 @@ def run_part(a: argparse.Namespace, jobs: list[int], *, teacher_figures: bool, l
         }
         runs.append([index, row])
         log(json.dumps(row))
-    teacher_gen = None
-    if teacher_figures:
-        teacher_gen = {"rouge_l": None, "own_logprob": None}
-        if not a.skip_generation:
-            gen = answer_metrics(
-                teacher, teacher, tokenizer, data.held_prompts, data.teacher_answers,
-                max_new_tokens=a.max_new_tokens,
-            )  # fmt: skip
-            teacher_gen = {"rouge_l": gen["rouge_l"], "own_logprob": gen["own_logprob"]}
+    teacher_gen = generation_figures(teacher) if teacher_figures else None
     return {
         "setup": setup,
         "data": {
