@@ -361,7 +361,7 @@ LOAD_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     root = Path(sys.argv[1])
     ids = torch.load(root / "ids.pt")
-    for case in ("named", "shrunk"):
+    for case in ("named", "shrunk", "alone"):
         cfg = load_config(root / f"{case}.yaml")
         args = training_arguments(cfg.train)
         rank = args.process_index  # args.device initialises gloo for torchrun
@@ -375,14 +375,15 @@ LOAD_SCRIPT = textwrap.dedent(
         dist.barrier()
         if rank != 0:
             models = build_models(cfg, log=lambda line: None)
-            on_meta = {p.device.type for m in (models.student, models.teacher) for p in m.parameters()}
+            built = [m for m in (models.student, models.teacher) if m is not None]
+            on_meta = {p.device.type for m in built for p in m.parameters()}
             print(f"rank {rank} {case}: built on {sorted(on_meta)}", flush=True)
         dist.barrier()
         if rank == 0:
             for w in weights:
                 w.with_suffix(".hidden").rename(w)
         student = fsdp.prepare_student(models.student, args)
-        teacher = fsdp.prepare_teacher(models.teacher, args)
+        teacher = fsdp.prepare_teacher(models.teacher, args) if models.teacher is not None else student
         tied = student.lm_head.weight is student.model.embed_tokens.weight  # one parameter, as on disk
         print(f"rank {rank} {case}: tied={tied}", flush=True)
         with torch.no_grad():
@@ -401,8 +402,8 @@ def test_only_process_0_reads_weights_and_shards_match_one_process(tmp_path, fsd
     student and teacher while their model.safetensors files are renamed away (a read would fail), on the
     meta device, and receives its shards from process 0. The sharded models' logits (so the rotary
     embedding's buffers, restored after `to_empty`) equal the whole models' in one process, for a student
-    loaded by name (its tied head still one parameter) and for one shrunk from the teacher (process 1
-    shrinks the meta teacher)."""
+    loaded by name (its tied head still one parameter), for one shrunk from the teacher (process 1
+    shrinks the meta teacher), and for a CE-only run whose teacher is read (by process 0) only to shrink it."""
     from transformers import AutoModelForCausalLM
 
     from lmdistill.models import shrink_model
@@ -410,10 +411,12 @@ def test_only_process_0_reads_weights_and_shards_match_one_process(tmp_path, fsd
     teacher_dir, student_dir, _ = fsdp_setup
     ids = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(3))
     torch.save(ids, tmp_path / "ids.pt")
-    for case, student in (("named", str(student_dir)), ("shrunk", "")):
-        cfg = _config(tmp_path, fsdp_setup, case, 2, fsdp=True, fsdp_teacher=True)
+    for case, student in (("named", str(student_dir)), ("shrunk", ""), ("alone", "")):
+        cfg = _config(tmp_path, fsdp_setup, case, 2, fsdp=True, fsdp_teacher=case != "alone")
         cfg["student"] = {"name": student} if student else {"name": "", "num_layers": 2}
         cfg["hints"] = {}
+        if case == "alone":  # CE only: the teacher is read (by process 0) only to shrink it, then dropped
+            cfg["distill"] = {"kd_ratio": 0.0}
         (tmp_path / f"{case}.yaml").write_text(yaml.safe_dump(cfg))
     script = tmp_path / "load.py"
     script.write_text(LOAD_SCRIPT)
@@ -428,24 +431,24 @@ def test_only_process_0_reads_weights_and_shards_match_one_process(tmp_path, fsd
         os.killpg(proc.pid, signal.SIGKILL)
         raise AssertionError("the 2-process loading check hung (killed after 180 s)") from None
     assert proc.returncode == 0, err[-3000:]
-    assert "rank 1 named: built on ['meta']" in out and "rank 1 shrunk: built on ['meta']" in out, out
-    for rank in (
-        0,
-        1,
-    ):  # the named student ties its head (as SmolLM2); the teacher, so its shrunk copy, does not
-        assert f"rank {rank} named: tied=True" in out and f"rank {rank} shrunk: tied=False" in out, out
+    for case, tied in (("named", True), ("shrunk", False), ("alone", False)):
+        assert f"rank 1 {case}: built on ['meta']" in out, out
+        # The named student ties its head (as SmolLM2); the teacher, so its shrunk copies, does not.
+        assert f"rank 0 {case}: tied={tied}" in out and f"rank 1 {case}: tied={tied}" in out, out
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
-    wholes = {
-        "named": AutoModelForCausalLM.from_pretrained(student_dir).eval(),
-        "shrunk": shrink_model(teacher, num_layers=2).eval(),
+    shrunk = shrink_model(teacher, num_layers=2).eval()
+    wholes = {  # "alone" has no teacher model: the script's "teacher" is its student
+        "named": (AutoModelForCausalLM.from_pretrained(student_dir).eval(), teacher),
+        "shrunk": (shrunk, teacher),
+        "alone": (shrunk, shrunk),
     }
-    for case, student in wholes.items():
+    for case, (student, other) in wholes.items():
         with torch.no_grad():
-            expected = {"student": student(input_ids=ids).logits, "teacher": teacher(input_ids=ids).logits}
+            expected = {"student": student(input_ids=ids).logits, "teacher": other(input_ids=ids).logits}
         for rank in (0, 1):
             got = torch.load(tmp_path / f"{case}_{rank}.pt")
-            for role, model in (("student", student), ("teacher", teacher)):
+            for role, model in (("student", student), ("teacher", other)):
                 torch.testing.assert_close(got[role], expected[role], rtol=1e-5, atol=1e-5)
                 buffers = dict(model.named_buffers())
                 assert got[role + "_buffers"].keys() == buffers.keys()
