@@ -128,6 +128,12 @@ def prepare_teacher(teacher: torch.nn.Module, args) -> torch.nn.Module:
     return shard_from_rank0(teacher, args.device)
 
 
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Overwrite `module`'s parameters and buffers with process 0's (a collective; every process calls it)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
+
+
 def describe_shards(role: str, model: torch.nn.Module) -> str:
     """One line: how many of the model's parameters this process holds."""
     params = {id(p): p for p in model.parameters()}.values()

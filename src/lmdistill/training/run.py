@@ -347,6 +347,11 @@ def make_trainer(
         fsdp.prepare_teacher(models.teacher, args)
         log(fsdp.describe_shards("teacher", models.teacher))
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
+    if (cfg.train.fsdp or cfg.train.fsdp_teacher) and hints is not None and hints.projections is not None:
+        # Process 0 built its models on the CPU (a shrunk student's init draws random numbers), the others
+        # on meta (which draws none): their RNGs may differ here, and so would projections with a random
+        # init (a student wider than the teacher). Process 0's are the ones one process would have.
+        fsdp.broadcast_from_rank0(hints.projections)
     extra, collator = {}, DistillCollator(pad_token_id=pad_id(models.tokenizer))
     if models.xtok is not None:
         collator = models.xtok.collator(pad_id(models.tokenizer))
