@@ -92,6 +92,28 @@ def test_folder_that_is_not_a_model(tmp_path):
         load_model(tmp_path / "empty")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "auto"])
+def test_meta_model_is_the_loaded_architecture_without_weights(tmp_path, tiny_llama, dtype):
+    """load_model(meta=True), for processes that get FSDP2 shards from process 0: the same names, shapes,
+    dtypes and tied head as from_pretrained gives, every tensor on meta, from a folder without weights."""
+    folder = tmp_path / "tied"
+    tiny_llama(64, num_layers=2, tie=True).to(torch.bfloat16).save_pretrained(folder)
+    whole = load_model(folder, dtype=dtype)
+    (folder / "model.safetensors").unlink()  # config.json alone is read
+    meta = load_model(folder, dtype=dtype, meta=True)
+    assert type(meta) is type(whole)
+    shapes = {n: (t.shape, t.dtype) for n, t in whole.state_dict().items()}
+    assert {n: (t.shape, t.dtype) for n, t in meta.state_dict().items()} == shapes
+    assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {"meta"}
+    assert meta.lm_head.weight is meta.model.embed_tokens.weight
+    assert load_teacher(folder, meta=True).training is False
+
+
+def test_meta_model_of_a_missing_folder(offline, tmp_path):
+    with pytest.raises(UserError, match="model not found"):
+        load_model(tmp_path / "nowhere", meta=True)
+
+
 def test_count_parameters_tied(tiny_llama):
     untied, tied = tiny_llama(100, tie=False), tiny_llama(100, tie=True)
     assert tied.lm_head.weight is tied.model.embed_tokens.weight

@@ -348,3 +348,109 @@ def test_a_nonfinite_batch_is_skipped_by_all_shards(tmp_path, tiny_model_dirs, t
     eval1, eval2 = (json.loads((tmp_path / f"nan{p}" / "eval.json").read_text()) for p in (1, 2))
     assert eval2["tokens"] == eval1["tokens"] > 0
     assert eval2["kl"] == pytest.approx(eval1["kl"], rel=1e-4)
+
+
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch, torch.distributed as dist
+    from pathlib import Path
+    from lmdistill.config import load_config
+    from lmdistill.training import fsdp
+    from lmdistill.training.run import build_models, training_arguments
+
+    torch.set_num_threads(1)
+    root = Path(sys.argv[1])
+    ids = torch.load(root / "ids.pt")
+    for case in ("named", "shrunk", "alone"):
+        cfg = load_config(root / f"{case}.yaml")
+        args = training_arguments(cfg.train)
+        rank = args.process_index  # args.device initialises gloo for torchrun
+        _ = args.device
+        weights = [Path(cfg.teacher.name) / "model.safetensors"]
+        weights += [Path(cfg.student.name) / "model.safetensors"] if cfg.student.name else []
+        if rank == 0:
+            models = build_models(cfg, log=lambda line: None)
+            for w in weights:  # gone while process 1 builds its models: it cannot have read them
+                w.rename(w.with_suffix(".hidden"))
+        dist.barrier()
+        if rank != 0:
+            models = build_models(cfg, log=lambda line: None)
+            built = [m for m in (models.student, models.teacher) if m is not None]
+            on_meta = {p.device.type for m in built for p in m.parameters()}
+            print(f"rank {rank} {case}: built on {sorted(on_meta)}", flush=True)
+        dist.barrier()
+        if rank == 0:
+            for w in weights:
+                w.with_suffix(".hidden").rename(w)
+        student = fsdp.prepare_student(models.student, args)
+        teacher = fsdp.prepare_teacher(models.teacher, args) if models.teacher is not None else student
+        tied = student.lm_head.weight is student.model.embed_tokens.weight  # one parameter, as on disk
+        print(f"rank {rank} {case}: tied={tied}", flush=True)
+        with torch.no_grad():
+            out = {role: m(input_ids=ids).logits for role, m in (("student", student), ("teacher", teacher))}
+        for role, m in (("student", student), ("teacher", teacher)):
+            out[role + "_buffers"] = {n: b.clone() for n, b in m.named_buffers()}
+        torch.save(out, root / f"{case}_{rank}.pt")
+        print(f"rank {rank} {case}: logits written", flush=True)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_only_process_0_reads_weights_and_shards_match_one_process(tmp_path, fsdp_setup):
+    """Under train.fsdp + train.fsdp_teacher only process 0 reads the checkpoints: process 1 builds the
+    student and teacher while their model.safetensors files are renamed away (a read would fail), on the
+    meta device, and receives its shards from process 0. The sharded models' logits (so the rotary
+    embedding's buffers, restored after `to_empty`) equal the whole models' in one process, for a student
+    loaded by name (its tied head still one parameter), for one shrunk from the teacher (process 1
+    shrinks the meta teacher), and for a CE-only run whose teacher is read (by process 0) only to shrink it."""
+    from transformers import AutoModelForCausalLM
+
+    from lmdistill.models import shrink_model
+
+    teacher_dir, student_dir, _ = fsdp_setup
+    ids = torch.randint(0, 60, (2, 12), generator=torch.Generator().manual_seed(3))
+    torch.save(ids, tmp_path / "ids.pt")
+    for case, student in (("named", str(student_dir)), ("shrunk", ""), ("alone", "")):
+        cfg = _config(tmp_path, fsdp_setup, case, 2, fsdp=True, fsdp_teacher=case != "alone")
+        cfg["student"] = {"name": student} if student else {"name": "", "num_layers": 2}
+        cfg["hints"] = {}
+        if case == "alone":  # CE only: the teacher is read (by process 0) only to shrink it, then dropped
+            cfg["distill"] = {"kd_ratio": 0.0}
+        (tmp_path / f"{case}.yaml").write_text(yaml.safe_dump(cfg))
+    script = tmp_path / "load.py"
+    script.write_text(LOAD_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script), str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the 2-process loading check hung (killed after 180 s)") from None
+    assert proc.returncode == 0, err[-3000:]
+    for case, tied in (("named", True), ("shrunk", False), ("alone", False)):
+        assert f"rank 1 {case}: built on ['meta']" in out, out
+        # The named student ties its head (as SmolLM2); the teacher, so its shrunk copies, does not.
+        assert f"rank 0 {case}: tied={tied}" in out and f"rank 1 {case}: tied={tied}" in out, out
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    shrunk = shrink_model(teacher, num_layers=2).eval()
+    wholes = {  # "alone" has no teacher model: the script's "teacher" is its student
+        "named": (AutoModelForCausalLM.from_pretrained(student_dir).eval(), teacher),
+        "shrunk": (shrunk, teacher),
+        "alone": (shrunk, shrunk),
+    }
+    for case, (student, other) in wholes.items():
+        with torch.no_grad():
+            expected = {"student": student(input_ids=ids).logits, "teacher": other(input_ids=ids).logits}
+        for rank in (0, 1):
+            got = torch.load(tmp_path / f"{case}_{rank}.pt")
+            for role, model in (("student", student), ("teacher", other)):
+                torch.testing.assert_close(got[role], expected[role], rtol=1e-5, atol=1e-5)
+                buffers = dict(model.named_buffers())
+                assert got[role + "_buffers"].keys() == buffers.keys()
+                for name, value in got[role + "_buffers"].items():  # inv_freq: exactly process 0's
+                    torch.testing.assert_close(value, buffers[name], rtol=0, atol=0)

@@ -70,19 +70,25 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     quantized: bool = False,
+    meta: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
     """Load a causal LM (short name, local folder or hub id) in `dtype` onto `device`.
 
     quantized: apply the int8 quantisation an exported folder asks for (`lmdistill export
     --quantize`), for inference on CPU; off for training, which needs float Linear layers.
+    meta: build the architecture on the meta device from the model's config alone: no weights are
+    read and no memory taken (`device` is ignored); for processes that get their FSDP2 shards from
+    process 0 (`lmdistill.models.sharding.shard_from_rank0`).
     Extra keyword arguments go to `AutoModelForCausalLM.from_pretrained`.
     """
     from transformers import AutoModelForCausalLM
 
     torch_dtype = resolve_dtype(dtype)
-    target = resolve_device(device)
     path = resolve_model_path(name_or_path)
+    if meta:
+        return _meta_model(name_or_path, path, torch_dtype)
+    target = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as exc:
@@ -94,16 +100,35 @@ def load_model(
     return model.to(target)
 
 
+def _meta_model(name: str | os.PathLike[str], path: str, dtype: torch.dtype | str) -> PreTrainedModel:
+    """The model `from_pretrained(path, dtype=dtype)` would give, built from its config.json on the meta
+    device: same classes, shapes, dtypes and ties, no weights ("auto": the dtype its config records)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise _not_found(name, path, exc) from exc
+    if dtype == "auto":
+        dtype = getattr(config, "dtype", None) or torch.float32
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
 def load_teacher(
     name_or_path: str | os.PathLike[str],
     *,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     quantized: bool = False,
+    meta: bool = False,
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """Load a model as a frozen teacher: no parameter requires grad, and it is in eval mode."""
-    model = load_model(name_or_path, dtype=dtype, device=device, quantized=quantized, **kwargs)
+    """Load a model as a frozen teacher: no parameter requires grad, and it is in eval mode.
+
+    meta: the architecture alone, on the meta device (see `load_model`)."""
+    model = load_model(name_or_path, dtype=dtype, device=device, quantized=quantized, meta=meta, **kwargs)
     model.requires_grad_(False)
     model.eval()
     return model

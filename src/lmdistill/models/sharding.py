@@ -52,16 +52,18 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers
 
 
-def shard_model(model: torch.nn.Module) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, device: torch.device | None = None) -> torch.nn.Module:
     """Apply FSDP2 in place: one unit per decoder layer, then the root (embeddings, norm, head).
 
     Every process must hold the same full weights first (same seed / same checkpoint): each keeps its
-    own dim-0 slice. torch.distributed must be initialised (torchrun); gloo on CPU, NCCL on CUDA.
+    own dim-0 slice; or the model is on the meta device and `device` names where its shards will live
+    (`shard_from_rank0` fills them). torch.distributed must be initialised (torchrun); gloo on CPU, NCCL
+    on CUDA.
     """
     from torch.distributed.device_mesh import init_device_mesh
 
     _, fully_shard = _fsdp()
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),), mesh_dim_names=("fsdp",))
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
@@ -69,6 +71,62 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
     # forward, since backward would gather it again at once; the chunked loss reads the head then.
     fully_shard(model, mesh=mesh)
     return model
+
+
+def shard_from_rank0(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Shard `model` with FSDP2 onto `device`, its weights coming from process 0 alone (a collective).
+
+    Process 0 passes the model with its real weights (on the CPU); the others pass the same architecture
+    built on the meta device (`lmdistill.models.loading.load_model(meta=True)`: no weights read, no memory
+    taken). Afterwards every process holds only its shards on `device`: process 0's whole tensors (on the
+    CPU) are dropped when loading ends, and the others never hold more than the one tensor being broadcast.
+
+    Steps (what torchtune and torchtitan do): every process turns the model to meta (process 0 keeps its
+    state dict), applies `fully_shard` (cheap on meta), allocates its shards on `device` (`to_empty`),
+    and `set_model_state_dict(full_state_dict, broadcast_from_rank0)` broadcasts each tensor from process
+    0 while every process keeps its slice. Buffers that are not in the state dict (the rotary
+    embedding's `inv_freq`: `to_empty` leaves them uninitialised) are sent from process 0 as they are
+    there, so every process computes with exactly process 0's values. Tied parameters stay one
+    parameter throughout (meta conversion and `to_empty` swap tensors in place).
+    """
+    rank = torch.distributed.get_rank()
+    full: dict[str, torch.Tensor] = {}
+    extra: dict[str, torch.Tensor] = {}
+    if rank == 0:
+        full = model.state_dict()  # every name of a tied weight, as the full-state-dict loader wants
+        extra = {n: b.detach().clone() for n, b in model.named_buffers() if n not in full}
+    _to_meta(model)  # process 0's weights now live only in `full`
+    shard_model(model, device)
+    model.to_empty(device=device)
+    sent = [extra]
+    torch.distributed.broadcast_object_list(sent, src=0, device=_object_device(device))
+    for name, value in sent[0].items():
+        module_name, _, leaf = name.rpartition(".")
+        model.get_submodule(module_name)._buffers[leaf] = value.to(device)  # keeps its persistence flag
+    load_full_state_dict(model, full, strict=True)
+    return model
+
+
+def _to_meta(model: torch.nn.Module) -> None:
+    """Move every parameter and buffer to the meta device, keeping tied parameters one parameter.
+
+    `Module.to("meta")` gives each module a new Parameter when the tensor type changes (CPU -> meta), so
+    a tied head and embedding would come out as two; each group of names is bound to one again.
+    """
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    model.to("meta")
+    for names in groups.values():
+        first = model.get_parameter(names[0])
+        for name in names[1:]:
+            module_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(module_name), leaf, first)
+
+
+def _object_device(device: torch.device) -> torch.device | None:
+    """Where `broadcast_object_list` stages its bytes: the GPU for NCCL, the CPU for gloo."""
+    return device if torch.device(device).type == "cuda" else None
 
 
 def _owner(model: torch.nn.Module, head: torch.nn.Module):

@@ -1,7 +1,9 @@
 """`train.fsdp: true`: the student sharded with FSDP2 across the processes of `torchrun`
-(`train.fsdp_teacher: true`: the in-process teacher too).
+(`train.fsdp_teacher: true`: the in-process teacher too). Only process 0 reads a sharded model's
+weights; the others build it on the meta device and receive their shards from process 0
+(`lmdistill.models.sharding.shard_from_rank0`).
 
-The student is sharded before the Trainer sees it (`lmdistill.models.sharding.shard_model`) and marked
+The student is sharded before the Trainer sees it (`lmdistill.models.sharding.shard_from_rank0`) and marked
 the way transformers marks a model it sharded itself at load time (`from_pretrained(distributed_config=)`):
 Trainer then neither wraps it in DDP nor moves it, defers FSDP2's gradient reduction during gradient
 accumulation, and gathers the full weights when it saves a checkpoint's model. transformers does not
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from lmdistill.errors import UserError
-from lmdistill.models.sharding import full_state_dict, load_full_state_dict, shard_model
+from lmdistill.models.sharding import full_state_dict, load_full_state_dict, shard_from_rank0
 from lmdistill.training.trainer import DistillTrainer
 
 #: The optimizer's sharded checkpoint inside each checkpoint-N folder.
@@ -99,9 +101,10 @@ def prepare_student(student: torch.nn.Module, args) -> torch.nn.Module:
     device = args.device  # initialises torch.distributed for torchrun (gloo on CPU, NCCL on CUDA)
     world = torch.distributed.get_world_size()
     # LoRA: the model inside peft's wrapper is the FSDP2 root; each unit holds its frozen base weights
-    # and its trainable adapters, and FSDP2 reduce-scatters only the adapters' gradients.
+    # and its trainable adapters, and FSDP2 reduce-scatters only the adapters' gradients. Process 0's
+    # weights (adapters included) fill every process's shards; the others built the student on meta.
     base = student.get_base_model() if _is_peft(student) else student
-    shard_model(base.to(device))
+    shard_from_rank0(base, device)
     # What `from_pretrained(distributed_config=DistributedConfig(fsdp_size=N))` sets on a model it shards
     # (peft's wrapper forwards these attributes to it).
     base.config.distributed_config = DistributedConfig(fsdp_size=world)
@@ -119,9 +122,16 @@ def prepare_teacher(teacher: torch.nn.Module, args) -> torch.nn.Module:
 
     Each process then keeps 1/N of its weights; its forward gathers one layer at a time (under no_grad
     nothing is kept for backward), and the root unit (embeddings, norm, head) stays gathered after the
-    first forward, which is what the chunked loss reads the teacher's head from.
+    first forward, which is what the chunked loss reads the teacher's head from. Process 0's weights
+    fill the shards; the other processes built the teacher on the meta device (`run.from_rank0`).
     """
-    return shard_model(teacher.to(args.device))
+    return shard_from_rank0(teacher, args.device)
+
+
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Overwrite `module`'s parameters and buffers with process 0's (a collective; every process calls it)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
 
 
 def describe_shards(role: str, model: torch.nn.Module) -> str:

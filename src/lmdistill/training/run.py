@@ -122,10 +122,12 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
         tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)
     if not teacher_is_read(cfg):
         return _student_alone(cfg, tokenizer, log)
-    teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
+    # A student shrunk from a sharded teacher is built on meta only when it is sharded too (DDP needs it whole).
+    teacher_meta = from_rank0(cfg.train.fsdp_teacher and (bool(cfg.student.name) or cfg.train.fsdp))
+    teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype, meta=teacher_meta)
     student_tok = tokenizer
     if cfg.student.name:
-        student = load_model(cfg.student.name, dtype=cfg.student.dtype)
+        student = load_model(cfg.student.name, dtype=cfg.student.dtype, meta=from_rank0(cfg.train.fsdp))
         teacher_tok = load_tokenizer(cfg.teacher.name)
     else:
         student = _shrunk_student(cfg, teacher)
@@ -148,7 +150,15 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
     return Models(teacher, student, student_tok, vocab, InProcessTeacher(teacher, cfg.teacher.name))
 
 
+def from_rank0(sharded: bool) -> bool:
+    """Whether this process builds a model on the meta device and reads none of its weights: the model is
+    sharded (train.fsdp / train.fsdp_teacher) and this is not process 0, which alone loads the weights and
+    scatters them into every process's shards (`lmdistill.models.sharding.shard_from_rank0`)."""
+    return sharded and int(os.environ.get("RANK", "0") or 0) != 0
+
+
 def _shrunk_student(cfg: RunConfig, teacher) -> torch.nn.Module:
+    """The teacher shrunk as cfg.student says; a teacher on the meta device gives a student on meta."""
     s = cfg.student
     student = shrink_model(
         teacher,
@@ -169,11 +179,12 @@ def _trainable(student, cfg: RunConfig) -> torch.nn.Module:
 
 def _student_only(cfg: RunConfig) -> torch.nn.Module:
     """The student, trainable; shrunk from the teacher's weights, which are then dropped (nothing keeps them)."""
+    meta = from_rank0(cfg.train.fsdp)
     if cfg.student.name:
-        student = load_model(cfg.student.name, dtype=cfg.student.dtype)
+        student = load_model(cfg.student.name, dtype=cfg.student.dtype, meta=meta)
     else:
-        teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype)
-        student = _shrunk_student(cfg, teacher)
+        teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype, meta=meta)
+        student = _shrunk_student(cfg, teacher)  # on meta too: the student's shapes, no weights
         del teacher  # its layers are copied; no term reads the teacher, so none stays in memory
     return _trainable(student, cfg)
 
@@ -336,6 +347,11 @@ def make_trainer(
         fsdp.prepare_teacher(models.teacher, args)
         log(fsdp.describe_shards("teacher", models.teacher))
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
+    if (cfg.train.fsdp or cfg.train.fsdp_teacher) and hints is not None and hints.projections is not None:
+        # Process 0 built its models on the CPU (a shrunk student's init draws random numbers), the others
+        # on meta (which draws none): their RNGs may differ here, and so would projections with a random
+        # init (a student wider than the teacher). Process 0's are the ones one process would have.
+        fsdp.broadcast_from_rank0(hints.projections)
     extra, collator = {}, DistillCollator(pad_token_id=pad_id(models.tokenizer))
     if models.xtok is not None:
         collator = models.xtok.collator(pad_id(models.tokenizer))
