@@ -267,6 +267,47 @@ def test_replay_reuses_stored_samples(tiny_model_dirs, tmp_path):
     assert {s["step"] for s in samples} == {0}  # sampled once, then replayed from the buffer
 
 
+def test_replay_buffer_survives_a_resume(tiny_model_dirs, tmp_path):
+    """The replay buffer (and the adaptive lmbda) are saved with each checkpoint: resumed after step 2,
+    the run replays the step-0 samples instead of sampling afresh into an empty buffer."""
+    import shutil
+
+    import torch
+
+    from lmdistill.training.on_policy import state_file
+    from lmdistill.training.run import run
+
+    cfg = _run_yaml(
+        tmp_path,
+        teacher={"name": str(tiny_model_dirs[0])},
+        student={"name": str(tiny_model_dirs[1])},
+        data={"train": str(_chat_data(tmp_path / "chat.jsonl")), "max_length": 64},
+        distill={"kd_ratio": 0.5},
+        on_policy={
+            "max_new_tokens": 10,
+            "log_samples_every": 1,
+            "lmbda": 1.0,
+            "replay": 1,
+            "replay_ratio": 1.0,
+        },
+    )
+    cfg.train.max_steps, cfg.train.save_steps = 3, 1
+    run(cfg, log=lambda *a: None)
+    out = tmp_path / "out"
+    saved = torch.load(out / "checkpoint-2" / state_file(0), weights_only=True)
+    assert saved["schedule"] == {"adaptive": 0.0, "last_eval": None} and len(saved["replay"]) == 1
+    shutil.rmtree(out / "student")  # so the resume trains step 3 again
+    (out / SAMPLES_FILE).unlink()
+    cfg.train.resume_from_checkpoint = str(out / "checkpoint-2")
+    run(cfg, log=lambda *a: None)
+    history = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "loss" in h and h["step"] > 2]
+    assert [h["on_policy_steps"] for h in steps] == [1]
+    assert (
+        not (out / SAMPLES_FILE).exists() or not (out / SAMPLES_FILE).read_text().strip()
+    )  # nothing sampled
+
+
 def test_adaptive_schedule_runs_with_held_out_data(tiny_model_dirs, tmp_path):
     heldout = _chat_data(tmp_path / "heldout.jsonl", 4)
     cfg_sections = {"lmbda": 0.5, "schedule": "adaptive", "adaptive_step": 0.5}

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lmdistill.chunked import Head, LossSpec
 from lmdistill.config import OnPolicyConfig
@@ -129,6 +130,9 @@ class Schedule:
     def state(self) -> dict:
         return {"adaptive": self.adaptive, "last_eval": self._last_eval}
 
+    def load_state(self, state: dict) -> None:
+        self.adaptive, self._last_eval = float(state["adaptive"]), state["last_eval"]
+
 
 class _AdaptiveCallback(TrainerCallback):
     def __init__(self, schedule: Schedule):
@@ -159,6 +163,11 @@ class _TimedSource:
 
 
 # -- the trainer ----------------------------------------------------------------------------------------
+
+
+def state_file(process_index: int) -> str:
+    """The on-policy state of one process inside a checkpoint-N folder."""
+    return f"on_policy_state_{process_index}.pt"
 
 
 class OnPolicyTrainer(DistillTrainer):
@@ -196,6 +205,27 @@ class OnPolicyTrainer(DistillTrainer):
             self.teacher = _TimedSource(self.teacher, self._timer)
         if on_policy.schedule == "adaptive":
             self.add_callback(_AdaptiveCallback(self.schedule))
+
+    # -- checkpoints: the adaptive schedule's lmbda and the replay buffer travel with the run
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        state = {"schedule": self.schedule.state(), "replay": list(self._replay)}
+        torch.save(state, folder / state_file(self.args.process_index))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Trainer calls this once, before the first step, when it resumes from the `checkpoint` folder:
+        the on-policy state comes back with the optimizer's (each process its own replay buffer; a
+        checkpoint written before this state was saved starts it afresh)."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = Path(checkpoint) / state_file(self.args.process_index) if checkpoint else None
+        if path is None or not path.is_file():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.schedule.load_state(state["schedule"])
+        self._replay.clear()
+        self._replay.extend(state["replay"])
 
     # -- where the batches come from
 
