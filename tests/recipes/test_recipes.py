@@ -231,6 +231,19 @@ def test_shipped_recipe_configs_load(name):
     assert cfg.method == name and cfg.teacher.backend == "local"
 
 
+def test_how_far_config_loads_with_its_training_sections():
+    cfg = load_recipe_config(CONFIGS / "how_far.yaml")
+    assert cfg.student.layers == [0, 1, 2, 3, 4, 5, 26, 27, 28, 29] and cfg.hints.hidden_weight == 1.0
+    assert cfg.tasks.train_counts == {"format_one_word": 135, "format_json": 145}
+    _, splits = draw_splits(cfg)
+    assert {name: len(s["train"]) for name, s in splits.items()} == {
+        "arithmetic:1": 600,
+        "sentiment": 600,
+        "format_one_word": 135,
+        "format_json": 145,
+    }
+
+
 def test_recipe_cli_mistakes_are_one_line_and_exit_2(tmp_path, capsys):
     from lmdistill.cli import main
 
