@@ -250,23 +250,30 @@ GRADS_SCRIPT = textwrap.dedent(
 )
 
 
+def _two_processes(script, args: list[str], *, timeout: int, what: str, env: dict | None = None) -> str:
+    """Run `script` under torchrun with 2 processes (1 thread each); its stdout, or an AssertionError
+    with the end of stderr (killed, with the whole process group, after `timeout` seconds)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"the 2-process {what} hung (killed after {timeout} s)") from None
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
 def test_head_gradients_reach_the_shards(tmp_path):
     """The chunked loss's head gradient (tied or not) is reduce-scattered into the FSDP2 shards: every
     parameter's gradient equals one process's on the whole batch, also when the root unit reshards
     after forward and the head must be gathered by the loss (`unsharded_head_weight`)."""
     script = tmp_path / "grads.py"
     script.write_text(GRADS_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("the 2-process gradient check hung (killed after 120 s)") from None
-    assert proc.returncode == 0, err[-3000:]
+    out = _two_processes(script, [], timeout=120, what="gradient check")
     assert out.count("grads match:") == 2 * 4, out  # 2 processes x (tied, untied) x (kept, resharded root)
 
 
@@ -420,17 +427,9 @@ def test_only_process_0_reads_weights_and_shards_match_one_process(tmp_path, fsd
         (tmp_path / f"{case}.yaml").write_text(yaml.safe_dump(cfg))
     script = tmp_path / "load.py"
     script.write_text(LOAD_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script), str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    out = _two_processes(
+        script, [str(tmp_path)], timeout=180, what="loading check", env={"HF_HUB_OFFLINE": "1"}
     )
-    try:
-        out, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("the 2-process loading check hung (killed after 180 s)") from None
-    assert proc.returncode == 0, err[-3000:]
     for case, tied in (("named", True), ("shrunk", False), ("alone", False)):
         assert f"rank 1 {case}: built on ['meta']" in out, out
         # The named student ties its head (as SmolLM2); the teacher, so its shrunk copies, does not.
