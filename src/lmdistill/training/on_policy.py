@@ -37,7 +37,6 @@ from pathlib import Path
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lmdistill.chunked import Head, LossSpec
 from lmdistill.config import OnPolicyConfig
@@ -210,7 +209,7 @@ class OnPolicyTrainer(DistillTrainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
-        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder = self.checkpoint_folder(trial)
         state = {"schedule": self.schedule.state(), "replay": list(self._replay)}
         torch.save(state, folder / state_file(self.args.process_index))
 

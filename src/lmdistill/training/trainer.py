@@ -232,12 +232,16 @@ class DistillTrainer(Trainer):
         self.resumed_finished = resume_from_checkpoint is not None and self.state.global_step >= max_steps
         return (num_train_epochs, 0) if self.resumed_finished else (epochs, batches)
 
+    def checkpoint_folder(self, trial=None) -> Path:
+        """The checkpoint-N folder Trainer saves the current step into."""
+        return Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+
     def _save_checkpoint(self, model, trial) -> None:
         """As Trainer's, into an empty folder: a resume from an earlier checkpoint trains this step again,
         and Trainer would write into the old checkpoint-N, mixing its files with the new ones (with
         another number of processes they differ: optimizer.pt or optimizer_fsdp/, one RNG file or one
         per process), so the old folder is removed first, as its files would have been replaced."""
-        folder = Path(self._get_output_dir(trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder = self.checkpoint_folder(trial)
         stale = folder.is_dir()
         self.accelerator.wait_for_everyone()  # every process has looked before process 0 removes it
         if stale and self.args.should_save:
@@ -311,6 +315,6 @@ class _ProjectionCallback(TrainerCallback):
             p.grad = None
 
     def on_save(self, args, state, control, **kwargs):
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = self.trainer.checkpoint_folder()
         if state.is_world_process_zero and folder.is_dir():
             self.trainer.hints.save(folder)
