@@ -31,7 +31,9 @@ MAX_STOP = 16
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: a JSON string is not a number and a boolean is not an integer (the OpenAI API answers
+    # `max_tokens: "12"` and `max_tokens: true` with a 400); an integer is still a valid number
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -45,14 +47,14 @@ class _Body(BaseModel):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: str
     text: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: str
     content: str | list[ContentPart] | None = None
@@ -158,13 +160,68 @@ def parse_body(model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        param = ".".join(str(p) for p in err.get("loc", ())) or None
-        if err.get("type") == "missing":
-            message = f"Missing required parameter: '{param}'."
-        else:
-            message = f"Invalid value for '{param}': {err.get('msg', 'invalid')}."
-        raise ServeError(message, param=param, code="invalid_value") from None
+        raise _validation_error(exc.errors()) from None
+
+
+#: What a pydantic type error says the field expects, in the OpenAI API's words.
+_EXPECTED = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a decoded value, as the OpenAI API names it in its messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _field_path(loc: tuple) -> tuple:
+    """A pydantic error location without the union members' tags (`stop.str`, `stop.list[str]`)."""
+    return tuple(
+        p for p in loc if not (isinstance(p, str) and (p in ("str", "int", "float", "bool") or "[" in p))
+    )
+
+
+def _validation_error(errors: list[dict]) -> ServeError:
+    """One 400 for a body pydantic refused, naming the field: the error that reached deepest (for a
+    union, the member that matched furthest), e.g. `Invalid type for 'max_tokens': expected an
+    integer, but got a string instead.` (code `invalid_type`, as OpenAI's) for a value of the wrong
+    JSON type; the members of a union that refused a value's type are listed together."""
+    err = max(errors, key=lambda e: len(_field_path(e.get("loc", ()))))
+    path = _field_path(err.get("loc", ()))
+    param = ".".join(str(p) for p in path) or None
+    if err.get("type") == "missing":
+        return ServeError(f"Missing required parameter: '{param}'.", param=param, code="invalid_value")
+    if err.get("type") in _EXPECTED:
+        expected = dict.fromkeys(
+            _EXPECTED[e["type"]]
+            for e in errors
+            if e.get("type") in _EXPECTED and _field_path(e["loc"]) == path
+        )
+        return ServeError(
+            f"Invalid type for '{param}': expected {' or '.join(expected)}, "
+            f"but got {_json_type(err.get('input'))} instead.",
+            param=param,
+            code="invalid_type",
+        )
+    return ServeError(
+        f"Invalid value for '{param}': {err.get('msg', 'invalid')}.", param=param, code="invalid_value"
+    )
 
 
 def _is_id(x: Any) -> bool:
@@ -237,6 +294,14 @@ def check_common(body: _Body, model_name: str) -> None:
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
             code="invalid_value",
+        )
+    include_usage = (body.stream_options or {}).get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        raise ServeError(
+            f"Invalid type for 'stream_options.include_usage': expected a boolean, "
+            f"but got {_json_type(include_usage)} instead.",
+            param="stream_options.include_usage",
+            code="invalid_type",
         )
     if body.stream_options is not None and set(body.stream_options) - {"include_usage"}:
         extra = sorted(set(body.stream_options) - {"include_usage"})[0]
