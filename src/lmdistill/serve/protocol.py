@@ -149,11 +149,42 @@ def check_unsupported(data: dict, table: dict[str, Any]) -> None:
             )
 
 
+def check_unicode(data: Any) -> None:
+    """A 400 naming the first field whose text holds a lone UTF-16 surrogate: JSON's `\\ud800` escape
+    decodes to one, but it is not a character, and a tokenizer (or a stop-string check) that encodes the
+    text as UTF-8 fails on it. A surrogate pair (`\\ud83d\\ude00`) decodes to one character and passes."""
+    stack: list[tuple[tuple, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if value.isascii():
+                continue
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                param = ".".join(str(p) for p in path) or None
+                raise ServeError(
+                    f"Invalid value for '{param}': it holds a lone UTF-16 surrogate "
+                    f"(\\u{ord(value[exc.start]):04x} at character {exc.start}), which is not a Unicode "
+                    "character; send text as UTF-8 or as \\u escapes of whole surrogate pairs.",
+                    param=param,
+                    code="invalid_value",
+                ) from None
+        elif isinstance(value, dict):
+            for key, item in reversed(value.items()):  # the first field first
+                stack.append(((*path, key), item))
+                stack.append(((*path, key), key))  # a field name is text too
+        elif isinstance(value, list):
+            stack.extend(((*path, i), item) for i, item in reversed(list(enumerate(value))))
+
+
 def parse_body(model: type[BaseModel], data: Any) -> Any:
-    """Validate a decoded JSON body; a problem becomes a 400 ServeError naming the parameter. Fields
-    the server cannot honour (`UNSUPPORTED`, and `CHAT_UNSUPPORTED` for chat) are refused first."""
+    """Validate a decoded JSON body; a problem becomes a 400 ServeError naming the parameter. Text that
+    is not Unicode (`check_unicode`), then fields the server cannot honour (`UNSUPPORTED`, and
+    `CHAT_UNSUPPORTED` for chat) are refused first."""
     if not isinstance(data, dict):
         raise ServeError("the request body must be a JSON object")
+    check_unicode(data)
     check_unsupported(data, UNSUPPORTED)
     if model is ChatBody:
         check_unsupported(data, CHAT_UNSUPPORTED)
