@@ -156,3 +156,13 @@ def test_a_lone_surrogate_is_400_naming_the_field(server):
     )
     assert r.status_code == 200, r.text
     assert server.app.state.stats.snapshot()["failed"] == 0
+
+
+def test_json_nested_too_deeply_is_400_invalid_json(server):
+    """Python's JSON decoder recurses: 100,000 nested arrays raised RecursionError, a 500 with a traceback."""
+    deep = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "max_tokens": 2}'
+    r = post(server, "completion", deep)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_json"
+    assert "nested" in r.json()["error"]["message"]
+    assert post(server, "completion", COMPLETION).status_code == 200

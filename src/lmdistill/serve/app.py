@@ -307,6 +307,10 @@ async def _parse(request: HTTPRequest, model, limit: int):
 def _decode(raw: bytes, model):
     try:
         data = json.loads(raw)
+    except RecursionError:  # the decoder recurses once per nested array or object
+        raise ServeError(
+            "We could not parse the JSON body of your request: it is nested too deeply.", code="invalid_json"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ServeError(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
