@@ -11,7 +11,12 @@ The teacher is a fixed random bigram table: the log-probs at position j are log_
     max_logprobs     a request asking for more is a 400 naming --max-logprobs, as vLLM's;
     short            answer with this many log-probs per position whatever was asked (a silent cap);
     text_of          id -> the token text the server reports (default: the tokenizer's decode([id]));
-                     another mapping plays a server with another vocabulary.
+                     another mapping plays a server with another vocabulary;
+    broken_after     once this many scoring replies have been answered (default 1: the probe's), every
+                     later reply is broken as follows, so a client meets the fault after a clean probe:
+    mangle           (prompt ids, j, {id: log-prob}) -> {id: anything}: rewrites position j's entries in
+                     those replies (NaN log-probs, strings, ids outside the vocabulary, another order, ...);
+    fail_status      answer those requests with this HTTP status instead (e.g. 500: a server that breaks).
 Scripted actions, one per completions request: ("429", retry_after_seconds), ("500",), ("503",), ("ok",).
 `requests` records every completions body received (JSON).
 """
@@ -38,6 +43,9 @@ class ScoringServer:
         max_logprobs: int = 20,
         short: int | None = None,
         text_of=None,
+        broken_after: int = 1,
+        mangle=None,
+        fail_status: int | None = None,
     ):
         self.tokenizer = tokenizer
         self.vocab = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
@@ -47,6 +55,8 @@ class ScoringServer:
         )
         self.echo_only, self.max_logprobs, self.short = echo_only, max_logprobs, short
         self.text_of = text_of or (lambda i: tokenizer.decode([i]))
+        self.broken_after, self.mangle, self.fail_status = broken_after, mangle, fail_status
+        self.answered = 0  # scoring replies sent (200)
         self.actions: deque = deque()
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -80,6 +90,9 @@ class ScoringServer:
         with self.lock:
             self.requests.append(body)
             action = self.actions.popleft() if self.actions else ("ok",)
+            broken = self.answered >= self.broken_after
+        if broken and self.fail_status is not None:
+            return self.fail_status, {}, _error("the teacher is broken", "server_error")
         if action[0] == "429":
             return 429, {"Retry-After": str(action[1])}, _error("rate limited", "rate_limit_exceeded")
         if action[0] in ("500", "503"):
@@ -92,12 +105,21 @@ class ScoringServer:
                 return 400, {}, _error("Unrecognized request argument supplied: prompt_logprobs", "invalid")
             if body.get("max_tokens") == 0 and not body.get("echo"):  # as vLLM's SamplingParams
                 return 400, {}, _error("max_tokens must be at least 1, got 0.", "invalid_value")
-            return self._scored(ids, int(body["prompt_logprobs"]), "prompt_logprobs")
+            return self._counted(self._scored(ids, int(body["prompt_logprobs"]), "prompt_logprobs", broken))
         if body.get("echo") and body.get("logprobs") is not None:
-            return self._scored(ids, int(body["logprobs"]), "echo")
+            return self._counted(self._scored(ids, int(body["logprobs"]), "echo", broken))
         return 400, {}, _error("nothing to score", "invalid_value")
 
-    def _scored(self, ids: list[int], k: int, field: str) -> tuple[int, dict, dict]:
+    def _counted(self, reply: tuple[int, dict, dict]) -> tuple[int, dict, dict]:
+        if reply[0] == 200:
+            with self.lock:
+                self.answered += 1
+        return reply
+
+    def _text(self, i) -> str:
+        return self.text_of(i) if isinstance(i, int) and 0 <= i < self.vocab else "<none>"
+
+    def _scored(self, ids: list[int], k: int, field: str, broken: bool = False) -> tuple[int, dict, dict]:
         if k > self.max_logprobs:
             msg = f"Requested {field} of {k}, which is greater than max allowed: {self.max_logprobs}"
             return 400, {}, _error(msg + " (start the server with --max-logprobs)", "invalid_value")
@@ -108,15 +130,16 @@ class ScoringServer:
             values, top = row.topk(k)
             pairs = dict(zip(top.tolist(), values.tolist(), strict=True))
             pairs.setdefault(ids[j], float(row[ids[j]]))  # vLLM adds the prompt token itself
-            entries.append(pairs)
+            entries.append(self.mangle(ids, j, pairs) if broken and self.mangle is not None else pairs)
         choice = {"index": 0, "text": "", "finish_reason": "length"}
         if field == "prompt_logprobs":
             ranks = {}
             for pairs in entries[1:]:
-                order = sorted(pairs, key=lambda i: -pairs[i])
+                numbers = {i: v for i, v in pairs.items() if isinstance(v, float)}
+                order = sorted(numbers, key=lambda i: -numbers[i])
                 ranks = {i: r + 1 for r, i in enumerate(order)}
                 for i in list(pairs):
-                    pairs[i] = {"logprob": pairs[i], "rank": ranks[i], "decoded_token": self.text_of(i)}
+                    pairs[i] = {"logprob": pairs[i], "rank": ranks.get(i), "decoded_token": self._text(i)}
             choice.update(
                 text="x",
                 prompt_logprobs=[None if e is None else {str(i): v for i, v in e.items()} for e in entries],
@@ -125,7 +148,7 @@ class ScoringServer:
             choice["logprobs"] = {
                 "tokens": [self.text_of(i) for i in ids],
                 "token_logprobs": [None] + [float(rows[j - 1][ids[j]]) for j in range(1, len(ids))],
-                "top_logprobs": [None] + [{self.text_of(i): lp for i, lp in e.items()} for e in entries[1:]],
+                "top_logprobs": [None] + [{self._text(i): lp for i, lp in e.items()} for e in entries[1:]],
                 "text_offset": list(range(len(ids))),
             }
         return (

@@ -21,6 +21,15 @@ Requests go through `lmdistill.teachers.api.ApiTeacher`'s machinery (pointed at 
 Retry-After on 429/5xx/timeouts/lost connections, and the API key read from an environment variable
 and never shown. A request that still fails stops the run with one message.
 
+Every scored position is checked before anything trains on it, and a bad one stops the run with one
+UserError naming the server, the row, the position and what was wrong: every log-prob a finite number
+(NaN or +inf is refused; -inf, a token that cannot occur, is read as TAIL_FLOOR) and at most 0
+(up to LOGPROB_TOLERANCE, read as 0: float rounding of a token holding all the mass); a position's
+probabilities, its top k and the prompt token's own entry, summing to at most 1 + MASS_TOLERANCE; every
+token id inside the local vocabulary (0 <= id < vocab), once. The order of a position's entries is not
+relied on (vLLM puts the prompt token's own entry after the top k; JSON objects carry no order): they
+are sorted by log-prob, descending, here. The probe's reply is checked the same way.
+
 Echo mode identifies tokens by text: a text that several ids share (byte fragments such as "\\ufffd")
 or that no id has cannot be placed; such entries are left to the tail bucket and the row is padded
 with unused ids at TAIL_FLOOR, counted in `stats()["unmapped_entries"]` and warned about once. Prefer
@@ -33,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import re
 from dataclasses import dataclass
 
@@ -49,6 +59,14 @@ log = logging.getLogger(__name__)
 PROMPT_LOGPROBS = "prompt_logprobs"
 ECHO = "echo"
 _CAP = re.compile(r"(max|greater|exceed|at most|limit|too (many|large))", re.IGNORECASE)
+#: A log-prob may exceed 0 by this much (float rounding of a token that holds all the mass); read as 0.
+LOGPROB_TOLERANCE = 1e-4
+#: A position's probabilities (top k and the prompt token's own entry) may sum to 1 + this (rounding).
+MASS_TOLERANCE = 1e-3
+
+
+class _BadRow(Exception):
+    """What is wrong with one position's entries; the caller says where it was."""
 
 
 @dataclass(frozen=True)
@@ -182,12 +200,19 @@ class ServerTeacher:
             )
         if len(entries) != len(ids):
             raise UserError(f"{where} returned log-probs for {len(entries)} of the {len(ids)} prompt tokens")
+        self._check_vocab(ids, texts, where)
+        for j, entry in enumerate(entries[1:], start=1):
+            try:
+                self._pairs(entry)
+            except _BadRow as bad:
+                raise UserError(
+                    f"{where} answered the probe with a bad row (position {j - 1} of its {len(ids)} token ids): {bad}"
+                ) from None
         # vLLM adds the prompt token to the top k, and echo replies key tokens by text (texts that several
         # ids share collapse): judged by the fullest position.
         got = max(_top_count(e, i) for e, i in zip(entries[1:], ids[1:], strict=True))
         if got < self.k:
             raise UserError(self._cap_message(where, f"it returned {got} log-probs per position"))
-        self._check_vocab(ids, texts, where)
 
     def _cap_message(self, where: str, what: str) -> str:
         return (
@@ -232,7 +257,7 @@ class ServerTeacher:
         results = self.client.generate([c for c, w in zip(calls, wanted, strict=True) if w])
         ids, logprobs, own = [], [], []
         it = iter(results)
-        for call, where in zip(calls, wanted, strict=True):
+        for b, (call, where) in enumerate(zip(calls, wanted, strict=True)):
             if not where:
                 continue
             result = next(it)
@@ -242,10 +267,19 @@ class ServerTeacher:
                 error = error or "the reply does not hold one log-prob entry per prompt token"
                 raise UserError(f"teacher.server {self.name}: scoring a sequence failed: {error}")
             for t in where:
-                row_ids, row_lp = self._row(entries[t + 1])
+                try:
+                    row_ids, row_lp, pairs = self._row(entries[t + 1])
+                    own.append(self._own(result, pairs, call.ids[t + 1], t + 1))
+                except _BadRow as bad:
+                    row = f"batch row {b}"
+                    if q.example_index is not None:
+                        row = f"example {int(q.example_index[b])} ({row})"
+                    raise UserError(
+                        f"teacher.server {self.name} returned a bad row for {row}, position {t} (the scores "
+                        f"of token {t + 1} of {len(call.ids)}): {bad}"
+                    ) from None
                 ids.append(row_ids)
                 logprobs.append(row_lp)
-                own.append(self._own(result, entries[t + 1], call.ids[t + 1], t + 1))
         return self._scores(ids, logprobs, own)
 
     def _scores(
@@ -260,29 +294,20 @@ class ServerTeacher:
         target = None if own is None else torch.tensor(own, dtype=torch.float32, device=self.device)
         return TeacherScores(sparse=sparse, target_logprobs=target)
 
-    def _own(self, choice: dict, entry: dict, token: int, j: int) -> float:
+    def _own(self, choice: dict, pairs: dict[int, float], token: int, j: int) -> float:
         """The log-prob of the sequence's own token j (what on-policy's `sampled` estimator reads): vLLM and
-        `lmdistill serve` add it to prompt_logprobs' entry; echo replies give it in token_logprobs. NaN
-        where the reply has none (the reader then looks in the top k)."""
+        `lmdistill serve` add it to prompt_logprobs' entry (`pairs`, the entry checked); echo replies give it
+        in token_logprobs. NaN where the reply has none (the reader then looks in the top k)."""
         if self.mode == PROMPT_LOGPROBS:
-            value = entry.get(str(token))
-            value = value.get("logprob") if isinstance(value, dict) else value
-        else:
-            lps = (choice.get("logprobs") or {}).get("token_logprobs") or []
-            value = lps[j] if j < len(lps) else None
-        return float(value) if isinstance(value, int | float) else float("nan")
+            return pairs.get(token, float("nan"))
+        lps = (choice.get("logprobs") or {}).get("token_logprobs") or []
+        value = lps[j] if j < len(lps) else None
+        return float("nan") if value is None else _logprob(value, f"token id {token} (the sequence's own)")
 
-    def _row(self, entry: dict) -> tuple[list[int], list[float]]:
-        """One position's entries -> the k largest as (ids, log-probs); unplaceable ones padded (see module)."""
-        pairs: dict[int, float] = {}
-        missing = 0
-        for key, value in entry.items():
-            lp = float(value["logprob"] if isinstance(value, dict) else value)
-            token = self._token_id(key)
-            if token is None or token in pairs:
-                missing += 1
-            else:
-                pairs[token] = lp
+    def _row(self, entry) -> tuple[list[int], list[float], dict[int, float]]:
+        """One position's entries -> the k largest as (ids, log-probs), and every placed entry {id: log-prob};
+        unplaceable ones padded (see module). _BadRow if an entry is not a log-prob of a local token."""
+        pairs, missing = self._pairs(entry)
         top = sorted(pairs.items(), key=lambda p: -p[1])[: self.k]
         if len(top) < self.k:
             if not missing and self.mode == PROMPT_LOGPROBS:
@@ -290,7 +315,34 @@ class ServerTeacher:
                     self._cap_message(f"teacher.server {self.name}", f"a position had {len(top)}")
                 )
             self._pad(top)
-        return [i for i, _ in top], [lp for _, lp in top]
+        return [i for i, _ in top], [lp for _, lp in top], pairs
+
+    def _pairs(self, entry) -> tuple[dict[int, float], int]:
+        """One position's entries, checked (module docstring) -> ({id: log-prob}, entries not placed)."""
+        if not isinstance(entry, dict):
+            raise _BadRow(
+                f"the entry is {type(entry).__name__} {str(entry)[:40]!r}, not an object of log-probs"
+            )
+        pairs: dict[int, float] = {}
+        missing, mass = 0, []
+        for key, value in entry.items():
+            token = self._token_id(key)
+            label = f"token id {token}" if token is not None else f"token {str(key)[:40]!r}"
+            lp = _logprob(value["logprob"] if isinstance(value, dict) else value, label)
+            mass.append(lp)
+            if token is None or token in pairs:
+                if token is not None and self.mode == PROMPT_LOGPROBS:
+                    raise _BadRow(f"token id {token} has two entries")
+                missing += 1
+            else:
+                pairs[token] = lp
+        total = math.fsum(math.exp(lp) for lp in mass)
+        if total > 1 + MASS_TOLERANCE:
+            raise _BadRow(
+                f"the probabilities of its {len(mass)} entries sum to {total:.6g}, above 1 (more than the "
+                f"{MASS_TOLERANCE:g} that rounding may add): these are not log-probs of one distribution"
+            )
+        return pairs, missing
 
     def _pad(self, top: list[tuple[int, float]]) -> None:
         if self.unmapped == 0:
@@ -307,15 +359,21 @@ class ServerTeacher:
                 self.unmapped += 1
             candidate += 1
 
-    def _token_id(self, key: str) -> int | None:
-        """A reply's token key -> a local id < vocab, or None if it names none or several."""
+    def _token_id(self, key) -> int | None:
+        """A reply's token key -> a local id < vocab, or None if a text names none or several. _BadRow for
+        an id (prompt_logprobs' keys, "token_id:N") that is not an integer inside the local vocabulary."""
         key = str(key)
         if self.mode == PROMPT_LOGPROBS or key.startswith("token_id:"):
             try:
                 token = int(key.removeprefix("token_id:"))
             except ValueError:
-                return None
-            return token if 0 <= token < self.vocab else None
+                raise _BadRow(f"the key {key[:40]!r} is not a token id") from None
+            if not 0 <= token < self.vocab:
+                raise _BadRow(
+                    f"token id {token} is outside the vocabulary (the local tokenizer's ids are "
+                    f"0..{self.vocab - 1})"
+                )
+            return token
         if self._by_text is None:
             self._by_text = _texts_to_ids(self.tokenizer, self.vocab)
         found = self._by_text.get(key, [])
@@ -323,6 +381,17 @@ class ServerTeacher:
 
     def stats(self) -> dict[str, int]:
         return {**self.client.stats(), "unmapped_entries": self.unmapped}
+
+
+def _logprob(value, label: str) -> float:
+    """A reply's log-prob for `label`, checked: a finite number <= 0 (LOGPROB_TOLERANCE allowed, read as 0);
+    -inf (cannot occur) is read as TAIL_FLOOR. _BadRow otherwise."""
+    lp = float(value)
+    if math.isnan(lp) or lp == math.inf:
+        raise _BadRow(f"the log-prob of {label} is {lp}, not a finite number")
+    if lp > LOGPROB_TOLERANCE:
+        raise _BadRow(f"the log-prob of {label} is {lp:g}, above 0 (a probability above 1)")
+    return TAIL_FLOOR if lp == -math.inf else min(lp, 0.0)
 
 
 @contextlib.contextmanager
@@ -363,7 +432,8 @@ def _entries(
         entries = [e or {} for e in raw]
         texts: list[str | None] = []
         for j, i in enumerate(ids):
-            value = entries[j].get(str(i)) if j < len(entries) else None  # vLLM adds the prompt token
+            entry = entries[j] if j < len(entries) else None
+            value = entry.get(str(i)) if isinstance(entry, dict) else None  # vLLM adds the prompt token
             texts.append(value.get("decoded_token") if isinstance(value, dict) else None)
         return entries, texts
     lp = choice.get("logprobs")
