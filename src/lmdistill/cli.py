@@ -105,45 +105,66 @@ def _config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(dataclasses.asdict(loader(args.config, args.overrides)), sort_keys=False), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lmdistill",
-        description="Distil a large language model (teacher) into a small one (student), and measure it.",
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake is one line and a pointer to --help (exit 2), not the
+    usage block: the same shape as every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def _config_command(sub, name: str, help: str, config_help: str, override_example: str, func) -> None:
+    """A command that takes a YAML config and `section.key=value` overrides (train, capture, ...)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("config", help=config_help)
+    p.add_argument("overrides", nargs="*", default=[], help=f"section.key=value, e.g. {override_example}")
+    p.set_defaults(func=func)
+
+
+def _add_config_commands(sub) -> None:
+    _config_command(
+        sub,
+        "train",
+        "logits KD (CE + divergence) from a YAML config",
+        "YAML file (see configs/ and `lmdistill config`)",
+        "distill.kd_ratio=0.3",
+        _train,
     )
-    parser.add_argument("--version", action="version", version=f"lmdistill {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _config_command(
+        sub,
+        "capture",
+        "store the teacher's top-k log-probs once, to train from (no teacher)",
+        "YAML file with teacher, data and capture sections (configs/capture/)",
+        "capture.k=128",
+        _capture,
+    )
+    _config_command(
+        sub,
+        "generate",
+        "black-box teacher data: responses, cot, self_instruct, icl",
+        "YAML file (see configs/generate/ and `lmdistill config --generate`)",
+        "mode=cot cot.samples=8",
+        _generate,
+    )
+    _config_command(
+        sub,
+        "recipe",
+        "black-box distillation end to end: icl, cot or instruct (teacher data, training, evaluation)",
+        "YAML file (see configs/recipes/ and `lmdistill config --recipe`)",
+        "tasks.train_per_task=16",
+        _recipe,
+    )
 
-    p = sub.add_parser("train", help="logits KD (CE + divergence) from a YAML config")
-    p.add_argument("config", help="YAML file (see configs/ and `lmdistill config`)")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. distill.kd_ratio=0.3")
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("capture", help="store the teacher's top-k log-probs once, to train from (no teacher)")
-    p.add_argument("config", help="YAML file with teacher, data and capture sections (configs/capture/)")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. capture.k=128")
-    p.set_defaults(func=_capture)
-
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="distil the embedded SmolLM2-135M-Instruct into a 10-layer student")
     p.add_argument("--output-dir", default="runs/demo", help="where the student and the report go")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the demo's)")
     p.add_argument("--fast", action="store_true", help="a much smaller run, for a smoke test")
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("generate", help="black-box teacher data: responses, cot, self_instruct, icl")
-    p.add_argument("config", help="YAML file (see configs/generate_*.yaml and `lmdistill config --generate`)")
-    p.add_argument("overrides", nargs="*", help="key=value or section.key=value, e.g. mode=cot cot.samples=8")
-    p.set_defaults(func=_generate)
 
-    p = sub.add_parser(
-        "recipe",
-        help="black-box distillation end to end: icl, cot or instruct (teacher data, training, evaluation)",
-    )
-    p.add_argument("config", help="YAML file (see configs/recipes/ and `lmdistill config --recipe`)")
-    p.add_argument(
-        "overrides", nargs="*", help="key=value or section.key=value, e.g. tasks.train_per_task=16"
-    )
-    p.set_defaults(func=_recipe)
-
+def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a model (teacher or student)")
     p.add_argument("model", nargs="?", default="smollm2-135m", help="HF id, folder or short name")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
@@ -160,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_serve)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate several models on the same tasks and text; one report")
     p.add_argument("models", nargs="+", metavar="MODEL", help="folders, short names or hub ids")
     p.add_argument("--teacher", default=None, help="reference model: agreement, compression, speedup")
@@ -194,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_eval)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a clean HF folder from a student, a train output or a LoRA adapter")
     p.add_argument("src", help="model folder, `lmdistill train` output folder, or peft LoRA adapter folder")
     p.add_argument("out", help="folder to write (written atomically)")
@@ -216,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_export)
 
+
+def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print every config key with default and help, or a resolved config")
     which = p.add_mutually_exclusive_group()
     which.add_argument(
@@ -225,9 +252,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", action="store_true", help="the `lmdistill recipe` config instead of `train`"
     )
     p.add_argument("config", nargs="?", default=None, help="YAML file to resolve (optional)")
-    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value")
     p.set_defaults(func=_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lmdistill",
+        description="Distil a large language model (teacher) into a small one (student), and measure it.",
+    )
+    parser.add_argument("--version", action="version", version=f"lmdistill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_config_commands(sub)
+    _add_demo(sub)
+    _add_serve(sub)
+    _add_eval(sub)
+    _add_export(sub)
+    _add_config(sub)
     return parser
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error left open (transformers' training bar), so the error starts on a
+    line of its own instead of after the bar's last update."""
+    tqdm_module = sys.modules.get("tqdm")  # no bar can be open when tqdm was never imported
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,9 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as e:
+        _end_progress_bars()
         print(f"lmdistill {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _end_progress_bars()
         print(f"lmdistill {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0

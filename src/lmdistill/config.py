@@ -13,40 +13,40 @@ from dataclasses import dataclass, field
 
 from lmdistill import yamlconfig
 from lmdistill.errors import UserError
-from lmdistill.yamlconfig import f as _f
+from lmdistill.yamlconfig import setting
 
 
 @dataclass
 class TeacherConfig:
-    name: str = _f("smollm2-135m", "Teacher: a Hugging Face id, a local model folder, or a short name.")
-    dtype: str = _f("float32", "Teacher weights dtype: float32, bfloat16, float16 or auto.")
-    server: str | None = _f(
+    name: str = setting("smollm2-135m", "Teacher: a Hugging Face id, a local model folder, or a short name.")
+    dtype: str = setting("float32", "Teacher weights dtype: float32, bfloat16, float16 or auto.")
+    server: str | None = setting(
         None,
         "URL of an OpenAI-compatible server that scores token sequences for the loss instead of a teacher in "
         "this process (vLLM: `vllm serve MODEL --max-logprobs K`, or `lmdistill serve`), e.g. "
         "http://127.0.0.1:8000/v1. The KD term is then the top-k + tail divergence, at distill.temperature 1; "
         "teacher.name only names the tokenizer (and the model a student is shrunk from). See docs/teacher_server.md.",
     )
-    server_model: str | None = _f(
+    server_model: str | None = setting(
         None, "Model name sent to teacher.server; null: the one model its /v1/models lists."
     )
-    server_k: int = _f(
+    server_k: int = setting(
         20,
         "Training from teacher.server: top-k log-probs per target token (vLLM returns at most 20 unless "
         "started with --max-logprobs K). `lmdistill capture` uses capture.k.",
     )
-    server_api_key_env: str | None = _f(
+    server_api_key_env: str | None = setting(
         None, "Environment variable holding teacher.server's API key; null: none is sent (a local server)."
     )
-    server_concurrency: int = _f(8, "teacher.server: requests in flight at most (one per sequence).")
-    server_requests_per_minute: float | None = _f(
+    server_concurrency: int = setting(8, "teacher.server: requests in flight at most (one per sequence).")
+    server_requests_per_minute: float | None = setting(
         None, "teacher.server: client-side request rate limit; null: none."
     )
-    server_tokens_per_minute: float | None = _f(
+    server_tokens_per_minute: float | None = setting(
         None, "teacher.server: client-side token rate limit (prompt tokens); null: none."
     )
-    server_timeout: float = _f(120.0, "teacher.server: seconds per HTTP request.")
-    server_max_retries: int = _f(
+    server_timeout: float = setting(120.0, "teacher.server: seconds per HTTP request.")
+    server_max_retries: int = setting(
         5,
         "teacher.server: retries per request on 429 (after its Retry-After), 5xx, timeouts and lost connections.",
     )
@@ -54,68 +54,70 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    name: str | None = _f(
+    name: str | None = setting(
         None, "Student: a Hugging Face id or local folder. Empty: build it by shrinking the teacher."
     )
-    num_layers: int | None = _f(10, "Shrinking: keep this many teacher layers, evenly spaced.")
-    layers: list[int] | None = _f(
+    num_layers: int | None = setting(10, "Shrinking: keep this many teacher layers, evenly spaced.")
+    layers: list[int] | None = setting(
         None, "Shrinking: the exact teacher layer indices to copy (overrides num_layers)."
     )
-    hidden_size: int | None = _f(
+    hidden_size: int | None = setting(
         None,
         "Shrinking narrower: student width (heads follow at the teacher's head_dim); null keeps the teacher's.",
     )
-    num_attention_heads: int | None = _f(
+    num_attention_heads: int | None = setting(
         None, "Shrinking narrower: query heads (default hidden_size / head_dim)."
     )
-    num_key_value_heads: int | None = _f(
+    num_key_value_heads: int | None = setting(
         None, "Shrinking narrower: KV heads (default the largest divisor of the heads <= the teacher's)."
     )
-    intermediate_size: int | None = _f(
+    intermediate_size: int | None = setting(
         None, "Shrinking narrower: MLP width (default scaled with hidden_size)."
     )
-    dtype: str = _f("float32", "Student weights dtype (the trained copy): float32, bfloat16, float16.")
-    lora_r: int = _f(0, "LoRA rank (needs `pip install lmdistill[lora]`); 0 trains every weight.")
-    lora_alpha: int = _f(16, "LoRA scaling alpha.")
-    lora_target_modules: str = _f(
+    dtype: str = setting("float32", "Student weights dtype (the trained copy): float32, bfloat16, float16.")
+    lora_r: int = setting(0, "LoRA rank (needs `pip install lmdistill[lora]`); 0 trains every weight.")
+    lora_alpha: int = setting(16, "LoRA scaling alpha.")
+    lora_target_modules: str = setting(
         "all-linear", "peft target modules: `all-linear` (not lm_head) or a comma list."
     )
 
 
 @dataclass
 class DataConfig:
-    train: str = _f(
+    train: str = setting(
         "",
         "Training data: JSONL file, `datasets` folder or hub name; rows hold messages, prompt/completion or text.",
     )
-    eval: str | None = _f(None, "Held-out data in the same layouts (optional).")
-    max_length: int = _f(512, "Tokens per example; longer examples are cut at the end.")
-    max_examples: int | None = _f(None, "Use at most this many training examples (the first ones).")
+    eval: str | None = setting(None, "Held-out data in the same layouts (optional).")
+    max_length: int = setting(512, "Tokens per example; longer examples are cut at the end.")
+    max_examples: int | None = setting(None, "Use at most this many training examples (the first ones).")
 
 
 @dataclass
 class DistillConfig:
-    loss: str = _f(
+    loss: str = setting(
         "forward_kl",
         "Divergence D: forward_kl, reverse_kl, jsd, skew_forward_kl, skew_reverse_kl, tvd.",
     )
-    kd_ratio: float = _f(0.5, "Loss = (1 - kd_ratio) * CE(labels) + kd_ratio * T^2 * D(teacher, student).")
-    temperature: float = _f(1.0, "Softmax temperature T of both distributions in D (CE uses T = 1).")
-    beta: float = _f(0.5, "jsd only: weight of the teacher in the mixture, strictly between 0 and 1.")
-    alpha: float = _f(0.1, "skew losses only: skew weight in [0, 1].")
-    chunk_size: int = _f(
+    kd_ratio: float = setting(
+        0.5, "Loss = (1 - kd_ratio) * CE(labels) + kd_ratio * T^2 * D(teacher, student)."
+    )
+    temperature: float = setting(1.0, "Softmax temperature T of both distributions in D (CE uses T = 1).")
+    beta: float = setting(0.5, "jsd only: weight of the teacher in the mixture, strictly between 0 and 1.")
+    alpha: float = setting(0.1, "skew losses only: skew weight in [0, 1].")
+    chunk_size: int = setting(
         256,
         "Tokens per chunk through the heads (no full [tokens, vocab] logits); 256 keeps 5x under naive memory at vocab 49152.",
     )
-    max_nonfinite: int = _f(
+    max_nonfinite: int = setting(
         5, "Stop after this many non-finite micro-batch losses in a row (each is skipped)."
     )
-    teacher_store: str | None = _f(
+    teacher_store: str | None = setting(
         None,
         "A folder written by `lmdistill capture`: train from its top-k teacher log-probs instead of running "
         "the teacher (no teacher in memory).",
     )
-    cross_tokenizer: str | None = _f(
+    cross_tokenizer: str | None = setting(
         None,
         "A teacher with ANOTHER tokenizer: null (the tokenizers must match), byte_aligned (GOLD-style: both "
         "tokenize the same text, spans ending on the same byte are matched; `loss` on the tokens both "
@@ -124,17 +126,17 @@ class DistillConfig:
         "like CE. Needs text or prompt/completion records and the teacher in this process. See "
         "docs/cross_tokenizer.md.",
     )
-    xtok_matched_weight: float = _f(
+    xtok_matched_weight: float = setting(
         1.0,
         "cross_tokenizer byte_aligned: weight of `loss` on the shared tokens (it is also scaled by the "
         "teacher's mass on them).",
     )
-    xtok_unmatched_weight: float = _f(
+    xtok_unmatched_weight: float = setting(
         1.0,
         "cross_tokenizer: weight of the sorted-L1 term (uld: on whole distributions; byte_aligned: on the "
         "tokens not shared). With uld, ULD's lambda is kd_ratio * T^2 * xtok_unmatched_weight / (1 - kd_ratio).",
     )
-    xtok_chunk_size: int = _f(
+    xtok_chunk_size: int = setting(
         64,
         "cross_tokenizer: positions per model through its head at once (a 262,144-token vocabulary is "
         "1 MB per position in fp32, sorted too for the L1 term).",
@@ -143,29 +145,29 @@ class DistillConfig:
 
 @dataclass
 class HintConfig:
-    hidden_weight: float = _f(
+    hidden_weight: float = setting(
         0.0, "Weight of hidden-state matching (teacher layer j vs phi(student layer i)); 0 = off."
     )
-    layers: str | list[list[int]] = _f(
+    layers: str | list[list[int]] = setting(
         "uniform",
         "Layer pairs: uniform, last, first_last, copied (the teacher layers a shrunk student was copied from), "
         "or a list of [student, teacher] pairs; layer i is the output of decoder layer i (0-based).",
     )
-    metric: str = _f(
+    metric: str = setting(
         "mse", "Hidden-state metric H: mse, cosine (1 - cos), ln_mse (mse of layer-normed features)."
     )
-    projection: str = _f(
+    projection: str = setting(
         "linear", "phi where widths differ: linear (learned, trained with the student) or none."
     )
-    relation_weight: float = _f(0.0, "Weight of MiniLMv2 q-q/k-k/v-v attention-relation KL; 0 = off.")
-    relation_layers: str | list[list[int]] = _f(
+    relation_weight: float = setting(0.0, "Weight of MiniLMv2 q-q/k-k/v-v attention-relation KL; 0 = off.")
+    relation_layers: str | list[list[int]] = setting(
         "last", "Layer pairs for relations, same choices as `layers`."
     )
-    relation_heads: int = _f(0, "Relation heads R (0 = the largest R <= 12 dividing every q/k/v width).")
-    attention_weight: float = _f(
+    relation_heads: int = setting(0, "Relation heads R (0 = the largest R <= 12 dividing every q/k/v width).")
+    attention_weight: float = setting(
         0.0, "Weight of attention-map KL per head (needs eager attention, set automatically); 0 = off."
     )
-    attention_layers: str | list[list[int]] = _f(
+    attention_layers: str | list[list[int]] = setting(
         "last", "Layer pairs for attention maps, same choices as `layers`."
     )
 
@@ -181,46 +183,48 @@ ON_POLICY_ESTIMATORS = ("divergence", "sampled")
 
 @dataclass
 class OnPolicyConfig:
-    lmbda: float = _f(
+    lmbda: float = setting(
         0.0,
         "Share of optimizer steps trained on the student's own samples (GKD's lambda): 0 = off-policy as "
         "without this section, 1 = fully on-policy. Decided once per optimizer step, the same on every process.",
     )
-    seq_kd: bool = _f(
+    seq_kd: bool = setting(
         False,
         "The other steps train on the teacher's own samples of the same prompts (sequence-level KD; needs the "
         "teacher in this process) instead of the data's answers.",
     )
-    schedule: str = _f(
+    schedule: str = setting(
         "constant",
         "How lmbda moves: constant; linear (from 0 to lmbda over ramp_steps); adaptive (DistiLLM: starts at 0, "
         "rises by adaptive_step up to lmbda each time the held-out loss rises; needs data.eval).",
     )
-    ramp_steps: int = _f(100, "linear: optimizer steps over which lmbda rises from 0 to its value.")
-    adaptive_step: float = _f(0.1, "adaptive: how much lmbda rises each time the held-out loss rises.")
-    replay: int = _f(
+    ramp_steps: int = setting(100, "linear: optimizer steps over which lmbda rises from 0 to its value.")
+    adaptive_step: float = setting(0.1, "adaptive: how much lmbda rises each time the held-out loss rises.")
+    replay: int = setting(
         0,
         "Replay buffer: keep the last N generated micro-batches and train on a stored one instead of "
         "sampling, with probability replay_ratio (DistiLLM); 0 = always sample fresh.",
     )
-    replay_ratio: float = _f(
+    replay_ratio: float = setting(
         0.5, "With replay > 0: probability that an on-policy step reuses stored samples."
     )
-    estimator: str = _f(
+    estimator: str = setting(
         "divergence",
         "Loss on sampled sequences: divergence (distill.loss over the whole vocabulary with a teacher in this "
         "process, over top-k + tail with a server; no CE term) or sampled (the teacher's log-prob of each "
         "sampled token only: a policy-gradient step on reverse KL with per-token reward log p - log q).",
     )
-    temperature: float = _f(1.0, "Sampling temperature (> 0).")
-    top_p: float = _f(
+    temperature: float = setting(1.0, "Sampling temperature (> 0).")
+    top_p: float = setting(
         1.0, "Sampling nucleus: keep the smallest set of tokens with this much mass (0 < top_p <= 1)."
     )
-    max_new_tokens: int = _f(
+    max_new_tokens: int = setting(
         128, "Tokens sampled per prompt at most; the prompt is cut to data.max_length minus this."
     )
-    samples_per_prompt: int = _f(1, "Sampled completions per prompt (each a row of the on-policy batch).")
-    log_samples_every: int = _f(
+    samples_per_prompt: int = setting(
+        1, "Sampled completions per prompt (each a row of the on-policy batch)."
+    )
+    log_samples_every: int = setting(
         0,
         "Write sampled completions to output_dir/on_policy_samples.jsonl every N optimizer steps; 0 = never.",
     )
@@ -233,42 +237,47 @@ class OnPolicyConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _f("runs/distill", "Checkpoints, logs, the resolved config and the final student.")
-    max_steps: int = _f(100, "Optimizer steps; <= 0 means train for num_train_epochs.")
-    num_train_epochs: float = _f(1.0, "Epochs, used only when max_steps <= 0.")
-    per_device_train_batch_size: int = _f(8, "Examples per device per micro-batch.")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    learning_rate: float = _f(5e-5, "Peak learning rate (AdamW).")
-    lr_scheduler_type: str = _f("cosine", "transformers scheduler name: cosine, linear, constant, ...")
-    warmup_steps: int = _f(0, "Linear warm-up steps.")
-    weight_decay: float = _f(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _f(1.0, "Gradient clipping norm.")
-    seed: int = _f(42, "Seed for data order, initialisation and sampling.")
-    logging_steps: int = _f(10, "Log every N steps.")
-    save_steps: int = _f(500, "Checkpoint every N steps.")
-    save_total_limit: int | None = _f(2, "Keep at most this many checkpoints.")
-    resume_from_checkpoint: str | None = _f(
+    output_dir: str = setting("runs/distill", "Checkpoints, logs, the resolved config and the final student.")
+    max_steps: int = setting(100, "Optimizer steps; <= 0 means train for num_train_epochs.")
+    num_train_epochs: float = setting(1.0, "Epochs, used only when max_steps <= 0.")
+    per_device_train_batch_size: int = setting(8, "Examples per device per micro-batch.")
+    gradient_accumulation_steps: int = setting(1, "Micro-batches per optimizer step.")
+    learning_rate: float = setting(5e-5, "Peak learning rate (AdamW).")
+    lr_scheduler_type: str = setting("cosine", "transformers scheduler name: cosine, linear, constant, ...")
+    warmup_steps: int = setting(0, "Linear warm-up steps.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.")
+    seed: int = setting(42, "Seed for data order, initialisation and sampling.")
+    logging_steps: int = setting(10, "Log every N steps.")
+    save_steps: int = setting(500, "Checkpoint every N steps.")
+    save_total_limit: int | None = setting(2, "Keep at most this many checkpoints.")
+    resume_from_checkpoint: str | None = setting(
         None,
         "Resume: a checkpoint folder, or `latest` for the newest one in output_dir (an error when there is none).",
     )
-    overwrite_output_dir: bool = _f(
+    resume_with_changed_data: bool = setting(
+        False,
+        "On resume, train on (with a warning) when the tokenized training data differs from the data the run "
+        "recorded (data_fingerprint.json in output_dir); without it such a resume is refused.",
+    )
+    overwrite_output_dir: bool = setting(
         False,
         "Replace output_dir when it holds a run with other settings (its checkpoints and student are deleted); "
         "without it such a folder is refused. A recipe applies it to its folder and its students.",
     )
-    bf16: bool = _f(False, "bf16 mixed precision (GPU).")
-    gradient_checkpointing: bool = _f(False, "Recompute student activations in backward to save memory.")
-    fsdp: bool = _f(
+    bf16: bool = setting(False, "bf16 mixed precision (GPU).")
+    gradient_checkpointing: bool = setting(False, "Recompute student activations in backward to save memory.")
+    fsdp: bool = setting(
         False,
         "Shard the student with FSDP2 across the processes of torchrun (weights, gradients, optimizer states); "
         "see docs/multi_gpu.md.",
     )
-    fsdp_teacher: bool = _f(
+    fsdp_teacher: bool = setting(
         False,
         "Shard the in-process teacher with FSDP2 across the processes of torchrun too (frozen; each keeps 1/N).",
     )
-    report_to: str = _f("none", "transformers reporting integrations: none, tensorboard, wandb, ...")
-    extra: dict = _f({}, "Any other transformers.TrainingArguments fields, passed through as given.")
+    report_to: str = setting("none", "transformers reporting integrations: none, tensorboard, wandb, ...")
+    extra: dict = setting({}, "Any other transformers.TrainingArguments fields, passed through as given.")
 
 
 @dataclass
@@ -337,6 +346,8 @@ class RunConfig:
             raise UserError(
                 "train.per_device_train_batch_size and gradient_accumulation_steps must be positive"
             )
+        check_train_numbers(t)
+        check_report_to(t.report_to)
         self._validate_on_policy()
         return self
 
@@ -407,6 +418,49 @@ class RunConfig:
             raise UserError(
                 "on_policy with train.fsdp is not supported yet (sampling needs the student's full weights); "
                 "use DDP (torchrun/accelerate without fsdp)"
+            )
+
+
+def check_train_numbers(t: TrainConfig) -> None:
+    """The optimizer's and the logger's numbers, checked with the rest of the config: transformers and
+    torch refuse them only once training starts (after the run's folder is claimed), with a traceback."""
+    for key in ("learning_rate", "weight_decay", "max_grad_norm"):
+        value = getattr(t, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"train.{key} must be a finite number >= 0, got {value}")
+    if not 0 <= t.seed < 2**32:  # numpy's and torch's seeds are unsigned 32-bit
+        raise UserError(f"train.seed must be an integer in [0, 2**32), got {t.seed}")
+    if t.warmup_steps < 0:
+        raise UserError(f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    for key in ("logging_steps", "save_steps"):
+        if getattr(t, key) < 1:
+            raise UserError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    if t.save_total_limit is not None and t.save_total_limit < 1:
+        raise UserError(
+            f"train.save_total_limit must be at least 1 (or null to keep every checkpoint), got {t.save_total_limit}"
+        )
+
+
+def check_report_to(report_to: str) -> None:
+    """train.report_to names integrations transformers knows and this environment has installed."""
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if not names or names == ["none"]:
+        return
+    from transformers.integrations import integration_utils
+
+    known = list(integration_utils.INTEGRATION_TO_CALLBACK)
+    installed = integration_utils.get_available_reporting_integrations()
+    for name in names:
+        if name == "all":
+            continue
+        if name not in known:
+            raise UserError(
+                f"train.report_to: unknown integration {name!r}; choose none, all or some of {', '.join(known)}"
+            )
+        if name not in installed:
+            raise UserError(
+                f"train.report_to: {name} is not installed in this environment (pip install {name}), "
+                "or set train.report_to=none"
             )
 
 

@@ -84,12 +84,16 @@ def atomic_write_json(path: str | os.PathLike, value) -> Path:
     return atomic_write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
+#: The byte-order mark some editors write at the start of a UTF-8 file: text like any other, dropped on read.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def read_text_lines(path: str | os.PathLike) -> list[str]:
-    """The lines of a UTF-8 text file (newlines kept); bytes that are not UTF-8 are a UserError naming
-    the file and the line."""
+    """The lines of a UTF-8 text file (newlines kept; a leading byte-order mark dropped); bytes that are
+    not UTF-8 are a UserError naming the file and the line."""
     from lmdistill.errors import UserError
 
-    data = Path(path).read_bytes()
+    data = Path(path).read_bytes().removeprefix(UTF8_BOM)
     lines = data.splitlines(keepends=True)
     out = []
     for lineno, raw in enumerate(lines, start=1):
@@ -106,6 +110,6 @@ def read_text_lines(path: str | os.PathLike) -> list[str]:
 def read_text(path: str | os.PathLike) -> str:
     """A whole UTF-8 text file; not-UTF-8 bytes are a UserError naming the file and the line."""
     try:
-        return Path(path).read_bytes().decode("utf-8")
+        return Path(path).read_bytes().removeprefix(UTF8_BOM).decode("utf-8")
     except UnicodeDecodeError:
         return "".join(read_text_lines(path))  # raises, naming the line

@@ -1,6 +1,6 @@
 """Typed YAML configs: a root dataclass whose fields are sections (dataclasses) or plain values.
 
-Every field carries its help text (`f(default, help)`), so one place documents it. Loading checks
+Every field carries its help text (`setting(default, doc)`), so one place documents it. Loading checks
 every key and type and turns each mistake into one `UserError` naming the key; `section.key=value`
 overrides (values parsed as YAML) apply after the file.
 """
@@ -21,11 +21,12 @@ import yaml
 from lmdistill.errors import UserError
 
 
-def f(default: Any, help: str) -> Any:
-    """A dataclass field with its help text; mutable defaults are copied per instance."""
+def setting(default: Any, doc: str) -> Any:
+    """A config field: its default and its help text (the one place the key is documented); mutable
+    defaults are copied per instance."""
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": doc})
+    return field(default=default, metadata={"help": doc})
 
 
 # Decimal and scientific notation; YAML 1.1 (PyYAML) reads `2e-5` (no dot) as a string.
@@ -124,6 +125,34 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: plain PyYAML keeps
+    the last one and silently drops the first (a second `train:` section would replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: int, again: int):
+        super().__init__(f"{key!r} is given twice (line {first} and line {again})")
+        self.key, self.first, self.again = key, first, again
+
+
+def safe_load_unique(text: str) -> Any:
+    """`yaml.safe_load`, refusing a key given twice in one mapping (`_DuplicateKey`, a YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error in one line (PyYAML's own message spans several, with a drawing of the spot)."""
     problem = getattr(e, "problem", None)
@@ -145,7 +174,12 @@ def load(root: type, path: str | os.PathLike | None, overrides: list[str] = ()):
         from lmdistill.io import read_text
 
         try:
-            raw = yaml.safe_load(read_text(p)) or {}
+            raw = safe_load_unique(read_text(p)) or {}
+        except _DuplicateKey as e:
+            raise UserError(
+                f"{path}:{e.again}: {e.key!r} is given twice (first on line {e.first}); YAML would keep only "
+                "the last one: merge them into one"
+            ) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -15,30 +15,32 @@ from lmdistill import yamlconfig
 from lmdistill.capture.codec import CODECS
 from lmdistill.config import DataConfig, TeacherConfig
 from lmdistill.errors import UserError
-from lmdistill.yamlconfig import f as _f
+from lmdistill.yamlconfig import setting
 
 
 @dataclass
 class CaptureOptions:
-    output_dir: str = _f("runs/capture", "The store folder: shards, their records and manifest.json.")
-    k: int = _f(64, "Teacher tokens kept per target position (the k most likely).")
-    temperature: float = _f(
+    output_dir: str = setting("runs/capture", "The store folder: shards, their records and manifest.json.")
+    k: int = setting(64, "Teacher tokens kept per target position (the k most likely).")
+    temperature: float = setting(
         1.0, "Softmax temperature T of the stored log-probs; training must use distill.temperature = T."
     )
-    codec: str = _f(
+    codec: str = setting(
         "compact",
         "compact (sorted id gaps + 1/16-nat uint8 log-probs, lzma: about 1.9 bytes per entry) or raw "
         "(uint16 ids + float16 log-probs, 4 bytes per entry, nothing to decode).",
     )
-    shard_size: int = _f(256, "Examples per shard file (the unit of resume and of the reader's cache).")
-    batch_size: int = _f(8, "Examples per teacher forward.")
-    chunk_size: int = _f(
+    shard_size: int = setting(256, "Examples per shard file (the unit of resume and of the reader's cache).")
+    batch_size: int = setting(8, "Examples per teacher forward.")
+    chunk_size: int = setting(
         256, "Target tokens per chunk through the teacher's head (no [tokens, vocab] at once)."
     )
-    device: str = _f(
+    device: str = setting(
         "auto", "cpu, cuda, cuda:N or auto (under torchrun: cuda:LOCAL_RANK when CUDA is there)."
     )
-    overwrite: bool = _f(False, "Delete a store in output_dir captured with other settings, and start again.")
+    overwrite: bool = setting(
+        False, "Delete a store in output_dir captured with other settings, and start again."
+    )
 
 
 @dataclass

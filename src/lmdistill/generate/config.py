@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from lmdistill import yamlconfig
 from lmdistill.errors import UserError
-from lmdistill.yamlconfig import f
+from lmdistill.yamlconfig import setting
 
 MODES = ("responses", "cot", "self_instruct", "icl")
 
@@ -27,50 +27,54 @@ TEACHER_CLIENT_KEYS = (
 
 @dataclass
 class TeacherBackendConfig:
-    backend: str = f("local", "local (a Hugging Face model run here) or api (an OpenAI-compatible endpoint).")
-    name: str = f(
+    backend: str = setting(
+        "local", "local (a Hugging Face model run here) or api (an OpenAI-compatible endpoint)."
+    )
+    name: str = setting(
         "smollm2-135m", "local: HF id, folder or short name; api: the model name the endpoint serves."
     )
-    base_url: str | None = f(
+    base_url: str | None = setting(
         None, "api: the endpoint, e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, lmdistill serve)."
     )
-    api_key_env: str | None = f(
+    api_key_env: str | None = setting(
         "OPENAI_API_KEY",
         "api: NAME of the environment variable holding the key (the key itself never goes in a file).",
     )
-    concurrency: int = f(8, "api: requests in flight at most.")
-    requests_per_minute: float | None = f(None, "api: request rate limit.")
-    tokens_per_minute: float | None = f(None, "api: token rate limit (prompt + completion).")
-    max_retries: int = f(
+    concurrency: int = setting(8, "api: requests in flight at most.")
+    requests_per_minute: float | None = setting(None, "api: request rate limit.")
+    tokens_per_minute: float | None = setting(None, "api: token rate limit (prompt + completion).")
+    max_retries: int = setting(
         5, "api: retries on 408/409/429/5xx/timeouts (Retry-After honoured); other 4xx fail at once."
     )
-    timeout: float = f(60.0, "api: seconds per request.")
-    batch_size: int = f(16, "local: prompts per generate call.")
-    dtype: str = f("float32", "local: weights dtype.")
+    timeout: float = setting(60.0, "api: seconds per request.")
+    batch_size: int = setting(16, "local: prompts per generate call.")
+    dtype: str = setting("float32", "local: weights dtype.")
 
 
 @dataclass
 class SamplingConfig:
-    max_new_tokens: int = f(128, "Tokens per answer at most; answers cut there are tagged `cut_at_length`.")
-    temperature: float = f(0.0, "0 is greedy decoding.")
-    top_p: float = f(1.0, "Nucleus sampling mass.")
-    seed: int | None = f(0, "Sampling seed; sample i of a prompt uses seed + i.")
-    stop: list[str] = f([], "Stop strings.")
-    top_logprobs: int = f(0, "Also record the top-k log-probs of each generated token.")
+    max_new_tokens: int = setting(
+        128, "Tokens per answer at most; answers cut there are tagged `cut_at_length`."
+    )
+    temperature: float = setting(0.0, "0 is greedy decoding.")
+    top_p: float = setting(1.0, "Nucleus sampling mass.")
+    seed: int | None = setting(0, "Sampling seed; sample i of a prompt uses seed + i.")
+    stop: list[str] = setting([], "Stop strings.")
+    top_logprobs: int = setting(0, "Also record the top-k log-probs of each generated token.")
 
 
 @dataclass
 class CoTConfig:
-    samples: int = f(4, "Rationales sampled per question (use temperature > 0 for different ones).")
-    template: str = f(
+    samples: int = setting(4, "Rationales sampled per question (use temperature > 0 for different ones).")
+    template: str = setting(
         "{question}\nThink step by step, then give the final answer.\nReply exactly as:\n"
         "Reasoning: <your reasoning>\nAnswer: <the answer>",
         "The prompt; {question} is replaced.",
     )
-    numeric: bool = f(
+    numeric: bool = setting(
         False, "Answers are numbers (compare them as numbers; take the last number if no 'Answer:')."
     )
-    keep: str = f(
+    keep: str = setting(
         "auto",
         "Which rationales to keep: gold (answer matches the row's gold answer), majority (matches the "
         "self-consistency vote), auto (gold where the row has one, else majority), all.",
@@ -79,12 +83,12 @@ class CoTConfig:
 
 @dataclass
 class SelfInstructConfig:
-    num_instructions: int = f(20, "New instructions to collect.")
-    demonstrations: int = f(3, "Seed/pool tasks shown per request.")
-    max_requests: int = f(200, "Stop after this many proposal requests even if fewer were collected.")
-    min_words: int = f(3, "Drop instructions shorter than this.")
-    max_words: int = f(150, "Drop instructions longer than this.")
-    blacklist: list[str] = f(
+    num_instructions: int = setting(20, "New instructions to collect.")
+    demonstrations: int = setting(3, "Seed/pool tasks shown per request.")
+    max_requests: int = setting(200, "Stop after this many proposal requests even if fewer were collected.")
+    min_words: int = setting(3, "Drop instructions shorter than this.")
+    max_words: int = setting(150, "Drop instructions longer than this.")
+    blacklist: list[str] = setting(
         [
             "image",
             "images",
@@ -107,40 +111,40 @@ class SelfInstructConfig:
         ],
         "Drop instructions mentioning these (tasks a text model cannot do).",
     )
-    rouge_threshold: float = f(0.7, "Drop an instruction whose ROUGE-L with any pooled one is >= this.")
+    rouge_threshold: float = setting(0.7, "Drop an instruction whose ROUGE-L with any pooled one is >= this.")
 
 
 @dataclass
 class ICLConfig:
-    instruction: str = f("", "The task instruction shown to the teacher with each example.")
-    template: str = f("{input}", "How an example is shown; {input} is replaced.")
+    instruction: str = setting("", "The task instruction shown to the teacher with each example.")
+    template: str = setting("{input}", "How an example is shown; {input} is replaced.")
 
 
 @dataclass
 class GenerateConfig:
-    mode: str = f("responses", "responses, cot, self_instruct or icl.")
-    input: str = f(
+    mode: str = setting("responses", "responses, cot, self_instruct or icl.")
+    input: str = setting(
         "",
         "JSONL input: prompts/messages (responses), question[/answer] (cot), seed tasks (self_instruct), input[/output] (icl).",
     )
-    output: str = f(
+    output: str = setting(
         "",
         "JSONL written here (messages format, with provenance); dropped rows go to <output>.rejected.jsonl.",
     )
-    cache: str | None = f(
+    cache: str | None = setting(
         None, "SQLite response cache; default <output>.cache.sqlite. A rerun sends only missing requests."
     )
-    overwrite: bool = f(
+    overwrite: bool = setting(
         False,
         "Replace an output written by a different job (other settings, recorded in <output>.config.yaml); "
         "without it that output is refused. A rerun of the same job needs no overwrite: it resumes.",
     )
-    keep_cut: bool = f(False, "Keep answers cut at max_new_tokens in the training file.")
-    require_json: list[str] | None = f(
+    keep_cut: bool = setting(False, "Keep answers cut at max_new_tokens in the training file.")
+    require_json: list[str] | None = setting(
         None,
         "Answers must be a JSON object holding these keys ([] = any object); others are dropped as invalid_json.",
     )
-    max_rows: int | None = f(None, "Use at most this many input rows.")
+    max_rows: int | None = setting(None, "Use at most this many input rows.")
     teacher: TeacherBackendConfig = field(default_factory=TeacherBackendConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cot: CoTConfig = field(default_factory=CoTConfig)

@@ -176,7 +176,8 @@ def _not_found(name: str | os.PathLike[str], path: str, exc: BaseException) -> U
     )
 
 
-def _short_reason(exc: BaseException, limit: int = 200) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short_reason(exc: BaseException, limit: int = 400) -> str:
+    """The exception's message on one line (every line of it: transformers' messages often end their first
+    line with "from one of:" and list the causes below), cut at a word past `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."

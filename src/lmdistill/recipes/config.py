@@ -14,46 +14,50 @@ from lmdistill import yamlconfig
 from lmdistill.config import DistillConfig, HintConfig, OnPolicyConfig, StudentConfig, TrainConfig
 from lmdistill.errors import UserError
 from lmdistill.generate.config import SamplingConfig, TeacherBackendConfig
-from lmdistill.yamlconfig import f
+from lmdistill.yamlconfig import setting
 
 METHODS = ("icl", "cot", "instruct")
 
 
 @dataclass
 class TasksConfig:
-    names: list[str] = f(
+    names: list[str] = setting(
         ["arithmetic:1", "sentiment"],
         "Tasks: built-in names (arithmetic:1..4, sentiment, format_one_word, format_json) or JSONL files "
         "with question, answer and optional rationale.",
     )
-    train_per_task: int = f(48, "Training questions drawn per task.")
-    heldout_per_task: int = f(24, "Held-out questions per task, used only for evaluation.")
-    train_counts: dict = f(
+    train_per_task: int = setting(48, "Training questions drawn per task.")
+    heldout_per_task: int = setting(24, "Held-out questions per task, used only for evaluation.")
+    train_counts: dict = setting(
         {},
         "Training questions of the tasks named here, overriding train_per_task for them (a finite task's "
         "split may hold fewer), e.g. {sentiment: 1000, format_json: 145}.",
     )
-    heldout_counts: dict = f({}, "Held-out questions of the tasks named here, overriding heldout_per_task.")
-    seed: int = f(0, "Seed for drawing questions and demonstrations.")
+    heldout_counts: dict = setting(
+        {}, "Held-out questions of the tasks named here, overriding heldout_per_task."
+    )
+    seed: int = setting(0, "Seed for drawing questions and demonstrations.")
 
 
 @dataclass
 class ICLRecipeConfig:
-    k: list[int] = f(
+    k: list[int] = setting(
         [0, 2, 4],
         "In-context tuning: each training question is laid out once per k in this list (k teacher-labelled "
         "demonstrations, then the query).",
     )
-    demo_pool: int = f(
+    demo_pool: int = setting(
         12, "Training questions per task set aside and labelled by the teacher (0-shot) as demonstrations."
     )
-    selection: str = f("random", "How demonstrations are chosen: random, or nearest (lexical similarity).")
-    template: str = f(
+    selection: str = setting(
+        "random", "How demonstrations are chosen: random, or nearest (lexical similarity)."
+    )
+    template: str = setting(
         "Q: {question}\nA: {answer}",
         "One demonstration; the query is rendered with an empty answer.",
     )
-    eval_k: int = f(4, "k of the k-shot evaluation (demonstrations with gold answers, same selection).")
-    keep: str = f(
+    eval_k: int = setting(4, "k of the k-shot evaluation (demonstrations with gold answers, same selection).")
+    keep: str = setting(
         "answered",
         "Teacher answers trained on: answered (the task's checker can read an answer), gold (it matches "
         "the gold answer), all.",
@@ -62,21 +66,21 @@ class ICLRecipeConfig:
 
 @dataclass
 class CoTRecipeConfig:
-    variant: str = f(
+    variant: str = setting(
         "rationale",
         "rationale: train on 'Reasoning: ... Answer: ...'; step_by_step: two tasks with prefixes, "
         "loss = alpha * label + (1 - alpha) * rationale (Hsieh et al. 2023).",
     )
-    alpha: float = f(0.5, "step_by_step: weight of the label task (the rationale task gets 1 - alpha).")
-    samples: int = f(4, "Rationales sampled per question (needs sampling.temperature > 0 when > 1).")
-    keep: str = f(
+    alpha: float = setting(0.5, "step_by_step: weight of the label task (the rationale task gets 1 - alpha).")
+    samples: int = setting(4, "Rationales sampled per question (needs sampling.temperature > 0 when > 1).")
+    keep: str = setting(
         "gold", "Rationales kept: gold (answer matches gold), majority (self-consistency vote), all."
     )
-    label_prefix: str = f(
+    label_prefix: str = setting(
         "[label] ", "step_by_step: prefix of the label task's prompt (also used at test time)."
     )
-    rationale_prefix: str = f("[rationale] ", "step_by_step: prefix of the rationale task's prompt.")
-    compare_label_only: bool = f(
+    rationale_prefix: str = setting("[rationale] ", "step_by_step: prefix of the rationale task's prompt.")
+    compare_label_only: bool = setting(
         True,
         "Also train a student on the kept teacher answers alone (no rationale), same questions and steps, "
         "and report both.",
@@ -85,12 +89,12 @@ class CoTRecipeConfig:
 
 @dataclass
 class InstructRecipeConfig:
-    instructions: str | None = f(
+    instructions: str | None = setting(
         None,
         "Extra instructions (JSONL with prompt or instruction[/input], e.g. `lmdistill generate` self_instruct "
         "output) answered by the teacher and added to the training data.",
     )
-    keep: str = f(
+    keep: str = setting(
         "format",
         "Teacher answers trained on: format (passes the task's format check; extra instructions: non-empty), "
         "all (every non-empty answer).",
@@ -99,15 +103,15 @@ class InstructRecipeConfig:
 
 @dataclass
 class RecipeEvalConfig:
-    max_new_tokens: int = f(48, "Tokens generated per held-out question.")
-    cot_max_new_tokens: int = f(128, "Tokens per answer where a rationale comes first.")
-    batch_size: int = f(16, "Prompts per generate call.")
+    max_new_tokens: int = setting(48, "Tokens generated per held-out question.")
+    cot_max_new_tokens: int = setting(128, "Tokens per answer where a rationale comes first.")
+    batch_size: int = setting(16, "Prompts per generate call.")
 
 
 @dataclass
 class RecipeConfig:
-    method: str = f("icl", "icl, cot or instruct.")
-    output_dir: str = f("runs/recipe", "Data, cache, trained students, report.md and results.json.")
+    method: str = setting("icl", "icl, cot or instruct.")
+    output_dir: str = setting("runs/recipe", "Data, cache, trained students, report.md and results.json.")
     tasks: TasksConfig = field(default_factory=TasksConfig)
     teacher: TeacherBackendConfig = field(default_factory=TeacherBackendConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -33,8 +33,9 @@ from transformers import TrainingArguments, set_seed
 from lmdistill.chunked import LossSpec
 from lmdistill.config import RunConfig, TrainConfig, save_config
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
+from lmdistill.data.fingerprint import features_fingerprint
 from lmdistill.errors import UserError
-from lmdistill.io import make_temp_dir, public_tree
+from lmdistill.io import atomic_write_json, make_temp_dir, public_tree
 from lmdistill.models import (
     check_vocab,
     count_parameters,
@@ -55,6 +56,7 @@ from lmdistill.training.xtok_step import CrossTokenizerStep, build_step
 
 STUDENT_DIR = "student"
 CONFIG_FILE = "lmdistill_config.yaml"
+DATA_FINGERPRINT_FILE = "data_fingerprint.json"  # the tokenized training data the run trains on
 
 
 @dataclass
@@ -500,6 +502,8 @@ def run(cfg: RunConfig, log=print) -> Path:
     else:
         train = tokenize_train(cfg, train_rows, tokenizer)
         evalf = tokenize_records(eval_rows, tokenizer, n, source=cfg.data.eval)[0] if eval_rows else None
+    fingerprint = features_fingerprint(train)
+    check_data_unchanged(cfg, fingerprint, log)
     source = None
     if store is not None:  # the store is checked against the run before any weights are loaded
         from lmdistill.teachers.whitebox import StoreTeacher
@@ -517,6 +521,11 @@ def run(cfg: RunConfig, log=print) -> Path:
     resume = resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir, needs=needs)
     overwrite = cfg.train.overwrite_output_dir
     with output.claim(job, overwrite=overwrite, ignore=ignore, primary=is_primary()):
+        if is_primary():
+            atomic_write_json(
+                out / DATA_FINGERPRINT_FILE,
+                {"train": fingerprint, "examples": len(train), "source": cfg.data.train},
+            )
         trainer.train(resume_from_checkpoint=resume)
         if trainer.resumed_finished:  # the steps to train came from the data (train.max_steps <= 0)
             done = (out / STUDENT_DIR).is_dir()
@@ -559,6 +568,39 @@ def run(cfg: RunConfig, log=print) -> Path:
     return out / STUDENT_DIR
 
 
+def check_data_unchanged(cfg: RunConfig, fingerprint: str, log=print) -> None:
+    """On resume, the tokenized training data must be the data the run recorded: a resume skips the first
+    global_step x batch examples of what it is given, so other data means training on other rows with no
+    word. UserError, or a warning with train.resume_with_changed_data; nothing to compare for a run that
+    recorded no fingerprint (written by an older lmdistill)."""
+    t = cfg.train
+    if t.resume_from_checkpoint is None:
+        return
+    path = Path(t.output_dir) / DATA_FINGERPRINT_FILE
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        log(f"train: {path} not found (a run from an older lmdistill): the data cannot be compared")
+        return
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+    before = recorded.get("train") if isinstance(recorded, dict) else None
+    if before == fingerprint:
+        return
+    what = (
+        f"the training data differs from the data {t.output_dir} was trained on ({cfg.data.train}: "
+        f"{recorded.get('examples', '?') if isinstance(recorded, dict) else '?'} examples then, now another "
+        f"tokenized content)"
+    )
+    if t.resume_with_changed_data:
+        log(f"train: warning: {what}; resuming anyway (train.resume_with_changed_data=true)")
+        return
+    raise UserError(
+        f"train.resume_from_checkpoint: {what}; a resume would skip and train other rows than the run did. "
+        "Restore the data, or set train.resume_with_changed_data=true to resume on the new data"
+    )
+
+
 def _reload(path: Path, teacher: torch.nn.Module) -> torch.nn.Module:
     """The saved student folder as one whole model, on the teacher's device (process 0 scores it alone)."""
     return load_model(str(path)).to(next(teacher.parameters()).device).eval()
@@ -567,6 +609,7 @@ def _reload(path: Path, teacher: torch.nn.Module) -> torch.nn.Module:
 #: Settings that may change between a run and its rerun in the same folder without making it another run.
 RERUN_MAY_CHANGE = (
     "train.resume_from_checkpoint",
+    "train.resume_with_changed_data",
     "train.overwrite_output_dir",
     "train.logging_steps",
     "train.save_steps",
