@@ -42,7 +42,8 @@ def _nothing_saved(out):
 
 # Each broken reply: what the server does to every position's {id: log-prob} after the probe, and
 # what the one line must say. Unchecked, NaN skips every step and saves an untrained student (exit 0); all
-# 0.0 is trained on (top-k mass 4 or 5 here); ids past the vocabulary put all the mass in the tail (exit 0).
+# 0.0 is trained on (top-k mass 4 or 5 here); ids past the vocabulary put all the mass in the tail (exit 0);
+# a string was a traceback.
 BROKEN = {
     "nan": (lambda ids, j, pairs: dict.fromkeys(pairs, math.nan), ["is nan, not a finite number"]),
     "all_zero": (
@@ -53,6 +54,7 @@ BROKEN = {
         lambda ids, j, pairs: {i + 1000: lp for i, lp in pairs.items()},
         ["outside the vocabulary", "0..319"],
     ),
+    "string": (lambda ids, j, pairs: dict.fromkeys(pairs, "n/a"), ["is the string 'n/a', not a number"]),
     "positive": (lambda ids, j, pairs: {**pairs, next(iter(pairs)): 0.5}, ["is 0.5, above 0"]),
 }
 
@@ -186,3 +188,16 @@ def test_echo_replies_are_checked_too(tiny_tokenizer):
             UserError, match=r"returned a bad row for example 11 \(batch row 0\), position 1 "
         ):
             source.score(_query())
+
+
+def test_a_log_prob_that_is_not_a_number_is_named(tiny_tokenizer):
+    """Numbers in strings are refused too (a JSON number is what every server sends); null and lists."""
+    for value, what in (("-1.5", "the string '-1.5'"), (None, "null"), ([-1.0], "list [-1.0]")):
+        with ScoringServer(
+            tiny_tokenizer, mangle=lambda ids, j, pairs, v=value: dict.fromkeys(pairs, v)
+        ) as server:
+            source = _connect(server, tiny_tokenizer)
+            with pytest.raises(
+                UserError, match=rf"the log-prob of token id \d+ is {re.escape(what)}, not a number$"
+            ):
+                source.score(_query())

@@ -23,7 +23,7 @@ and never shown. A request that still fails stops the run with one message.
 
 Every scored position is checked before anything trains on it, and a bad one stops the run with one
 UserError naming the server, the row, the position and what was wrong: every log-prob a finite number
-(NaN or +inf is refused; -inf, a token that cannot occur, is read as TAIL_FLOOR) and at most 0
+(NaN, +inf or a string is refused; -inf, a token that cannot occur, is read as TAIL_FLOOR) and at most 0
 (up to LOGPROB_TOLERANCE, read as 0: float rounding of a token holding all the mass); a position's
 probabilities, its top k and the prompt token's own entry, summing to at most 1 + MASS_TOLERANCE; every
 token id inside the local vocabulary (0 <= id < vocab), once. The order of a position's entries is not
@@ -328,7 +328,7 @@ class ServerTeacher:
         for key, value in entry.items():
             token = self._token_id(key)
             label = f"token id {token}" if token is not None else f"token {str(key)[:40]!r}"
-            lp = _logprob(value["logprob"] if isinstance(value, dict) else value, label)
+            lp = _logprob(value.get("logprob") if isinstance(value, dict) else value, label)
             mass.append(lp)
             if token is None or token in pairs:
                 if token is not None and self.mode == PROMPT_LOGPROBS:
@@ -386,6 +386,12 @@ class ServerTeacher:
 def _logprob(value, label: str) -> float:
     """A reply's log-prob for `label`, checked: a finite number <= 0 (LOGPROB_TOLERANCE allowed, read as 0);
     -inf (cannot occur) is read as TAIL_FLOOR. _BadRow otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, str):
+            what = f"the string {value[:40]!r}"
+        else:
+            what = "null" if value is None else f"{type(value).__name__} {str(value)[:40]}"
+        raise _BadRow(f"the log-prob of {label} is {what}, not a number")
     lp = float(value)
     if math.isnan(lp) or lp == math.inf:
         raise _BadRow(f"the log-prob of {label} is {lp}, not a finite number")
