@@ -200,13 +200,13 @@ class OnPolicyConfig:
     )
     ramp_steps: int = setting(100, "linear: optimizer steps over which lmbda rises from 0 to its value.")
     adaptive_step: float = setting(0.1, "adaptive: how much lmbda rises each time the held-out loss rises.")
-    replay: int = setting(
+    replay_buffer_size: int = setting(
         0,
         "Replay buffer: keep the last N generated micro-batches and train on a stored one instead of "
         "sampling, with probability replay_ratio (DistiLLM); 0 = always sample fresh.",
     )
     replay_ratio: float = setting(
-        0.5, "With replay > 0: probability that an on-policy step reuses stored samples."
+        0.5, "With replay_buffer_size > 0: probability that an on-policy step reuses stored samples."
     )
     estimator: str = setting(
         "divergence",
@@ -392,12 +392,12 @@ class RunConfig:
             raise UserError(
                 "on_policy.schedule=adaptive raises lmbda when the held-out loss rises: set data.eval"
             )
-        if o.replay < 0 or not 0.0 <= o.replay_ratio <= 1.0:
-            raise UserError("on_policy.replay must be >= 0 and on_policy.replay_ratio in [0, 1]")
-        if o.replay and o.estimator == "sampled":
+        if o.replay_buffer_size < 0 or not 0.0 <= o.replay_ratio <= 1.0:
+            raise UserError("on_policy.replay_buffer_size must be >= 0 and on_policy.replay_ratio in [0, 1]")
+        if o.replay_buffer_size and o.estimator == "sampled":
             raise UserError(
-                "on_policy.replay with estimator=sampled: the sampled estimator needs samples from the current "
-                "student (its importance weight), stored ones are older; set replay to 0 or use divergence"
+                "on_policy.replay_buffer_size with estimator=sampled: the sampled estimator needs samples from the current "
+                "student (its importance weight), stored ones are older; set replay_buffer_size to 0 or use divergence"
             )
         if o.log_samples_every < 0:
             raise UserError(f"on_policy.log_samples_every must be >= 0, got {o.log_samples_every}")
@@ -513,5 +513,5 @@ def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
 
 
 def describe_fields() -> str:
-    """Every training-config key with its default and help, for `lmdistill config` and the docs."""
+    """Every training-config key with its default and help: the text `lmdistill config` prints."""
     return yamlconfig.describe(RunConfig)

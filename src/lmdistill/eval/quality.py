@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainerCallback
@@ -279,10 +279,6 @@ def answer_metrics(
     agreement = generation_agreement(answers, list(teacher_answers))
     own = teacher_logprob_of_answers(teacher, tokenizer, chat_prompts(tokenizer, list(prompts)), answers)
     return {"rouge_l": agreement["rouge_l"], "own_logprob": own.logprob_per_token, "answers": answers}
-
-
-def scores_dict(s: TokenScores) -> dict:
-    return {k: v for k, v in asdict(s).items() if k in ("top1", "kl", "perplexity", "tokens")}
 
 
 LogFn = Callable[[str], object]

@@ -103,15 +103,15 @@ def metric_rows(results: dict) -> list[tuple[str, list[str]]]:
     for task in results["tasks"]:
         t = task["name"]
 
-        def q(m, key, t=t):
+        def task_metric(m, key, t=t):
             return (m["quality"].get(t) or {}).get(key)
 
         if task["kind"] == "accuracy":
-            add(f"{t}: accuracy (n={task['examples']})", lambda m, q=q: q(m, "accuracy"))
-            if any(q(m, "rouge_l") is not None for m in models):
-                add(f"{t}: ROUGE-L", lambda m, q=q: q(m, "rouge_l"))
+            add(f"{t}: accuracy (n={task['examples']})", lambda m, metric=task_metric: metric(m, "accuracy"))
+            if any(task_metric(m, "rouge_l") is not None for m in models):
+                add(f"{t}: ROUGE-L", lambda m, metric=task_metric: metric(m, "rouge_l"))
         else:
-            add(f"{t}: ROUGE-L (n={task['examples']})", lambda m, q=q: q(m, "rouge_l"))
+            add(f"{t}: ROUGE-L (n={task['examples']})", lambda m, metric=task_metric: metric(m, "rouge_l"))
     if results.get("text"):
         add("bits per byte (text) †", lambda m: (m.get("bits_per_byte") or {}).get("bits_per_byte"))
         add("perplexity (text)", lambda m: m["perplexity"], lambda v: _num(v, "{:.2f}"))

@@ -32,14 +32,6 @@ def _fsdp():
     return FSDPModule, fully_shard
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether `model` (or a module inside it) is an FSDP2 unit."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
-    fsdp_module, _ = _fsdp()
-    return any(isinstance(m, fsdp_module) for m in model.modules())
-
-
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The decoder blocks, found by the model's own `_no_split_modules` class names (any HF decoder)."""
     names = set(getattr(model, "_no_split_modules", None) or [])

@@ -83,10 +83,10 @@ def run_recipe(cfg, teacher=None, log=print) -> dict:
     method = METHODS[cfg.method]
     tasks, splits = draw_splits(cfg)  # before any model loads: a bad task fails at once
     with output.claim(job, overwrite=overwrite, ignore=RERUN_MAY_CHANGE):
-        return _run(cfg, out, method, tasks, splits, teacher, log, start)
+        return _teacher_data_then_students(cfg, out, method, tasks, splits, teacher, log, start)
 
 
-def _run(cfg, out: Path, method, tasks, splits, teacher, log, start: float) -> dict:
+def _teacher_data_then_students(cfg, out: Path, method, tasks, splits, teacher, log, start: float) -> dict:
     with TeacherSession(cfg, out, teacher) as session:
         data, rejected = method.build_rows(cfg, tasks, splits, session, log)
         data_sets = data if isinstance(data, dict) else {cfg.method: data}

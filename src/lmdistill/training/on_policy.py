@@ -199,7 +199,7 @@ class OnPolicyTrainer(DistillTrainer):
         self._timer = {"sampling": 0.0, "teacher": 0.0, "student": 0.0}
         self._counts = {ON: 0, SEQ_KD: 0}
         self._on_sums: dict[str, float] = {}
-        self._replay: deque = deque(maxlen=max(on_policy.replay, 1))
+        self._replay: deque = deque(maxlen=max(on_policy.replay_buffer_size, 1))
         if self.teacher is not None:
             self.teacher = _TimedSource(self.teacher, self._timer)
         if on_policy.schedule == "adaptive":
@@ -242,7 +242,7 @@ class OnPolicyTrainer(DistillTrainer):
             new = random.Random(self.args.seed + 7919 * step).sample(list(self._replay), len(batches))
         else:
             new = self._generate(batches, kind, step)
-            if kind == ON and self.on_policy.replay:
+            if kind == ON and self.on_policy.replay_buffer_size:
                 self._replay.extend(new)
         self._timer["sampling"] += time.perf_counter() - start
         new = [{**b, "batch_kind": kind} for b in new]
@@ -250,7 +250,7 @@ class OnPolicyTrainer(DistillTrainer):
 
     def _replay_now(self, step: int, needed: int) -> bool:
         c = self.on_policy
-        if not c.replay or len(self._replay) < needed:
+        if not c.replay_buffer_size or len(self._replay) < needed:
             return False
         return random.Random(self.args.seed * 31 + step).random() < c.replay_ratio
 

@@ -271,7 +271,7 @@ class _ChunkedXtok(torch.autograd.Function):
             grad_b = torch.zeros(s_bias.shape, dtype=torch.float32, device=s_bias.device)
         w = s_weight.detach().requires_grad_(ctx.needs_input_grad[1])
         b = None if s_bias is None else s_bias.detach().requires_grad_(ctx.needs_input_grad[2])
-        sums = _run(s, t, spec, shared, weights, grads=(grad_h, grad_w, grad_b, w, b))
+        sums = _sum_over_chunks(s, t, spec, shared, weights, grads=(grad_h, grad_w, grad_b, w, b))
         ctx.save_for_backward(
             grad_h,
             None if grad_w is None else grad_w.to(s_weight.dtype),
@@ -287,7 +287,7 @@ class _ChunkedXtok(torch.autograd.Function):
         return scale(grad_h), scale(grad_w), scale(grad_b), None, None, None, None, None
 
 
-def _run(s: Side, t: Side, spec: XtokSpec, shared, weights, grads=None):
+def _sum_over_chunks(s: Side, t: Side, spec: XtokSpec, shared, weights, grads=None):
     """(total, matched, unmatched) sums; with `grads`, accumulates the student's gradients chunk by chunk."""
     zero = s.hidden.new_zeros((), dtype=torch.promote_types(s.hidden.dtype, torch.float32))
     total, matched_sum, unmatched_sum = zero.clone(), zero.clone(), zero.clone()
@@ -354,7 +354,7 @@ def xtok_loss(
             student.hidden, s_weight, student.head.bias, student, teacher, spec, shared, weights
         )
     else:
-        total, matched, unmatched = _run(student, teacher, spec, shared, weights)
+        total, matched, unmatched = _sum_over_chunks(student, teacher, spec, shared, weights)
     return XtokSums(total, matched, unmatched, n)
 
 
