@@ -98,7 +98,16 @@ def test_compatible_bytes():
 
 
 def test_eval_reports_bits_per_byte_for_every_model(tmp_path, toks, tiny_model_dirs):
-    teacher, student = tiny_model_dirs  # one tokenizer; a third model has another
+    teacher, _ = tiny_model_dirs  # one tokenizer; a third model has another
+    student = tmp_path / "student"  # the teacher with a noisy head: it agrees on some spans, not all
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    near = AutoModelForCausalLM.from_pretrained(teacher)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        near.lm_head.weight.add_(torch.randn_like(near.lm_head.weight) * near.lm_head.weight.std())
+    near.save_pretrained(student)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(student)
     other = tmp_path / "other"
     tok = build_sentencepiece_tokenizer(other, lowercase=False)
     make_tiny_llama(len(tok), seed=7).save_pretrained(other)
@@ -116,13 +125,73 @@ def test_eval_reports_bits_per_byte_for_every_model(tmp_path, toks, tiny_model_d
     )
     rows = results["models"]
     assert [r["role"] for r in rows] == ["teacher", "model", "model"]
-    n_bytes = len(TEXT.encode("utf-8"))
-    assert all(
-        r["bits_per_byte"]["bytes"] == n_bytes and r["bits_per_byte"]["bits_per_byte"] > 0 for r in rows
-    )
     assert rows[0]["span_agreement"] is None
     assert rows[1]["agreement"] is not None and rows[2]["agreement"] is None  # per-token: same tokenizer only
-    assert all(0 <= r["span_agreement"]["top1"] <= 1 for r in rows[1:])
+    # Every figure recomputed the hard way from the saved models: the text cut for all three
+    # tokenizers, each piece scored alone after the tokenizer's BOS, every logit in float64.
+    folders = [teacher, student, other]
+    models = [AutoModelForCausalLM.from_pretrained(f).eval() for f in folders]
+    tokenizers = [AutoTokenizer.from_pretrained(f) for f in folders]
+    pieces = split_text(TEXT, tokenizers, 24)
+    n_bytes = len(TEXT.encode("utf-8"))
+    logps = []
+    for row, model, tok in zip(rows, models, tokenizers, strict=True):
+        nats, tokens, per_piece = 0.0, 0, []
+        for piece in pieces:
+            ids = torch.tensor([[tok.bos_token_id, *tok(piece, add_special_tokens=False)["input_ids"]]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+            nats -= float(logp.gather(1, ids[0, 1:, None]).sum())
+            tokens += ids.shape[1] - 1
+            per_piece.append(logp)
+        logps.append(per_piece)
+        bpb = row["bits_per_byte"]
+        assert bpb["bytes"] == n_bytes and bpb["tokens"] == tokens
+        assert bpb["bits"] == pytest.approx(nats / math.log(2), rel=1e-5)
+        assert bpb["bits_per_byte"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-5)
+    # The student shares the teacher's byte-level tokenizer: a span is one token, or the few tokens
+    # that spell one multi-byte character between them (a span ends where a character does). At its
+    # first token both models predict; they agree when the two argmax tokens spell bytes one of which
+    # starts the other.
+    spell = _byte_level_spelling(tokenizers[0])
+    agree = total = prefix = 0
+    for piece, s_logp, t_logp in zip(pieces, logps[1], logps[0], strict=True):
+        ids = tokenizers[0](piece, add_special_tokens=False)["input_ids"]
+        text, spelt, starts = piece.encode("utf-8"), b"", [0]
+        for j, i in enumerate(ids[:-1]):
+            spelt += spell(i)
+            if text[len(spelt)] & 0xC0 != 0x80:  # the next byte starts a character
+                starts.append(j + 1)
+        for j in starts:
+            x, y = spell(int(s_logp[j].argmax())), spell(int(t_logp[j].argmax()))
+            prefix += x is not None and y is not None and x != y and (x.startswith(y) or y.startswith(x))
+            agree += (x is None and y is None) or (
+                x is not None and y is not None and (x.startswith(y) or y.startswith(x))
+            )
+            total += 1
+    span = rows[1]["span_agreement"]
+    assert span["spans"] == total < rows[1]["bits_per_byte"]["tokens"]
+    assert span["top1"] == pytest.approx(agree / total, abs=1e-12)
+    assert 0 < prefix < agree < total  # some agreements are by prefix only: that rule is exercised
+    assert rows[2]["span_agreement"]["spans"] < total  # another tokenizer: coarser spans
     report = (tmp_path / "out" / "report.md").read_text()
     assert "bits per byte (text) †" in report and "span top-1 agreement, byte-aligned †" in report
     assert "† comparable across tokenizers" in report
+
+
+def _byte_level_spelling(tok):
+    """id -> the bytes a byte-level BPE token spells (GPT-2's byte-to-character table, built here), or
+    None for a special token."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    others = [b for b in range(256) if b not in printable]
+    char_to_byte = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    special = set(tok.all_special_ids)
+
+    def spell(i: int) -> bytes | None:
+        return None if i in special else bytes(char_to_byte[c] for c in tok.convert_ids_to_tokens(i))
+
+    return spell

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from lmdistill.chunked import Head
+from lmdistill.eval import speculative
 from lmdistill.eval.scoring import ScoreSums
 from lmdistill.eval.speculative import (
     AssistedRun,
@@ -65,13 +64,74 @@ def pair(tiny_tokenizer):
     return target, draft
 
 
-def test_assisted_generation_gives_the_targets_text(pair, tiny_tokenizer):
+class ForwardClock:
+    """A stand-in for `time.perf_counter` that moves only when a hooked model runs a forward: by a
+    fixed cost per call plus a cost per input position (binary fractions, so sums are exact). Wall
+    clock figures then become exact functions of the forwards a generation makes."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.handles = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def charge(self, model, per_call: float, per_position: float = 0.0) -> ForwardClock:
+        def pre_hook(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            positions = ids.shape[-1] if ids is not None else kwargs["inputs_embeds"].shape[-2]
+            self.now += per_call + per_position * positions
+
+        self.handles.append(model.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        return self
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def time(self, fn) -> float:
+        start = self.now
+        fn()
+        return self.now - start
+
+
+TARGET_CALL, TARGET_POSITION, DRAFT_CALL = 1.0, 0.125, 0.25
+
+
+@pytest.fixture
+def clock(monkeypatch, pair):
+    """The speculative module's clock replaced by a ForwardClock charging both models of `pair`."""
+    target, draft = pair
+    fake = ForwardClock().charge(target, TARGET_CALL, TARGET_POSITION).charge(draft, DRAFT_CALL)
+    monkeypatch.setattr(speculative, "time", fake)
+    yield fake
+    fake.remove()
+
+
+def test_assisted_generation_gives_the_targets_text(pair, tiny_tokenizer, clock):
     target, draft = pair
     rep = assisted_speedup(target, draft, tiny_tokenizer, PROMPTS, max_new_tokens=12, draft_tokens=3)
     assert rep.prompts == 3 and rep.tokens == 36
     assert rep.identical == 3, rep.mismatches
-    assert rep.speedup > 0
     assert draft.generation_config.num_assistant_tokens == 3  # a fixed draft length, not the heuristic
+    # The timings recomputed: alone, the target prefills the prompt's k tokens, then runs 11 one-token
+    # steps for 12 tokens; assisted, whatever transformers' own assisted generate costs on the same clock.
+    pad = tiny_tokenizer.pad_token_id
+    alone = assisted = 0.0
+    for prompt in PROMPTS:
+        enc = tiny_tokenizer(prompt, return_tensors="pt")
+        k = enc["input_ids"].shape[1]
+        alone += (TARGET_CALL + TARGET_POSITION * k) + 11 * (TARGET_CALL + TARGET_POSITION)
+        with torch.no_grad():
+            assisted += clock.time(
+                lambda enc=enc: target.generate(
+                    **enc, assistant_model=draft, do_sample=False, max_new_tokens=12, pad_token_id=pad
+                )
+            )
+    assert assisted != alone  # the two sides cost differently on this clock: a swap would show
+    assert rep.target_tokens_per_s == pytest.approx(36 / alone, rel=1e-12)
+    assert rep.assisted_tokens_per_s == pytest.approx(36 / assisted, rel=1e-12)
+    assert rep.speedup == pytest.approx(alone / assisted, rel=1e-12)
 
 
 def test_acceptance_of_a_model_with_itself_is_one_and_of_another_matches_direct(pair, tiny_tokenizer):
@@ -108,9 +168,15 @@ def test_draft_with_another_tokenizer_uses_universal_assisted_generation(tmp_pat
     assert rep.prompts == 2 and rep.identical == 2, rep.mismatches
 
 
-def test_fixed_length_latency(pair, tiny_tokenizer):
+def test_fixed_length_latency(pair, tiny_tokenizer, clock):
     target, _ = pair
-    lat = fixed_length_latency(target, tiny_tokenizer, PROMPTS[:2], n=8)
-    assert lat.n == 8 and lat.ttft_s > 0 and math.isfinite(lat.per_token_s) and lat.per_token_s > 0
+    lat = fixed_length_latency(target, tiny_tokenizer, PROMPTS, n=8)
+    # On the forward clock: the first token costs one prefill of the prompt's k tokens; each further
+    # token one forward over one new position. Medians over the three prompts.
+    lengths = sorted(len(tiny_tokenizer(p)["input_ids"]) for p in PROMPTS)
+    assert len(set(lengths)) == 3  # three different prefill costs: the median picks the middle one
+    assert lat.n == 8
+    assert lat.ttft_s == TARGET_CALL + TARGET_POSITION * lengths[1]
+    assert lat.per_token_s == TARGET_CALL + TARGET_POSITION
     with pytest.raises(ValueError):
         fixed_length_latency(target, tiny_tokenizer, PROMPTS, n=1)
