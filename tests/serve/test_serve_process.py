@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -94,3 +96,67 @@ def test_the_cli_says_one_line_for_a_bad_port(capsys):
     assert main(["serve", "whatever-model", "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "--port must be between 0 and 65535" in err
+
+
+def test_abandoned_requests_leave_nothing_on_stderr(tiny_model_dirs):
+    """Clients that time out or close their stream midway: the server process drops their work and
+    prints no traceback. It printed `_GatheringFuture exception was never retrieved` (with a
+    CancelledError traceback) for abandoned non-streamed requests: the gather of the request's jobs was
+    cancelled and its exception never read."""
+    folder = str(tiny_model_dirs[0])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, folder],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = _read_line(proc, timeout=120)
+        url = line.split(" at ", 1)[1].split()[0]
+        for _ in range(100):
+            try:
+                httpx.get(f"{url}/models", timeout=5)
+                break
+            except httpx.ConnectError:
+                time.sleep(0.1)
+
+        def abandon(i: int) -> None:
+            if i % 4 == 3:  # a stream closed after two events
+                body = {"prompt": ["Hello world", "The cat"], "max_tokens": 200, "stream": True}
+                with httpx.stream("POST", f"{url}/completions", json=body, timeout=60) as r:
+                    lines = r.iter_lines()
+                    next(lines), next(lines)
+                return
+            body = {"messages": [{"role": "user", "content": f"Hi {i}"}], "max_tokens": 200}
+            path = "chat/completions" if i % 2 else "completions"
+            if path == "completions":  # two prompts: two jobs in one request
+                body = {"prompt": [f"Hi {i}", "Hello"], "max_tokens": 200, "temperature": 0}
+            with contextlib.suppress(httpx.ReadTimeout):  # 200 tokens x 16 clients take longer
+                httpx.post(f"{url}/{path}", json=body, timeout=0.05 + 0.03 * (i % 8))
+
+        for _ in range(2):
+            clients = [threading.Thread(target=abandon, args=(i,)) for i in range(16)]
+            for c in clients:
+                c.start()
+            for c in clients:
+                c.join(60)
+        # the server still answers; ask a few more times, so that the garbage of the abandoned
+        # requests is collected (an unretrieved exception is printed when its future is collected)
+        for i in range(20):
+            body = {"prompt": f"Hi {i}", "max_tokens": 2, "temperature": 0}
+            assert httpx.post(f"{url}/completions", json=body, timeout=60).status_code == 200
+        stats = httpx.get(f"{url.removesuffix('/v1')}/stats", timeout=30).json()
+        assert stats["abandoned"] >= 16 and stats["failed"] == 0, stats  # of 32 requests
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        err = proc.stderr.read()
+        assert "Traceback" not in err and "never retrieved" not in err, err
+        assert "ERROR" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

@@ -61,9 +61,7 @@ async def wait_watching(request: HTTPRequest, futures: Sequence[JobFuture | None
     async def none() -> None:
         return None
 
-    gathered = asyncio.ensure_future(
-        asyncio.gather(*(result(f) if f is not None else none() for f in futures))
-    )
+    gathered = asyncio.gather(*(result(f) if f is not None else none() for f in futures))
     try:
         while True:
             done, _ = await asyncio.wait({gathered}, timeout=POLL_S)
@@ -74,7 +72,17 @@ async def wait_watching(request: HTTPRequest, futures: Sequence[JobFuture | None
     except BaseException:
         abandon(futures)
         gathered.cancel()
+        # A cancelled gather does not end cancelled: it ends with CancelledError as its *exception*
+        # (set by the first child that was cancelled), which nobody awaits any more; asyncio would print
+        # "_GatheringFuture exception was never retrieved" and a traceback when it is collected.
+        gathered.add_done_callback(_retrieve)
         raise
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    """Mark a finished future's exception as seen (it is of no use to anyone: the client is gone)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def sse(data: dict | str) -> str:
