@@ -133,12 +133,26 @@ def test_export_int8_dynamic(tiny_model_dirs, tmp_path):
     assert agreement >= 0.8, agreement
     assert (q - f).abs().max().item() < 0.1
 
-    report = quantization_report(
-        out, ["Hello world, how are you today?", "The cat sat on the mat."], repeats=1
+    texts = ["Hello world, how are you today?", "The cat sat on the mat."]
+    report = quantization_report(out, texts, repeats=1)
+    # The report's figures recomputed here from the two models above (the float folder and the int8 model
+    # `load_exported` builds from it), text by text, all positions.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = [tokenizer(t, return_tensors="pt")["input_ids"] for t in texts]
+    float_logits = [logits(plain, i)[0] for i in ids]
+    int8_logits = [logits(model, i)[0] for i in ids]
+    n = sum(i.shape[1] for i in ids)
+    same = sum(
+        int((f.argmax(-1) == q.argmax(-1)).sum()) for f, q in zip(float_logits, int8_logits, strict=True)
     )
-    assert report["tokens"] > 0 and report["float_tokens_per_s"] > 0 and report["int8_tokens_per_s"] > 0
-    assert 0.8 <= report["top1_agreement"] <= 1.0
-    assert report["max_abs_logit_diff"] >= report["mean_abs_logit_diff"] >= 0
+    diff = torch.cat([(f - q).abs().flatten() for f, q in zip(float_logits, int8_logits, strict=True)])
+    assert report["tokens"] == n and report["texts"] == len(texts)
+    assert report["top1_agreement"] == pytest.approx(same / n, abs=1e-9)
+    assert report["max_abs_logit_diff"] == pytest.approx(float(diff.max()), rel=1e-4, abs=1e-6)
+    assert report["mean_abs_logit_diff"] == pytest.approx(float(diff.mean()), rel=1e-4, abs=1e-6)
+    assert report["speedup"] == pytest.approx(report["int8_tokens_per_s"] / report["float_tokens_per_s"])
 
 
 def test_load_exported_plain_folder_is_not_quantised(tiny_model_dirs):

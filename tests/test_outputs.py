@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -266,10 +265,15 @@ def test_trained_student_honours_the_umask(umask_027, train_config):
 def test_stale_lock_file_of_a_finished_run_does_not_block(train_config):
     config, out = train_config
     assert main(["train", str(config), "train.max_steps=1"]) == 0
-    assert (out / LOCK_FILE).is_file()  # left in place on purpose: removing it would race
-    t0 = time.time()
+    lock = out / LOCK_FILE
+    assert lock.is_file()  # left in place on purpose: removing it would race
+    # A holder that died: its pid is still in the file, and it blocks nothing.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock.write_text(f"{dead.stdout.strip()} train\n")
     assert main(["train", str(config), "train.max_steps=1"]) == 0  # the same job again
-    assert time.time() - t0 < 120
+    assert lock.read_text() == f"{os.getpid()} train\n"  # this run took the lock
 
 
 def test_differences_name_each_changed_key_and_skip_settings_one_side_lacks():
