@@ -5,7 +5,11 @@ naming the server, the row and position, and what was wrong; nothing trained on 
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +37,21 @@ def _fails_in_one_line(argv, capsys, *match) -> str:
     err = cli_fails(argv, capsys, *match)
     lines = [line for line in err.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
     assert len(lines) == 1 and lines[0].startswith(f"lmdistill {argv[0]}: error: "), err
+    return lines[0]
+
+
+def _console_fails(argv, *match) -> str:
+    """The installed `lmdistill ARGV` in its own process, as a user runs it (its log warnings reach stderr,
+    which pytest's log capture hides in process): exit 2 and one line on stderr, progress bars aside,
+    holding every `match`. Returns that line."""
+    exe = Path(sys.executable).parent / "lmdistill"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(exe), *map(str, argv)], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not re.search(r"\d+%\|", line)]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"lmdistill {argv[0]}: error: "), done.stderr
+    for m in match:
+        assert m in lines[0], lines[0]
     return lines[0]
 
 
@@ -201,3 +220,21 @@ def test_a_log_prob_that_is_not_a_number_is_named(tiny_tokenizer):
                 UserError, match=rf"the log-prob of token id \d+ is {re.escape(what)}, not a number$"
             ):
                 source.score(_query())
+
+
+# -- a server that fails after the probe ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_failing_server_is_one_line(retries, tiny_tokenizer, tiny_model_dirs, tmp_path):
+    """Every scoring request of the first batch fails (500): one line, not a warning per request first."""
+    with ScoringServer(tiny_tokenizer, fail_status=500) as server:
+        run_yaml = _train_yaml(
+            tmp_path, tiny_model_dirs, server.url, server_max_retries=retries, server_concurrency=4
+        )
+        line = _console_fails(
+            ["train", run_yaml],
+            f"teacher.server bigram-teacher at {server.url}: scoring a sequence failed: 500: the teacher is broken",
+        )
+    assert ("(gave up after 2 tries)" in line) == (retries == 1)
+    _nothing_saved(tmp_path / "out")

@@ -190,6 +190,10 @@ class ApiTeacher:
     """
 
     backend = "api"
+    #: How a request that failed for good is logged. generate keeps going past it, so it warns; a
+    #: subclass whose caller turns every failure into one error message (`teachers.whitebox.server`)
+    #: lowers it, so that the user sees that one line and not a warning per request before it.
+    failure_log_level = logging.WARNING
 
     def __init__(
         self,
@@ -395,7 +399,7 @@ class ApiTeacher:
                 self._add(failed=1)
                 if retryable:
                     error = f"{error} (gave up after {attempt + 1} tries)"
-                log.warning("request failed for good: %s", error)
+                log.log(self.failure_log_level, "request failed for good: %s", error)
                 return Response(text="", finish_reason="error", error=error)
             delay = (
                 min(self.max_retry_after, retry_after) if retry_after is not None else self._backoff(attempt)

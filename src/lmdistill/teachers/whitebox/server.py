@@ -83,10 +83,12 @@ class _CompletionsClient(ApiTeacher):
     """ApiTeacher's limits, retries, timeouts and key handling, for scoring calls to /v1/completions.
 
     `generate(calls)` returns, per call, the response's first choice as a plain dict, or a Response
-    with finish_reason "error" (its `error` says why) once retries are spent.
+    with finish_reason "error" (its `error` says why) once retries are spent. Such a failure is logged
+    at DEBUG only: `ServerTeacher` stops with one UserError that carries it.
     """
 
     backend = "server"
+    failure_log_level = logging.DEBUG
 
     def _kwargs(self, call: _Call) -> dict:
         kwargs = dict(model=self.model, prompt=list(call.ids), temperature=1.0)
