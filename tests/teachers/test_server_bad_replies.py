@@ -238,3 +238,13 @@ def test_a_failing_server_is_one_line(retries, tiny_tokenizer, tiny_model_dirs, 
         )
     assert ("(gave up after 2 tries)" in line) == (retries == 1)
     _nothing_saved(tmp_path / "out")
+
+
+def test_a_broken_row_is_one_line_from_the_installed_command(tiny_tokenizer, tiny_model_dirs, tmp_path):
+    """As a user runs it: no log line besides the error (in process, pytest's log capture would hide one)."""
+    with ScoringServer(tiny_tokenizer, mangle=BROKEN["outside_vocab"][0]) as server:
+        run_yaml = _train_yaml(tmp_path, tiny_model_dirs, server.url)
+        _console_fails(
+            ["train", run_yaml], f"teacher.server bigram-teacher at {server.url} returned a bad row"
+        )
+    _nothing_saved(tmp_path / "out")
