@@ -30,6 +30,7 @@ from lmdistill.chunked import Head, LossSpec, chunked_loss
 from lmdistill.errors import TrainingDiverged
 from lmdistill.models.forward import final_hidden, forward_states, unwrap
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource
+from lmdistill.training.optimizer_checkpoint import has_sharded_optimizer, load_sharded_optimizer
 
 
 class DistillTrainer(Trainer):
@@ -259,11 +260,9 @@ class DistillTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """As Trainer's; a checkpoint of a sharded run (`train.fsdp`: its optimizer in a
         `torch.distributed.checkpoint` folder, no optimizer.pt) is read whole into this unsharded one."""
-        from lmdistill.training import fsdp
-
-        if checkpoint is None or self.is_deepspeed_enabled or not fsdp.has_sharded_optimizer(checkpoint):
+        if checkpoint is None or self.is_deepspeed_enabled or not has_sharded_optimizer(checkpoint):
             return super()._load_optimizer_and_scheduler(checkpoint)
-        fsdp.load_sharded_optimizer(self._optimized(), self.optimizer, self.lr_scheduler, checkpoint)
+        load_sharded_optimizer(self._optimized(), self.optimizer, self.lr_scheduler, checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
