@@ -263,3 +263,64 @@ def test_empty_data_is_reported_before_any_model_loads(train_yaml, tmp_path, cap
     )
     assert "long.jsonl" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- generate never replaces another command's files (issue 27) -----------------------------------
+
+
+def _main(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+def _generate_args(tmp_path, server, out) -> list:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(2)))
+    return [
+        "generate",
+        _empty_yaml(tmp_path),
+        f"input={src}",
+        f"output={out}",
+        "teacher.backend=api",
+        "teacher.name=fake",
+        f"teacher.base_url={server.url}",
+        "teacher.api_key_env=null",
+    ]
+
+
+def test_generate_overwrite_never_replaces_another_commands_files(train_yaml, tmp_path, capsys):
+    """overwrite=true replaces only a generate output (with its `<output>.config.yaml`): a trained
+    student's weights, a run's marker, a file in an export or any file generate did not write are
+    refused whatever the flag, and the refusal does not suggest overwrite=true for them."""
+    run = tmp_path / "out"
+    assert _main("train", train_yaml) == 0
+    export = tmp_path / "exported"
+    assert _main("export", run, export) == 0
+    theirs = tmp_path / "theirs.jsonl"
+    theirs.write_text('{"text": "mine"}\n')
+    protected = {
+        run / "student" / "model.safetensors": "lmdistill train",
+        run / "lmdistill_config.yaml": "lmdistill train",
+        run / "new.jsonl": "lmdistill train",  # a new file inside a train run folder
+        export / "config.json": "lmdistill export",
+        export / "data.jsonl": "lmdistill export",
+        theirs: "not written by `lmdistill generate`",
+    }
+    before = {p: p.read_bytes() for p in protected if p.exists()}
+    capsys.readouterr()
+    with FaultServer() as server:
+        for path, owner in protected.items():
+            for flag in ([], ["overwrite=true"]):
+                err = cli_fails([*_generate_args(tmp_path, server, path), *flag], capsys, str(path), owner)
+                assert "overwrite=true" not in err, err
+        assert server.total == 0
+        # generate's own output is still replaced when asked
+        mine = tmp_path / "mine.jsonl"
+        assert _main(*_generate_args(tmp_path, server, mine)) == 0
+        err = cli_fails([*_generate_args(tmp_path, server, mine), "sampling.max_new_tokens=8"], capsys)
+        assert "overwrite=true" in err
+        assert (
+            _main(*_generate_args(tmp_path, server, mine), "sampling.max_new_tokens=8", "overwrite=true") == 0
+        )
+    assert {p: p.read_bytes() for p in protected if p.exists()} == before
+    assert not (run / "new.jsonl").exists() and not (export / "data.jsonl").exists()
+    assert not list(run.glob("*.config.yaml")) and not list(export.glob("*.config.yaml"))

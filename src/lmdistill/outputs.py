@@ -10,6 +10,10 @@ Every command that writes results follows the same rules (see docs/bad_input.md)
   (another config, another command's marker, or this command's files without a marker) is refused with
   what differs and what to do, unless the user asks to overwrite. The same job again is welcome: that is
   how generate and capture resume, and how a training run is resumed.
+* Overwrite replaces only what the same command wrote. Another command's folder, a file inside one (a
+  train run, a capture store, an export, a recipe folder) and a file without this command's record (for
+  generate, any file without its `<output>.config.yaml`) are refused whatever the flag, and the refusal
+  does not suggest it.
 * While a command writes, an OS lock (`fcntl.flock` on a lock file beside the marker) keeps a second
   command out. The kernel drops the lock when the process exits or crashes, so a lock file left behind
   never blocks anyone. Under torchrun only the primary process (rank 0) claims; the others only check.
@@ -165,11 +169,37 @@ class Output:
         other = owner_of(self.path) if self.is_folder and self.path.is_dir() else None
         return other if other != self.command else None
 
+    def protected(self) -> str | None:
+        """Why `path` is not this command's to replace, whatever the overwrite flag says, or None.
+
+        A folder: it holds another command's output (its marker). A file: it lies inside another
+        command's folder (a train run, a capture store, an export, a recipe: any folder above it holding
+        a marker), or it exists and this command's record of it (`<file>.config.yaml`) does not: then
+        another command, or the user, wrote it.
+        """
+        if self.is_folder:
+            other = self.foreign()
+            return None if other is None else f"it holds the output of `lmdistill {other}` ({MARKERS[other]})"
+        parent = Path(os.path.realpath(self.path.parent))
+        for folder in (parent, *parent.parents):
+            other = owner_of(folder) if folder.is_dir() else None
+            if other is not None and other != self.command:
+                return (
+                    f"it is inside the output of `lmdistill {other}` ({folder / MARKERS[other]}): "
+                    f"{self.command} never writes into another command's folder, whatever overwrite says"
+                )
+        if self.path.exists() and self.marker is not None and not self.marker.is_file():
+            return (
+                f"it was not written by `lmdistill {self.command}` (no {self.marker.name} beside it): "
+                f"{self.command} never replaces it, whatever overwrite says"
+            )
+        return None
+
     def conflict(self, job: dict | None, ignore: Iterable[str] = ()) -> str | None:
         """Why `path` holds another job's output (None when it is free or holds this same job)."""
-        other = self.foreign()
-        if other is not None:
-            return f"it holds the output of `lmdistill {other}` ({MARKERS[other]})"
+        never = self.protected()
+        if never is not None:
+            return never
         if self.marker is not None and self.marker.is_file():
             try:
                 old = yaml.safe_load(self.marker.read_text(encoding="utf-8"))
@@ -191,11 +221,12 @@ class Output:
     def check(self, job: dict | None, *, overwrite: bool = False, ignore: Iterable[str] = ()) -> None:
         """Refuse (UserError) a path holding another job's output, unless `overwrite` (read-only)."""
         reason = self.conflict(job, ignore)
-        if reason is None or (overwrite and self.foreign() is None):
+        never = self.protected() is not None
+        if reason is None or (overwrite and not never):
             return
-        hints = ["choose another " + self.key]
-        if self.foreign() is None:
-            hints = [h for h in (self.resume_hint, *hints, self.overwrite_hint) if h]
+        if never:  # no overwrite hint: the flag does not apply
+            raise UserError(f"{self.key} {self.path}: {reason}; choose another {self.key}")
+        hints = [h for h in (self.resume_hint, "choose another " + self.key, self.overwrite_hint) if h]
         raise UserError(f"{self.key} {self.path}: {reason}; {', or '.join(hints)}")
 
     @contextlib.contextmanager
