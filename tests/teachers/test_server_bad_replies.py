@@ -248,3 +248,44 @@ def test_a_broken_row_is_one_line_from_the_installed_command(tiny_tokenizer, tin
             ["train", run_yaml], f"teacher.server bigram-teacher at {server.url} returned a bad row"
         )
     _nothing_saved(tmp_path / "out")
+
+
+# -- settings -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["train", "capture"])
+def test_credentials_in_the_server_url_name_the_server_keys(command, tiny_model_dirs, tmp_path, capsys):
+    from tests.teachers.test_whitebox import write_data
+
+    url = "http://user:sk-SENTINEL-url@127.0.0.1:9/v1"
+    if command == "train":
+        config = _train_yaml(tmp_path, tiny_model_dirs, url)
+    else:
+        config = tmp_path / "capture.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "teacher": {"name": str(tiny_model_dirs[0]), "server": url},
+                    "data": {"train": str(write_data(tmp_path / "train.jsonl", 2))},
+                    "capture": {"output_dir": str(tmp_path / "store"), "k": 4, "device": "cpu"},
+                }
+            )
+        )
+    line = _fails_in_one_line(
+        [command, config],
+        capsys,
+        "teacher.server: 'http://***@127.0.0.1:9/v1' has a user name or password in it",
+        "export it in the variable named by teacher.server_api_key_env",
+    )
+    assert "SENTINEL" not in line and "teacher.base_url" not in line and "teacher.api_key_env" not in line
+    line = _fails_in_one_line([command, config, "teacher.server=127.0.0.1:8000/v1"], capsys)
+    assert "teacher.server: '127.0.0.1:8000/v1' is not an http(s) URL" in line, line
+
+
+def test_an_unset_server_key_variable_names_the_server_setting(monkeypatch):
+    monkeypatch.delenv("LMD_NO_SUCH_KEY", raising=False)
+    cfg = TeacherConfig(server="https://teacher.example.invalid/v1", server_api_key_env="LMD_NO_SUCH_KEY")
+    with pytest.raises(UserError) as info:
+        ServerTeacher.connect(cfg, None, k=4, vocab=320)
+    message = str(info.value)
+    assert "LMD_NO_SUCH_KEY is not set" in message and "teacher.server_api_key_env: null" in message, message

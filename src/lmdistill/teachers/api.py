@@ -135,9 +135,12 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def check_base_url(url: str, *, field: str = "teacher.base_url") -> None:
+def check_base_url(
+    url: str, *, field: str = "teacher.base_url", key_env_field: str = "teacher.api_key_env"
+) -> None:
     """Refuse a URL that is not http(s)://HOST... or that carries a user name or password (the
-    message shows it with the credentials masked)."""
+    message shows it with the credentials masked). field: the setting that gave the URL; key_env_field:
+    the setting that names the key's environment variable (both named in the messages)."""
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number or out of range
@@ -150,8 +153,8 @@ def check_base_url(url: str, *, field: str = "teacher.base_url") -> None:
     if "@" in parts.netloc:
         raise UserError(
             f"{field}: {_without_userinfo(url)!r} has a user name or password in it; lmdistill reads API keys "
-            "only from the environment: remove it from the URL and export it in the variable named by "
-            "teacher.api_key_env"
+            f"only from the environment: remove it from the URL and export it in the variable named by "
+            f"{key_env_field}"
         )
 
 
@@ -194,6 +197,8 @@ class ApiTeacher:
     #: subclass whose caller turns every failure into one error message (`teachers.whitebox.server`)
     #: lowers it, so that the user sees that one line and not a warning per request before it.
     failure_log_level = logging.WARNING
+    #: The settings that give `base_url` and `api_key_env`, named in messages about them.
+    url_field, key_env_field = "teacher.base_url", "teacher.api_key_env"
 
     def __init__(
         self,
@@ -221,7 +226,7 @@ class ApiTeacher:
         ):
             if value is not None and value <= 0:
                 raise UserError(f"{label} must be positive (or unset for no limit), got {value}")
-        check_base_url(base_url)
+        check_base_url(base_url, field=self.url_field, key_env_field=self.key_env_field)
         key = NO_KEY
         if api_key_env:
             if api_key_env in os.environ:
@@ -231,7 +236,7 @@ class ApiTeacher:
             else:
                 raise UserError(
                     f"the API key variable {api_key_env} is not set: export {api_key_env}=<your key> "
-                    "(for a server that needs no key, set it to an empty string or pass api_key_env=None)"
+                    f"(for a server that needs no key, set it to an empty string or set {self.key_env_field}: null)"
                 )
         try:
             import openai

@@ -50,7 +50,7 @@ import torch
 
 from lmdistill.chunked import TAIL_FLOOR, SparseTeacher
 from lmdistill.errors import UserError
-from lmdistill.teachers.api import ApiTeacher, _without_userinfo
+from lmdistill.teachers.api import ApiTeacher, _without_userinfo, check_base_url
 from lmdistill.teachers.types import Response
 from lmdistill.teachers.whitebox.source import TeacherQuery, TeacherScores, tail_from_topk
 
@@ -89,6 +89,7 @@ class _CompletionsClient(ApiTeacher):
 
     backend = "server"
     failure_log_level = logging.DEBUG
+    url_field, key_env_field = "teacher.server", "teacher.server_api_key_env"
 
     def _kwargs(self, call: _Call) -> dict:
         kwargs = dict(model=self.model, prompt=list(call.ids), temperature=1.0)
@@ -503,7 +504,9 @@ def _texts_to_ids(tokenizer, vocab: int) -> dict[str, list[int]]:
 
 
 def check_server_settings(teacher_cfg, temperature: float, temperature_key: str) -> None:
-    """Settings a server teacher needs, checked before anything loads."""
+    """Settings a server teacher needs, checked before anything loads: an http(s) URL without credentials
+    in it, temperature 1, concurrency, retries and timeout in range."""
+    check_base_url(teacher_cfg.server, field="teacher.server", key_env_field="teacher.server_api_key_env")
     if temperature != 1.0:
         raise UserError(
             f"teacher.server returns log-probs at temperature 1, but {temperature_key}={temperature}: set it to 1 "
