@@ -285,3 +285,55 @@ def test_differences_name_each_changed_key_and_skip_settings_one_side_lacks():
     assert differences(old, new) == ["train.learning_rate: 5e-05 -> 0.001", "train.max_steps: 4 -> 6"]
     assert differences(old, new, ignore=("train.max_steps",)) == ["train.learning_rate: 5e-05 -> 0.001"]
     assert differences(old, old) == []
+
+
+# ---- issue 27: lock files never followed, symlinked exports, checkpoint modes ----------------------
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "hardlink"])
+def test_train_lock_file_that_is_a_link_is_refused(train_config, tmp_path, capsys, kind):
+    """The lock file is opened without following a link: the pid is never written into another file."""
+    config, out = train_config
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    if kind != "dangling-symlink":
+        victim.write_text("precious\n")
+    if kind == "hardlink":
+        os.link(victim, out / LOCK_FILE)
+    else:
+        (out / LOCK_FILE).symlink_to(victim)
+    match = "hard links" if kind == "hardlink" else "symbolic link"
+    cli_fails(["train", str(config)], capsys, str(out / LOCK_FILE), match)
+    if kind == "dangling-symlink":
+        assert not victim.exists() and not victim.is_symlink()  # not created through the link
+    else:
+        assert victim.read_text() == "precious\n"
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # no marker, no checkpoint
+
+
+def test_generate_lock_file_that_is_a_symlink_is_refused(tmp_path, capsys):
+    from tests.teachers.faultserver import FaultServer
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "hello"}) + "\n")
+    (tmp_path / "empty.yaml").write_text("{}\n")
+    out = tmp_path / "gen.jsonl"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock = tmp_path / ".gen.jsonl.lock"
+    lock.symlink_to(victim)
+    with FaultServer() as server:
+        argv = [
+            "generate",
+            str(tmp_path / "empty.yaml"),
+            f"input={src}",
+            f"output={out}",
+            "teacher.backend=api",
+            "teacher.name=fake",
+            f"teacher.base_url={server.url}",
+            "teacher.api_key_env=null",
+        ]
+        cli_fails(argv, capsys, str(lock), "symbolic link")
+        assert server.total == 0
+    assert victim.read_text() == "precious\n"
+    assert not out.exists()

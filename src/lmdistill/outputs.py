@@ -24,9 +24,11 @@ Every command that writes results follows the same rules (see docs/bad_input.md)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,9 +264,28 @@ class Output:
 @contextlib.contextmanager
 def hold_lock(lock: Path, what: str, command: str) -> Iterator[None]:
     """An exclusive `flock` on `lock` (created with its folder) for the block; UserError if another
-    process holds it. The lock file keeps the holder's pid, for the message."""
+    process holds it. The lock file keeps the holder's pid, for the message.
+
+    The lock is opened without following a symbolic link (O_NOFOLLOW): a link there would have the pid
+    written through it into whatever file it points to. A link, or anything but a plain file with one
+    name, is refused."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise UserError(
+            f"{what}: its lock file {lock} is a symbolic link (to {os.readlink(lock)}), which lmdistill never "
+            "writes through; remove the link"
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        kind = (
+            "a plain file with other names (hard links)" if stat.S_ISREG(info.st_mode) else "not a plain file"
+        )
+        raise UserError(f"{what}: its lock file {lock} is {kind}, which lmdistill never writes to; remove it")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
