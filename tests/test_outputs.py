@@ -337,3 +337,23 @@ def test_generate_lock_file_that_is_a_symlink_is_refused(tmp_path, capsys):
         assert server.total == 0
     assert victim.read_text() == "precious\n"
     assert not out.exists()
+
+
+def test_export_force_through_a_symlink_replaces_its_target(tiny_model_dirs, tmp_path, capsys):
+    """`current` -> `v1`: --force replaces the export in v1 and keeps the link; nothing left beside either."""
+    _, student = tiny_model_dirs
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    assert main(["export", str(student), str(exports / "v1")]) == 0
+    link = tmp_path / "current"
+    link.symlink_to(exports / "v1")
+    assert main(["export", str(student), str(link), "--force", "--dtype", "bfloat16"]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(exports / "v1")
+    assert json.loads((exports / "v1" / "lmdistill_export.json").read_text())["dtype"] == "bfloat16"
+    assert [p.name for p in exports.iterdir() if not p.name.endswith(".lock")] == ["v1"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".") and "current" in p.name) == []
+    # a link to nothing is refused, and nothing is created where it points
+    nowhere = tmp_path / "nowhere"
+    nowhere.symlink_to(tmp_path / "missing")
+    cli_fails(["export", str(student), str(nowhere)], capsys, "symbolic link", "does not exist")
+    assert not (tmp_path / "missing").exists() and nowhere.is_symlink()

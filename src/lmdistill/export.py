@@ -5,7 +5,8 @@ The folder holds safetensors weights, the tokenizer, the generation config and, 
 the lmdistill config; nothing used only for training (optimizer state, hint projections, ...). It is
 written into a temporary sibling and renamed into place, so a half-written export never looks finished.
 Every export holds `lmdistill_export.json` (source, dtype, quantisation); `--force` replaces a folder
-only when it holds that file, never the working directory, the source or any other folder.
+only when it holds that file, never the working directory, the source or any other folder. An output
+that is a symbolic link to a folder writes into that folder (the link stays); a link to nothing is refused.
 
 `--quantize int8-dynamic` keeps the float weights (Hugging Face cannot store dynamically quantised
 modules) and writes `lmdistill_quantization.json`; `load_exported` applies the quantisation on load.
@@ -87,7 +88,8 @@ def export_model(
             )
         target_dtype = torch.float32
     kind, model_dir, run_dir = resolve_source(src)
-    out = check_path(out, "export: output")
+    given = check_path(out, "export: output")
+    out = _through_link(given)
     _check_output(out, model_dir, run_dir, force=force)
 
     if kind == "adapter":
@@ -107,8 +109,8 @@ def export_model(
         dtype_name = _dtype_name(next(model.parameters()).dtype)
         marker = {"source": str(src), "kind": kind, "dtype": dtype_name, "quantize": method}
         _write_export(out, model, tokenizer, model_dir, run_dir, method, marker, log)
-    log(f"export: wrote {out}")
-    return out
+    log(f"export: wrote {given}" + (f" (-> {out})" if out != given else ""))
+    return given
 
 
 def _write_export(
@@ -265,6 +267,20 @@ def _check_dtype(dtype: str | None) -> torch.dtype | None:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def _through_link(out: Path) -> Path:
+    """The folder an output that is a symbolic link points to: the export replaces that folder and the
+    link stays as it was. A link to nothing is refused."""
+    if not out.is_symlink():
+        return out
+    target = Path(os.path.realpath(out))
+    if not target.exists():
+        raise UserError(
+            f"export: output {out} is a symbolic link to {os.readlink(out)}, which does not exist; "
+            "give a folder, or a link to one"
+        )
+    return check_path(target, "export: output")
 
 
 def _check_output(out: Path, model_dir: Path, run_dir: Path | None, *, force: bool) -> None:
