@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from lmdistill.errors import UserError
@@ -43,7 +44,7 @@ def _quiet(*_):
         print(f"{time.perf_counter():.2f}", *_)
 
 
-def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs):
+def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs, monkeypatch):
     teacher, student = tiny_model_dirs
     tasks, text = inputs
     run_dir = tmp_path / "run"
@@ -52,6 +53,7 @@ def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs):
     history = [{"step": s, "loss": 4.0 - s, "ce": 3.0 - s / 2, "kd": 2.0 - s / 3} for s in (1, 2, 3)]
     (run_dir / "checkpoint-3" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
     out = tmp_path / "report"
+    _forward_clock(monkeypatch)
 
     results = run_eval(
         [str(run_dir / "student")],
@@ -136,25 +138,109 @@ def test_report_on_teacher_and_student(tmp_path, tiny_model_dirs, inputs):
         assert set(m["quality"]) == {"qa", "summ"}
         assert m["quality"]["qa"]["examples"] == 2 and m["quality"]["summ"]["kind"] == "rouge_l"
         assert m["perplexity"] > 1.0
+    # The cost figures recomputed. Size on disk: the weight file's bytes. Speed: on the forward clock
+    # (_forward_clock) each figure is an exact function of the forwards it takes, counted here.
+    prefill = feats[:4]  # the fixed batch: the first batch_size features, right-padded
+    width = max(len(f["input_ids"]) for f in prefill)
+    prefill_tokens = sum(len(f["input_ids"]) for f in prefill)
+    prompts = [
+        tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in ANSWER_PROMPTS
+    ]
+    prompt_lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    for m, model, folder in ((t, t_model, teacher), (s, s_model, run_dir / "student")):
         cost = m["cost"]
-        assert cost["disk_bytes"] > 0 and cost["peak_memory_bytes"] >= 0
-        assert cost["prefill_tokens_per_s"] > 0 and cost["generation_tokens_per_s"] > 0
-        assert 0 < cost["latency_p50_s"] <= cost["latency_p95_s"]
+        assert cost["disk_bytes"] == (folder / "model.safetensors").stat().st_size
+        assert cost["prefill_batch_tokens"] == prefill_tokens
+        assert cost["prefill_tokens_per_s"] == prefill_tokens / _forward_cost(width)
+        # greedy answers of at most 4 tokens (max_new_tokens), stopping after EOS, one prompt at a time
+        new_tokens = [len(_greedy(model, tok, p, 4)) for p in prompts]
+        assert cost["generated_tokens"] == sum(new_tokens)
+        # batched: one prefill over the left-padded prompts, then one step per further token of the longest
+        batched = _forward_cost(max(prompt_lengths)) + (max(new_tokens) - 1) * _forward_cost(1)
+        assert cost["generation_tokens_per_s"] == pytest.approx(sum(new_tokens) / batched, rel=1e-12)
+        alone = [
+            _forward_cost(k) + (n - 1) * _forward_cost(1)
+            for k, n in zip(prompt_lengths, new_tokens, strict=True)
+        ]
+        assert cost["latency_requests"] == 3
+        assert cost["latency_p50_s"] == pytest.approx(float(np.percentile(alone, 50)), rel=1e-12)
+        assert cost["latency_p95_s"] == pytest.approx(float(np.percentile(alone, 95)), rel=1e-12)
+        # peak memory is measured in another process: at least the float32 weights were resident there
+        assert cost["peak_memory_method"] == "VmHWM"
+        assert cost["peak_memory_bytes"] >= 4 * sum(p.numel() for p in model.parameters())
     assert s["training_log"].endswith("checkpoint-3/trainer_state.json") and t["training_log"] is None
+
+
+ANSWER_PROMPTS = [
+    "Alice has 3 apples and buys 2 more. How many?",
+    "What is the capital of France?",
+    "Say hello.",
+]  # the tasks' order in `inputs`
+
+#: The forward clock: each forward of a loaded model costs PER_CALL + PER_POSITION per input position.
+PER_CALL, PER_POSITION = 1.0, 0.125
+
+
+def _forward_cost(positions: int) -> float:
+    return PER_CALL + PER_POSITION * positions
+
+
+def _forward_clock(monkeypatch):
+    """`time` in the eval modules replaced by a clock that moves only when a model loaded by run_eval
+    runs a forward (by `_forward_cost` of its input's length), so every timing is an exact count."""
+    import time as real_time
+
+    from lmdistill.eval import cost, run, speculative
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+    clock = Clock()
+
+    def pre_hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        clock.now += _forward_cost(ids.shape[-1])
+
+    load = run._load
+
+    def hooked_load(*args, **kwargs):
+        model = load(*args, **kwargs)
+        model.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(run, "_load", hooked_load)
+    for module in (run, cost, speculative):
+        monkeypatch.setattr(module, "time", clock)
+
+
+def _greedy(model, tok, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy decoding by hand, one full forward per token: the new ids, up to and including EOS."""
+    import torch
+
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    new: list[int] = []
+    with torch.no_grad():
+        while len(new) < max_new_tokens:
+            new.append(int(model(torch.tensor([ids + new])).logits[0, -1].argmax()))
+            if new[-1] == tok.eos_token_id:
+                break
+    return new
 
 
 def _float64_answer_logprob(teacher, tok, _name, outputs):
     """Sum of the teacher's log-probs of each answer's tokens after its chat prompt, and their count."""
     import torch
 
-    prompts = [
-        "Alice has 3 apples and buys 2 more. How many?",
-        "What is the capital of France?",
-        "Say hello.",
-    ]  # the tasks' order in `inputs`
     total, count = 0.0, 0
     model = teacher.double()
-    for prompt, answer in zip(prompts, outputs, strict=True):
+    for prompt, answer in zip(ANSWER_PROMPTS, outputs, strict=True):
         p = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
