@@ -5,14 +5,17 @@ GET /stats (batching counters, not part of the OpenAI API). Requests are batched
 worker thread calls the model, so concurrent clients are served safely and share forward passes.
 Both POST endpoints stream (`stream: true`); /v1/completions also scores token sequences
 (`prompt_logprobs`, or `echo` with `logprobs`). docs/serve.md has the whole contract.
+
+Where each part lives: this module builds the app (`create_app`) and runs it (`load_app`, `serve`);
+`body` reads and validates a request body against `protocol`'s models; `endpoints` holds the two POST
+handlers (checking a request's settings, submitting its jobs, building the answer); `streaming` awaits
+jobs while watching the connection, and streams them as server-sent events; `batcher` runs the model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import sys
 from contextlib import asynccontextmanager
 
@@ -21,37 +24,11 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lmdistill.serve.batcher import Batcher, ServeError, StreamSink, raw_request
-from lmdistill.serve.protocol import (
-    MAX_TOP_LOGPROBS,
-    ChatBody,
-    CompletionBody,
-    chat_completion,
-    check_common,
-    check_logprobs_cap,
-    completion_choice,
-    completion_logprobs,
-    echo_logprobs,
-    join_logprobs,
-    message_dicts,
-    parse_body,
-    prompt_list,
-    prompt_logprobs_json,
-    sampling_for,
-    text_completion,
-)
-from lmdistill.serve.streaming import Chunks, open_stream, wait_watching
+from lmdistill.serve.batcher import Batcher, ServeError
+from lmdistill.serve.body import MAX_BODY_BYTES
+from lmdistill.serve.endpoints import Served, chat_completions, completions
+from lmdistill.serve.protocol import MAX_TOP_LOGPROBS
 from lmdistill.teachers.local import LocalTeacher
-from lmdistill.teachers.types import Request
-
-#: OpenAI's default max_tokens for the legacy completions endpoint.
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-#: Largest request body accepted (bytes); a larger one is a 413 before it is read.
-MAX_BODY_BYTES = 8 * 1024 * 1024
-#: Bodies above this many bytes are decoded and validated off the event loop, so they hold up nobody.
-_BIG_BODY = 64 * 1024
-
-log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -72,6 +49,9 @@ def create_app(
     `max_logprobs` is the most top log-probs per token a request may ask for (`logprobs`,
     `top_logprobs`, `prompt_logprobs`); more is a 400 naming `--max-logprobs`, as vLLM does.
     A body over `max_body_bytes` is a 413.
+
+    The POST handlers live in `lmdistill.serve.endpoints`; this function wires them up with the
+    batcher's lifetime, the error handlers and the GET endpoints.
     """
     if max_logprobs < 0:
         raise ValueError(f"max_logprobs must be >= 0, got {max_logprobs}")
@@ -90,6 +70,23 @@ def create_app(
     app.state.model_name = model_name
     app.state.batcher = batcher
     app.state.stats = batcher.stats
+    _add_error_handlers(app)
+    _add_info_routes(app, model_name, batcher)
+    served = Served(batcher, model_name, max_logprobs, max_body_bytes)
+
+    @app.post("/v1/chat/completions")
+    async def _chat_completions(request: HTTPRequest):
+        return await chat_completions(request, served)
+
+    @app.post("/v1/completions")
+    async def _completions(request: HTTPRequest):
+        return await completions(request, served)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape: a ServeError as it says, an unknown URL or method as 404 / 405."""
 
     @app.exception_handler(ServeError)
     async def _serve_error(request: HTTPRequest, exc: ServeError) -> JSONResponse:
@@ -105,6 +102,10 @@ def create_app(
             message = str(exc.detail)
         err = ServeError(message, status=exc.status_code, code=None)
         return JSONResponse(err.to_json(), status_code=exc.status_code, headers=exc.headers)
+
+
+def _add_info_routes(app: FastAPI, model_name: str, batcher: Batcher) -> None:
+    """GET /v1/models, /v1/models/{id} (the one served model) and /stats (the batcher's counters)."""
 
     def model_card() -> dict:
         return {"id": model_name, "object": "model", "created": 0, "owned_by": "lmdistill"}
@@ -124,200 +125,6 @@ def create_app(
     @app.get("/stats")
     async def stats() -> dict:
         return {"model": model_name, **batcher.stats.snapshot()}
-
-    async def body_of(request: HTTPRequest, model):
-        return await _parse(request, model, max_body_bytes)
-
-    def check_prompt_size(chars: int, param: str) -> None:
-        if not batcher.prompt_fits(chars):
-            raise ServeError(
-                f"This model's maximum context length is {batcher.context_length} tokens; the {param} "
-                f"({chars} characters) is certainly longer. Please reduce the length of the {param}.",
-                param=param,
-                code="context_length_exceeded",
-            )
-
-    def streamer(request: HTTPRequest, n: int):
-        """(sinks, events, attach): one sink per choice, and `attach(futures)` that adds the end events."""
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        sinks = [StreamSink(loop, events, i) for i in range(n)]
-
-        def attach(futures):
-            for i, f in enumerate(futures):
-                f.add_done_callback(lambda _f, i=i: sinks[i].put("end", i))
-
-        return sinks, events, attach
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: HTTPRequest):
-        body: ChatBody = await body_of(request, ChatBody)
-        check_common(body, model_name)
-        if body.top_logprobs and not body.logprobs:
-            raise ServeError(
-                "logprobs must be set to true if top_logprobs is used.",
-                param="top_logprobs",
-                code="invalid_value",
-            )
-        if body.stream and body.logprobs:
-            raise ServeError(
-                "logprobs are not supported with stream=true; send stream=false to get them.",
-                param="logprobs",
-                code="unsupported_value",
-            )
-        check_logprobs_cap(body.top_logprobs, "top_logprobs", max_logprobs)
-        k = (body.top_logprobs or 0) if body.logprobs else None
-        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        # the teacher only computes log-probs with top_logprobs >= 1; trim the list back to k on the way out
-        sampling = sampling_for(body, max_tokens=max_tokens, top_logprobs=0 if k is None else max(k, 1))
-        messages = message_dicts(body)
-        check_prompt_size(sum(len(m["content"]) for m in messages), "messages")
-        req = Request.chat(messages, sampling)
-        explicit = max_tokens is not None
-        if body.stream:
-            sinks, events, attach = streamer(request, 1)
-            futures = [batcher.submit("chat", req, explicit_max_tokens=explicit, sink=sinks[0])]
-            attach(futures)
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            chunks = Chunks(chat=True, model=model_name, include_usage=include_usage)
-            return await open_stream(request, futures, events, chunks)
-        (response,) = await wait_watching(
-            request, [batcher.submit("chat", req, explicit_max_tokens=explicit)]
-        )
-        return JSONResponse(chat_completion(response, model=model_name, top_logprobs=k))
-
-    @app.post("/v1/completions")
-    async def completions(request: HTTPRequest):
-        body: CompletionBody = await body_of(request, CompletionBody)
-        check_common(body, model_name)
-        if body.best_of not in (None, 1):
-            raise ServeError("Only best_of=1 is supported.", param="best_of", code="unsupported_value")
-        if body.suffix:
-            raise ServeError("suffix is not supported.", param="suffix", code="unsupported_value")
-        if (
-            isinstance(body.prompt, list) and len(body.prompt) > 10_000
-        ):  # a long id list: check it off the loop
-            prompts = await asyncio.to_thread(prompt_list, body.prompt, vocab=batcher.vocab)
-        else:
-            prompts = prompt_list(body.prompt, vocab=batcher.vocab)
-        for p in prompts:
-            check_prompt_size(len(p) if isinstance(p, str) else 0, "prompt")
-        k, k_prompt, echo = body.logprobs, body.prompt_logprobs, bool(body.echo)
-        check_logprobs_cap(k, "logprobs", max_logprobs)
-        check_logprobs_cap(k_prompt, "prompt_logprobs", max_logprobs)
-        scoring = echo or k_prompt is not None
-        if body.stream:
-            for name, value in (("logprobs", k), ("prompt_logprobs", k_prompt), ("echo", body.echo or None)):
-                if value is not None:
-                    raise ServeError(
-                        f"{name} is not supported with stream=true; send stream=false.",
-                        param=name,
-                        code="unsupported_value",
-                    )
-        if body.max_tokens == 0 and not scoring:
-            raise ServeError(
-                "max_tokens=0 generates nothing: use it with echo=true or prompt_logprobs to score the prompt.",
-                param="max_tokens",
-                code="invalid_value",
-            )
-        generating = body.max_tokens != 0
-        explicit = body.max_tokens is not None
-        sampling = sampling_for(
-            body,
-            max_tokens=body.max_tokens if explicit else COMPLETIONS_DEFAULT_MAX_TOKENS,
-            top_logprobs=0 if k is None else max(k, 1),
-        )
-
-        def submit_generation(p, sink=None):
-            if isinstance(p, str):
-                return batcher.submit(
-                    "raw", raw_request(p, sampling), explicit_max_tokens=explicit, sink=sink
-                )
-            return batcher.submit_ids(p, sampling, explicit_max_tokens=explicit, sink=sink)
-
-        if body.stream:
-            sinks, events, attach = streamer(request, len(prompts))
-            futures = [submit_generation(p, sinks[i]) for i, p in enumerate(prompts)]
-            attach(futures)
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            chunks = Chunks(chat=False, model=model_name, include_usage=include_usage)
-            return await open_stream(request, futures, events, chunks)
-
-        # one scoring job (a forward over the prompt) and/or one generation job per prompt
-        score_k = max(k_prompt or 0, (k or 0) if echo else 0)
-        scores = [batcher.submit_score(p, score_k) if scoring else None for p in prompts]
-        gens = [submit_generation(p) if generating else None for p in prompts]
-        results = await wait_watching(request, scores + gens)
-        scored, responses = results[: len(prompts)], results[len(prompts) :]
-
-        choices, n_prompt, n_completion = [], 0, 0
-        for i, (p, sc, r) in enumerate(zip(prompts, scored, responses, strict=True)):
-            text, logprobs = "", None
-            if echo:
-                text = p if isinstance(p, str) else sc.text
-                if k is not None:
-                    logprobs = echo_logprobs(sc, k)
-            if r is not None:
-                if k is not None:
-                    offset = len(text) if echo else (len(p) if isinstance(p, str) else 0)
-                    generated = completion_logprobs(r, k, offset)
-                    logprobs = generated if logprobs is None else join_logprobs(logprobs, generated)
-                text += r.text
-            n_prompt += len(sc.ids) if sc is not None else r.prompt_tokens
-            n_completion += r.completion_tokens if r is not None else 0
-            choices.append(
-                completion_choice(
-                    i,
-                    text,
-                    r.finish_reason if r is not None else "length",
-                    logprobs=logprobs,
-                    prompt_logprobs=None if k_prompt is None else prompt_logprobs_json(sc, k_prompt),
-                )
-            )
-        return JSONResponse(
-            text_completion(choices, model=model_name, prompt_tokens=n_prompt, completion_tokens=n_completion)
-        )
-
-    return app
-
-
-async def _parse(request: HTTPRequest, model, limit: int):
-    """Read, decode and validate a JSON body of at most `limit` bytes (else a 413, before reading it
-    all); a big body is decoded on a thread so that it does not hold up the event loop."""
-    too_large = ServeError(
-        f"The request body is larger than this server accepts ({limit} bytes).",
-        status=413,
-        code="request_too_large",
-    )
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise too_large
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        parts.append(chunk)
-    raw = b"".join(parts)
-    if len(raw) > _BIG_BODY:
-        return await asyncio.to_thread(_decode, raw, model)
-    return _decode(raw, model)
-
-
-def _decode(raw: bytes, model):
-    try:
-        data = json.loads(raw)
-    except RecursionError:  # the decoder recurses once per nested array or object
-        raise ServeError(
-            "We could not parse the JSON body of your request: it is nested too deeply.", code="invalid_json"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ServeError(
-            "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "
-            "HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            code="invalid_json",
-        ) from None
-    return parse_body(model, data)
 
 
 def load_app(

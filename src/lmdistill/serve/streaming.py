@@ -4,10 +4,11 @@
 times out and closes the connection) abandons its jobs, so the worker drops them from the queue or
 stops them at the next token instead of finishing work nobody will read.
 
-`open_stream` waits until every job of a streaming request is admitted (a refused prompt is still an
-ordinary JSON error), then returns the server-sent events: OpenAI chunks as the worker sends text,
-each choice's last chunk with its finish_reason, an optional usage chunk, and `data: [DONE]`.
-A disconnect cancels the stream's generator, which abandons the jobs.
+`stream_jobs` submits a streaming request's jobs, each with a sink for its text; `open_stream` waits
+until every one of them is admitted (a refused prompt is still an ordinary JSON error), then returns
+the server-sent events: OpenAI chunks as the worker sends text, each choice's last chunk with its
+finish_reason, an optional usage chunk, and `data: [DONE]`. A disconnect cancels the stream's
+generator, which abandons the jobs.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import Request as HTTPRequest
 from fastapi.responses import StreamingResponse
 
-from lmdistill.serve.batcher import JobFuture, ServeError
+from lmdistill.serve.batcher import JobFuture, ServeError, StreamSink
 from lmdistill.teachers.types import Response
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,20 @@ class Chunks:
             "total_tokens": prompt + completion,
         }
         return self._wrap([], usage, last=True)
+
+
+async def stream_jobs(
+    request: HTTPRequest, n: int, submit: Callable[[int, StreamSink], JobFuture], chunks: Chunks
+) -> StreamingResponse:
+    """Submit a streaming request's `n` jobs, `submit(i, sink)` returning the future of choice i, each
+    with a sink that carries its events to this loop, and stream their text (`open_stream`)."""
+    events: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    sinks = [StreamSink(loop, events, i) for i in range(n)]
+    futures = [submit(i, sinks[i]) for i in range(n)]
+    for i, f in enumerate(futures):
+        f.add_done_callback(lambda _f, i=i: sinks[i].put("end", i))
+    return await open_stream(request, futures, events, chunks)
 
 
 async def open_stream(
