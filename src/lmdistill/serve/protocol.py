@@ -86,8 +86,9 @@ def _empty(v: Any) -> bool:
     return not v
 
 
-def _is(*neutral: float):
-    """None or a number equal to one of `neutral` (a penalty of 0, a top_k of -1, ...)."""
+def _none_or_number_in(*neutral: float):
+    """A test that a value is None or a number (not a boolean) equal to one of `neutral` (a penalty of 0,
+    a top_k of -1, ...)."""
     return lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v in neutral)
 
 
@@ -100,19 +101,19 @@ UNSUPPORTED: dict[str, Any] = {
     "functions": _empty,
     "function_call": lambda v: v in (None, "none"),
     "logit_bias": _empty,
-    "presence_penalty": _is(0),
-    "frequency_penalty": _is(0),
+    "presence_penalty": _none_or_number_in(0),
+    "frequency_penalty": _none_or_number_in(0),
     "audio": _none,
     "modalities": lambda v: v is None or v == ["text"],
     "prediction": _none,
     "web_search_options": _none,
     "reasoning_effort": _none,
     # vLLM's extensions that change the output
-    "top_k": _is(0, -1),
-    "min_p": _is(0),
-    "repetition_penalty": _is(1),
-    "length_penalty": _is(1),
-    "min_tokens": _is(0),
+    "top_k": _none_or_number_in(0, -1),
+    "min_p": _none_or_number_in(0),
+    "repetition_penalty": _none_or_number_in(1),
+    "length_penalty": _none_or_number_in(1),
+    "min_tokens": _none_or_number_in(0),
     "stop_token_ids": _empty,
     "bad_words": _empty,
     "allowed_token_ids": _none,
