@@ -86,11 +86,25 @@ def test_max_tokens_gives_length_and_usage(client, teacher):
 
 
 def test_default_max_tokens_is_cut_to_the_context(client, teacher):
-    """Without max_tokens the answer may use the rest of the model's context (256 tokens), no more."""
-    out = client.chat.completions.create(model=MODEL_NAME, messages=user("Hi"), temperature=0)
-    assert out.usage.total_tokens <= teacher.model.config.max_position_embeddings
-    if out.choices[0].finish_reason == "length":
-        assert out.usage.total_tokens == teacher.model.config.max_position_embeddings
+    """Without max_tokens the answer may use the rest of the model's context (256 tokens), no more: with
+    a prompt that leaves about 10 tokens of room, the answer is the teacher's own answer with
+    max_new_tokens = context - prompt tokens (counted here), and it stops there."""
+    context = teacher.model.config.max_position_embeddings
+
+    def prompt_tokens(messages) -> int:
+        prompt = teacher.prompt_text(Request.chat(messages))
+        return len(teacher.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+    words = 1
+    while prompt_tokens(user("the cat " * words)) < context - 10:
+        words += 1
+    messages = user("the cat " * words)
+    room = context - prompt_tokens(messages)
+    expected = direct(teacher, messages, greedy(room))
+    assert 1 <= room <= 10 and (expected.finish_reason, expected.completion_tokens) == ("length", room)
+    out = client.chat.completions.create(model=MODEL_NAME, messages=messages, temperature=0)
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (context - room, room)
+    assert (out.choices[0].message.content, out.choices[0].finish_reason) == (expected.text, "length")
 
 
 def test_seeded_sampling_is_reproducible(client):
