@@ -242,16 +242,33 @@ def test_cli_with_a_local_model(tmp_path, tiny_model_dirs, capsys):
     assert summary["requests_sent"] == 0 and summary["requests_cached"] == 2
 
 
-def test_self_instruct_keeps_inputs_where_needed(tmp_path, server):
+# Round 0 draws both seed tasks in an order set by the seed: random.Random(0) puts the second first,
+# random.Random(1) the first.
+SORT = "Task {}: Sort these numbers from small to large.\nInput: 5, 2, 9"
+EXPLAIN = "Task {}: Explain why the sky is blue."
+
+
+@pytest.mark.parametrize("seed, demos", [(0, [EXPLAIN, SORT]), (1, [SORT, EXPLAIN])], ids=["seed0", "seed1"])
+def test_self_instruct_keeps_inputs_where_needed(tmp_path, server, seed, demos):
     seeds = [
         {"instruction": "Sort these numbers from small to large.", "input": "5, 2, 9"},
         {"instruction": "Explain why the sky is blue."},
     ]
     server.script_next(("reply", "Task 3: Count the vowels in the given word.\nInput: banana"))
-    cfg = _config(tmp_path, server, "self_instruct", seeds, "self_instruct.num_instructions=1")
+    cfg = _config(
+        tmp_path, server, "self_instruct", seeds, "self_instruct.num_instructions=1", f"sampling.seed={seed}"
+    )
     _run(cfg)
     [row] = _rows(cfg.output)
     assert row["instruction"] == "Count the vowels in the given word." and row["input"] == "banana"
     assert row["messages"][0]["content"] == "Count the vowels in the given word.\n\nbanana"
     proposal = server.requests[0]["body"]["messages"][-1]["content"]
-    assert "Input: 5, 2, 9" in proposal or "Task 1: Explain" in proposal
+    assert proposal == "\n".join(
+        [
+            "Come up with a new, different task instruction. Here are examples:",
+            demos[0].format(1),
+            demos[1].format(2),
+            "Task 3:",
+        ]
+    )
+    assert server.requests[0]["body"]["seed"] == seed  # round 0 asks with the configured seed
