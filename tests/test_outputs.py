@@ -357,3 +357,34 @@ def test_export_force_through_a_symlink_replaces_its_target(tiny_model_dirs, tmp
     nowhere.symlink_to(tmp_path / "missing")
     cli_fails(["export", str(student), str(nowhere)], capsys, "symbolic link", "does not exist")
     assert not (tmp_path / "missing").exists() and nowhere.is_symlink()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_checkpoints_honour_the_umask(train_config, mask):
+    """Every file of checkpoint-N (model.safetensors too) is 0666 & ~umask, the folder 0777 & ~umask,
+    so another user can resume from it or serve it."""
+    config, out = train_config
+    old = os.umask(mask)
+    try:
+        assert main(["train", str(config), "train.max_steps=2"]) == 0
+    finally:
+        os.umask(old)
+    checkpoint = out / "checkpoint-2"
+    assert _mode(checkpoint) == 0o777 & ~mask
+    files = {p.name: _mode(p) for p in checkpoint.rglob("*") if p.is_file()}
+    assert "model.safetensors" in files and "optimizer.pt" in files
+    assert files == dict.fromkeys(files, 0o666 & ~mask)
+
+
+def test_hint_projections_honour_the_umask(umask_027, train_config):
+    """The projections (saved with safetensors, in each checkpoint and beside the student) too."""
+    config, out = train_config
+    shrunk = ["student.name=null", "student.num_layers=1", "student.hidden_size=16"]
+    shrunk += [
+        "student.num_attention_heads=2",
+        "student.num_key_value_heads=1",
+        "student.intermediate_size=32",
+    ]
+    assert main(["train", str(config), "train.max_steps=2", *shrunk, "hints.hidden_weight=1.0"]) == 0
+    saved = [out / "hint_projections.safetensors", out / "checkpoint-2" / "hint_projections.safetensors"]
+    assert {str(p): _mode(p) for p in saved} == {str(p): 0o640 for p in saved}

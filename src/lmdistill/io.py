@@ -60,8 +60,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        public_mode(tmp)
         write(tmp)
+        public_mode(tmp)  # after writing: a writer may replace the file (safetensors' save_file: 0600)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -28,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from lmdistill.chunked import Head, LossSpec, chunked_loss
 from lmdistill.errors import TrainingDiverged
+from lmdistill.io import public_mode
 from lmdistill.models.forward import final_hidden, forward_states, unwrap
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource
 from lmdistill.training.optimizer_checkpoint import has_sharded_optimizer, load_sharded_optimizer
@@ -224,7 +225,7 @@ class DistillTrainer(Trainer):
         on an epoch boundary, it re-enters the last epoch and trains (and saves) step max_steps + 1.
         Returning the epoch count as the epochs already trained leaves its epoch loop empty. And it takes
         logging_steps, eval_steps and save_steps from the checkpoint's trainer_state.json, though a rerun
-        may change them (`lmdistill.training.run.RERUN_MAY_CHANGE`).
+        may change them (`lmdistill.training.run_folder.RERUN_MAY_CHANGE`).
         """
         epochs, batches = super()._init_training_state(
             max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
@@ -249,6 +250,8 @@ class DistillTrainer(Trainer):
             shutil.rmtree(folder)
         self.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            _public_checkpoint(folder)
 
     def _optimized(self) -> torch.nn.Module:
         """Every module the optimizer updates: the student and, when there are any, the hint
@@ -282,6 +285,18 @@ class DistillTrainer(Trainer):
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, *args, **kwargs)
+
+
+def _public_checkpoint(folder: Path) -> None:
+    """Give a checkpoint's files and folders the umask's mode, as every other output has (safetensors
+    writes its files 0600: another user could not resume from the checkpoint or serve it). Another
+    process may still be writing its own files (its RNG state): one that comes or goes is left alone."""
+    for path in [*folder.rglob("*"), folder]:
+        try:
+            if not path.is_symlink():
+                public_mode(path)
+        except FileNotFoundError:
+            pass
 
 
 def _world_size() -> int:
