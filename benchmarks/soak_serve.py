@@ -1,9 +1,10 @@
 """A bounded soak of `lmdistill serve` on loopback: many concurrent clients, mixed requests, some abandoned.
 
 Starts `lmdistill serve` (the real CLI, in its own process, 127.0.0.1 only) on a model (by default a
-tiny random Llama with a trained byte-level BPE tokenizer, built in a temporary folder), then sends
-`--requests` requests from `--clients` concurrent clients: chat and completions, streamed and not,
-greedy and seeded sampling, prompt scoring, prompts of 1 to ~150 words and 1 to 64 new tokens; about
+tiny random Llama with a trained byte-level BPE tokenizer, built in a temporary folder; `--model
+smollm2-135m` serves the embedded SmolLM2-135M-Instruct), then sends `--requests` requests from
+`--clients` concurrent clients: chat and completions, streamed and not, greedy and seeded sampling,
+prompt scoring, prompts of `--words` words (1 to 150) and `--max-tokens` new tokens (1 to 64); about
 `--abandon` of them are abandoned midway (a client timeout, or a stream closed after two chunks).
 
 Checks, all written to the JSON:
@@ -15,15 +16,22 @@ Checks, all written to the JSON:
 - memory flat: the same requests are sent `--rounds` times (2); the server's RSS after the last round
   is within max(5 %, 20 MB) of its RSS after the first, and never more than max(10 %, 50 MB) above
   its RSS after warm-up;
-- the server still answers, and its /stats counted the abandoned requests.
+- the server still answers, and its /stats counted the abandoned requests;
+- quiet: the server printed no traceback and no error on stderr (abandoned requests included).
+
+The JSON also records the machine, the versions, the command, the date, the git commit and the load
+average before and after.
 
     python benchmarks/soak_serve.py                       # 200 requests, 16 clients -> results/soak_serve.json
     python benchmarks/soak_serve.py --requests 40 --clients 8 --json /tmp/soak.json
+    python benchmarks/soak_serve.py --model smollm2-135m --max-tokens 8,12,16 --words 1,3,8,20,40 \\
+        --json benchmarks/results/soak_serve_smollm2.json  # the real embedded teacher
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import random
@@ -114,18 +122,22 @@ def build_tiny_model(folder: Path) -> Path:
 
 
 class Server:
-    """`lmdistill serve MODEL --port 0` in a subprocess; `.url`, `.rss()` (bytes), `.stop()`."""
+    """`lmdistill serve MODEL --port 0` in a subprocess; `.url`, `.rss()` (bytes), `.stop()`. Its
+    stderr goes to `stderr_path`; its stdout (the URL line, then uvicorn's access log) is read as it
+    comes, so that the pipe never fills up and blocks the server."""
 
-    def __init__(self, model: str, *, max_batch: int, threads: int):
+    def __init__(self, model: str, *, max_batch: int, threads: int, stderr_path: Path):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
         code = "import sys; from lmdistill.cli import main; sys.exit(main(sys.argv[1:]))"
         argv = ["serve", model, "--host", "127.0.0.1", "--port", "0", "--max-batch", str(max_batch)]
         argv += ["--name", MODEL]
+        self.stderr = open(stderr_path, "w")  # noqa: SIM115 (closed by stop())
+        self._drain: threading.Thread | None = None
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, *argv],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.stderr,
             text=True,
             env=env,
         )
@@ -133,6 +145,9 @@ class Server:
         if " at http://127.0.0.1:" not in line:
             self.stop()
             raise RuntimeError(f"the server did not start: {line!r}")
+        self.stdout_lines = 0
+        self._drain = threading.Thread(target=self._read_stdout, daemon=True)
+        self._drain.start()
         self.url = line.split(" at ", 1)[1].split()[0]
         self.base = self.url[: -len("/v1")]
         for _ in range(200):
@@ -151,6 +166,10 @@ class Server:
                 return self.proc.stdout.readline()
         return ""
 
+    def _read_stdout(self) -> None:
+        for _ in self.proc.stdout:
+            self.stdout_lines += 1
+
     def rss(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as fh:
             for line in fh:
@@ -166,16 +185,34 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._drain is not None:
+            self._drain.join(10)
         self.proc.stdout.close()
+        self.stderr.close()
 
 
-def make_requests(n: int, abandon: float, seed: int, token_ids: list[int]) -> list[dict]:
-    """`n` request specs: {"id", "kind", "path", "body", "abandon"}."""
+#: Default prompt lengths (words) and completion lengths (tokens) to choose from.
+WORD_COUNTS = (1, 3, 8, 20, 60, 150)
+MAX_TOKENS = (1, 8, 32, 64)
+
+
+def make_requests(
+    n: int,
+    abandon: float,
+    seed: int,
+    token_ids: list[int],
+    *,
+    words: tuple[int, ...] = WORD_COUNTS,
+    max_tokens: tuple[int, ...] = MAX_TOKENS,
+) -> list[dict]:
+    """`n` request specs: {"id", "kind", "path", "body", "abandon"}; prompts of one of `words` words
+    (scored id lists of 2 to 200 ids), completions of one of `max_tokens` tokens (abandoned ones: the
+    largest, so that they are abandoned midway)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        words = " ".join(rng.choice(WORDS) for _ in range(rng.choice([1, 3, 8, 20, 60, 150])))
-        max_tokens = rng.choice([1, 8, 32, 64])
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.choice(words)))
+        new_tokens = rng.choice(max_tokens)
         sampled = rng.random() < 0.3
         sampling = (
             {"temperature": 0.9, "top_p": 0.95, "seed": rng.randrange(1000)}
@@ -186,10 +223,10 @@ def make_requests(n: int, abandon: float, seed: int, token_ids: list[int]) -> li
         if kind.startswith("chat"):
             path, body = (
                 "chat/completions",
-                {"messages": [{"role": "user", "content": words}], "max_tokens": max_tokens},
+                {"messages": [{"role": "user", "content": text}], "max_tokens": new_tokens},
             )
         elif kind.startswith("completion"):
-            path, body = "completions", {"prompt": words, "max_tokens": max_tokens}
+            path, body = "completions", {"prompt": text, "max_tokens": new_tokens}
         else:
             ids = [rng.choice(token_ids) for _ in range(rng.choice([2, 10, 50, 200]))]
             path, body = "completions", {"prompt": ids, "prompt_logprobs": 5, "max_tokens": 0}
@@ -199,7 +236,7 @@ def make_requests(n: int, abandon: float, seed: int, token_ids: list[int]) -> li
         gone = None
         if rng.random() < abandon and kind != "score":
             gone = ("close", 2) if kind.endswith("stream") else ("timeout", rng.choice([0.05, 0.2, 0.5]))
-            body["max_tokens"] = 64  # long enough to be abandoned midway
+            body["max_tokens"] = max(max_tokens)  # long enough to be abandoned midway
         out.append({"id": i, "kind": kind, "path": path, "body": body, "abandon": gone})
     return out
 
@@ -268,21 +305,25 @@ def run(
     threads: int,
     seed: int = 0,
     rounds: int = 2,
+    words: tuple[int, ...] = WORD_COUNTS,
+    max_tokens: tuple[int, ...] = MAX_TOKENS,
 ) -> dict:
     """Soak a fresh server with `requests` specs from `clients` clients, `rounds` times over; see the
     module docstring for the checks. Returns the figures (the JSON)."""
     load_start = os.getloadavg()
+    shape = {"words": words, "max_tokens": max_tokens}
     with tempfile.TemporaryDirectory() as tmp:
         folder = model or str(build_tiny_model(Path(tmp) / "model"))
-        from transformers import AutoTokenizer
+        from lmdistill.models import load_tokenizer  # resolves short names (smollm2-135m) too
 
-        token_ids = sorted(set(AutoTokenizer.from_pretrained(folder).get_vocab().values()))
-        specs = make_requests(requests, abandon, seed, token_ids)
-        server = Server(folder, max_batch=max_batch, threads=threads)
+        token_ids = sorted(set(load_tokenizer(folder).get_vocab().values()))
+        specs = make_requests(requests, abandon, seed, token_ids, **shape)
+        stderr_path = Path(tmp) / "server_stderr.txt"
+        server = Server(folder, max_batch=max_batch, threads=threads, stderr_path=stderr_path)
         try:
             # warm-up: a few requests of each kind, then the baseline RSS
             with httpx.Client() as c:
-                for spec in make_requests(10, 0.0, seed + 1, token_ids):
+                for spec in make_requests(10, 0.0, seed + 1, token_ids, **shape):
                     send(c, server.base, spec)
             rss_warm = server.rss()
             rss_samples = [rss_warm]
@@ -363,6 +404,12 @@ def run(
                 alive = c.get(f"{server.base}/v1/models", timeout=30).status_code == 200
         finally:
             server.stop()
+        # what the server printed besides uvicorn's INFO lines and the loading progress bars
+        noisy = [
+            line
+            for line in stderr_path.read_text(errors="replace").splitlines()
+            if any(word in line for word in ("Traceback", "Error", "ERROR", "never retrieved", "Exception"))
+        ]
     latencies = [res[s["id"]]["latency"] for res in rounds_out for s in specs if s["abandon"] is None]
     bound = clients * max(alone_latency) * 1.5
     errors = [
@@ -384,6 +431,8 @@ def run(
         "abandoned_counted_by_server": stats.get("abandoned"),
         "kinds": {k: sum(s["kind"] == k for s in specs) for k in sorted({s["kind"] for s in specs})},
         "model": model or "tiny random Llama (4 layers, hidden 64, context 1024)",
+        "prompt_words": list(words),
+        "max_tokens": list(max_tokens),
         "max_batch": max_batch,
         "server_threads": threads,
         "soak_seconds": round(soak_s, 2),
@@ -405,6 +454,7 @@ def run(
         },
         "server_stats": stats,
         "server_alive_after": alive,
+        "server_stderr_problems": noisy[:20],
         "loadavg_start": [round(x, 2) for x in load_start],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
@@ -417,9 +467,39 @@ def run(
         "memory_flat": flat,
         "alive_after": alive,
         "abandoned_counted": counted,
+        "quiet_stderr": not noisy,
     }
     out["ok"] = all(out["checks"].values())
     return out
+
+
+def provenance() -> dict:
+    """When, where and with what the soak ran: date, git commit, machine and package versions."""
+    from lmdistill.eval.measure import machine_info, versions
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": git("rev-parse", "HEAD"),
+        # files of the server or of this script that differ from that commit (empty: it ran as committed)
+        "git_changes": git("status", "--porcelain", "--", "src/lmdistill/serve", "benchmarks/soak_serve.py"),
+        "machine": {**machine_info(), "memory_gb": _memory_gb()},
+        "versions": versions(
+            ("torch", "transformers", "fastapi", "uvicorn", "pydantic", "httpx", "lmdistill")
+        ),
+    }
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            kb = next(int(line.split()[1]) for line in fh if line.startswith("MemTotal:"))
+        return round(kb / 2**20, 1)
+    except (OSError, StopIteration):
+        return None
 
 
 def main() -> int:
@@ -428,7 +508,13 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2, help="send the same requests this many times")
     p.add_argument("--abandon", type=float, default=0.1, help="fraction of requests abandoned midway")
-    p.add_argument("--model", default=None, help="model to serve (default: a tiny random Llama)")
+    p.add_argument(
+        "--model", default=None, help="model to serve, e.g. smollm2-135m (default: a tiny random Llama)"
+    )
+    p.add_argument("--words", default=",".join(map(str, WORD_COUNTS)), help="prompt lengths (words) to draw")
+    p.add_argument(
+        "--max-tokens", default=",".join(map(str, MAX_TOKENS)), help="completion lengths (tokens) to draw"
+    )
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=1, help="OMP threads of the server process")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "soak_serve.json"))
@@ -441,8 +527,11 @@ def main() -> int:
         max_batch=args.max_batch,
         threads=args.threads,
         rounds=args.rounds,
+        words=tuple(int(x) for x in args.words.split(",")),
+        max_tokens=tuple(int(x) for x in args.max_tokens.split(",")),
     )
     out["command"] = " ".join(["python", "benchmarks/soak_serve.py", *sys.argv[1:]])
+    out.update(provenance())
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     short = {
