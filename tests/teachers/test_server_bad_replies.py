@@ -289,3 +289,36 @@ def test_an_unset_server_key_variable_names_the_server_setting(monkeypatch):
         ServerTeacher.connect(cfg, None, k=4, vocab=320)
     message = str(info.value)
     assert "LMD_NO_SUCH_KEY is not set" in message and "teacher.server_api_key_env: null" in message, message
+
+
+def test_a_real_server_with_a_smaller_vocabulary_is_named_so(tiny_model_dirs, tmp_path, capsys):
+    """`lmdistill serve` with a 280-token teacher refuses the probe's ids above 279 (400): the line leads
+    with the vocabulary, not with "answered neither prompt_logprobs nor echo"."""
+    from lmdistill.models import load_model
+    from lmdistill.serve import ServerThread, create_app
+    from lmdistill.teachers.local import LocalTeacher
+    from tests.conftest import build_tiny_tokenizer, make_tiny_llama
+
+    other = tmp_path / "other"
+    tok = build_tiny_tokenizer(other, vocab_size=280)
+    make_tiny_llama(len(tok), seed=3).save_pretrained(other)
+    app = create_app(LocalTeacher(load_model(other), tok, name="other"), model_name="other")
+    with ServerThread(app) as server:
+        config = _train_yaml(tmp_path, tiny_model_dirs, server.url)
+        line = _fails_in_one_line(["train", config], capsys)
+    assert line.startswith(
+        f"lmdistill train: error: teacher.server other at {server.url} does not use the student's vocabulary "
+        f"({tiny_model_dirs[1]}): "
+    ), line
+    assert (
+        "answered neither" not in line and "0..279). Serve a teacher with" in line and "320 tokens" in line
+    ), line
+
+
+def test_a_server_that_refuses_every_probe_is_not_blamed_on_the_vocabulary(tiny_tokenizer):
+    """400 to every form, the lowest ids too: the old headline stands (and the ids were tried once more)."""
+    with ScoringServer(tiny_tokenizer, broken_after=0, fail_status=400) as server:
+        with pytest.raises(UserError, match="scored no token ids: it answered neither") as info:
+            _connect(server, tiny_tokenizer)
+        assert "vocabulary" not in str(info.value)
+        assert [len(r["prompt"]) for r in server.requests] == [16] * 3 + [2] * 3

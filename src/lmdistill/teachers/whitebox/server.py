@@ -13,7 +13,8 @@ top-k + tail divergence. Servers return log-probs at temperature 1, so this sour
 
 Which field the server answers is found once, by `connect`'s probe, which also checks that the
 server's vocabulary is the local tokenizer's (known token ids go out, the server's token texts come
-back and are compared) and that it returns k log-probs (vLLM caps them at 20 unless started with
+back and are compared; a server that refuses every form but scores the probe's two lowest ids has a
+smaller vocabulary, and is told so) and that it returns k log-probs (vLLM caps them at 20 unless started with
 `--max-logprobs`): each failure is one UserError before anything else loads.
 
 Requests go through `lmdistill.teachers.api.ApiTeacher`'s machinery (pointed at /v1/completions):
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 PROMPT_LOGPROBS = "prompt_logprobs"
 ECHO = "echo"
 _CAP = re.compile(r"(max|greater|exceed|at most|limit|too (many|large))", re.IGNORECASE)
+#: The request forms the probe tries, in order: (field, max_tokens).
+_FORMS = ((PROMPT_LOGPROBS, 0), (PROMPT_LOGPROBS, 1), (ECHO, 0))
 #: A log-prob may exceed 0 by this much (float rounding of a token that holds all the mass); read as 0.
 LOGPROB_TOLERANCE = 1e-4
 #: A position's probabilities (top k and the prompt token's own entry) may sum to 1 + this (rounding).
@@ -183,9 +186,8 @@ class ServerTeacher:
         where = f"teacher.server {self.name}"
         errors = []
         # Scoring alone first; vLLM refuses max_tokens 0 without echo, so it then gets 1 (one wasted token).
-        for mode, max_tokens in ((PROMPT_LOGPROBS, 0), (PROMPT_LOGPROBS, 1), (ECHO, 0)):
-            with _quiet(logging.getLogger(ApiTeacher.__module__)):  # a refused field is an answer here
-                result = self.client.generate([_Call(ids, mode, self.k, max_tokens)])[0]
+        for mode, max_tokens in _FORMS:
+            result = self._ask(ids, mode, max_tokens)
             error = _failed(result)
             if error is None:
                 entries, texts = _entries(result, mode, ids)
@@ -197,6 +199,9 @@ class ServerTeacher:
                 raise UserError(self._cap_message(where, error))
             errors.append(f"{mode} with max_tokens {max_tokens}: {error}")
         else:
+            # every form refused as invalid (400/422: not a missing route, a lost connection or a 5xx)
+            if all(e.split(": ", 2)[1] in ("400", "422") for e in errors):
+                self._check_refused_ids(ids, where, errors)
             raise UserError(
                 f"{where} scored no token ids: it answered neither vLLM's prompt_logprobs nor echo + logprobs "
                 f"with max_tokens 0 on /v1/completions ({'; '.join(errors)})"
@@ -216,6 +221,26 @@ class ServerTeacher:
         got = max(_top_count(e, i) for e, i in zip(entries[1:], ids[1:], strict=True))
         if got < self.k:
             raise UserError(self._cap_message(where, f"it returned {got} log-probs per position"))
+
+    def _ask(self, ids: tuple[int, ...], mode: str, max_tokens: int):
+        with _quiet(logging.getLogger(ApiTeacher.__module__)):  # a refused field is an answer here
+            return self.client.generate([_Call(ids, mode, self.k, max_tokens)])[0]
+
+    def _check_refused_ids(self, ids: tuple[int, ...], where: str, errors: list[str]) -> None:
+        """Every form refused the probe. A server with a smaller vocabulary refuses ids past its end (vLLM,
+        `lmdistill serve`: 400 "Token id N is out of vocabulary"): if it scores the probe's two lowest ids,
+        that is the cause, and the message leads with it."""
+        low = tuple(sorted(ids)[:2])
+        for (mode, max_tokens), error in zip(_FORMS, errors, strict=True):
+            result = self._ask(low, mode, max_tokens)
+            if _failed(result) is None and _entries(result, mode, low)[0] is not None:
+                local = getattr(self.tokenizer, "name_or_path", "") or "the local tokenizer"
+                why = error.split(": ", 1)[1].rstrip(".")
+                raise UserError(
+                    f"{where} does not use the student's vocabulary ({local}): it refuses the probe's token ids "
+                    f"(up to {max(ids)}; the student's vocabulary has {self.vocab} tokens) but scores the lowest "
+                    f"({', '.join(map(str, low))}): {why}. Serve a teacher with the student's tokenizer"
+                )
 
     def _cap_message(self, where: str, what: str) -> str:
         return (
