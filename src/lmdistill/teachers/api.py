@@ -321,7 +321,7 @@ class ApiTeacher:
         try:
             while True:
                 for i in todo:
-                    pending[pool.submit(self._one, requests[i])] = i
+                    pending[pool.submit(self._send_with_retries, requests[i])] = i
                     if len(pending) >= window:
                         break
                 if not pending:
@@ -362,7 +362,9 @@ class ApiTeacher:
     def _backoff(self, attempt: int) -> float:
         return random.uniform(0.0, min(self.backoff_max, self.backoff_base * 2**attempt))
 
-    def _one(self, request: Request) -> Response:
+    def _send_with_retries(self, request: Request) -> Response:
+        """Send one request within the rate limits, retrying what may pass on a later try (429, 5xx,
+        timeouts, lost connections); the Response, or one with finish_reason "error" once that fails."""
         openai = self._openai
         kwargs = self._kwargs(request)
         estimate = self._estimate(request)
