@@ -21,23 +21,35 @@ def _requests(sampling):
     return [Request.chat([{"role": "user", "content": p}], sampling) for p in PROMPTS]
 
 
+def _direct(teacher, prompt: str, max_new_tokens: int):
+    """The figures the hard way, for one prompt alone: the chat template applied here, one greedy
+    `model.generate`, and the answer cut after the first end-of-sequence token. Returns (prompt ids [1, P],
+    the answer's token ids, its finish reason)."""
+    tok, model = teacher.tokenizer, teacher.model
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    new = out[0, ids.shape[1] :].tolist()
+    eos = model.generation_config.eos_token_id
+    eos = {tok.eos_token_id, *([eos] if isinstance(eos, int) else (eos or []))}
+    end = next((t for t, i in enumerate(new) if i in eos), None)
+    return ids, (new, "length") if end is None else (new[: end + 1], "stop")
+
+
 def test_batched_greedy_equals_one_at_a_time(teacher):
     s = Sampling(max_new_tokens=8)
     batched = teacher.generate(_requests(s))
     single = LocalTeacher(teacher.model, teacher.tokenizer, name="tiny", batch_size=1).generate(_requests(s))
     assert [r.text for r in batched] == [r.text for r in single]
-    for r in batched:
-        assert r.finish_reason in ("stop", "length") and r.prompt_tokens > 0
-        assert 0 < r.completion_tokens <= 8
-    # the same answer as a direct model.generate on the chat-formatted prompt
+    # every answer equals a direct model.generate on its chat-formatted prompt: text, counts, finish
     tok = teacher.tokenizer
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": PROMPTS[0]}], tokenize=False, add_generation_prompt=True
-    )
-    ids = tok(text, return_tensors="pt", add_special_tokens=False)
-    out = teacher.model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
-    direct = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert batched[0].text == (direct if batched[0].finish_reason == "length" else direct.strip())
+    for r, prompt in zip(batched, PROMPTS, strict=True):
+        ids, (new, finish) = _direct(teacher, prompt, 8)
+        direct = tok.decode(new, skip_special_tokens=True)
+        assert (r.finish_reason, r.prompt_tokens, r.completion_tokens) == (finish, ids.shape[1], len(new))
+        assert r.text == (direct if finish == "length" else direct.strip())
 
 
 def test_length_finish_and_logprobs(teacher):
@@ -45,16 +57,13 @@ def test_length_finish_and_logprobs(teacher):
 
     request = Request.chat([{"role": "user", "content": "Hello"}], Sampling(max_new_tokens=3, top_logprobs=4))
     [r] = teacher.generate([request])
-    if r.finish_reason == "length":
-        assert r.completion_tokens == 3
-    assert len(r.logprobs) == r.completion_tokens
+    prompt, (new, finish) = _direct(teacher, "Hello", 3)
+    assert (r.finish_reason, r.completion_tokens, len(r.logprobs)) == (finish, len(new), len(new))
     # Recompute every reported log-prob with one plain forward pass over prompt + generated tokens.
     tok, model = teacher.tokenizer, teacher.model
-    prompt = tok(teacher.prompt_text(request), return_tensors="pt", add_special_tokens=False)["input_ids"]
-    out = model.generate(prompt, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
-    generated = out[0, prompt.shape[1] :][: r.completion_tokens]
+    generated = torch.tensor(new)
     with torch.no_grad():
-        logits = model(input_ids=out[:, : prompt.shape[1] + len(generated)]).logits[0].float()
+        logits = model(input_ids=torch.cat([prompt[0], generated])[None]).logits[0].float()
     logp = torch.log_softmax(
         logits[prompt.shape[1] - 1 : -1], dim=-1
     )  # the distribution of each generated token
