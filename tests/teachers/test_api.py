@@ -195,16 +195,35 @@ def test_token_bucket_charges_estimates_and_corrects():
     assert estimate_tokens(req("x" * 40, max_new_tokens=10)) == 20
 
 
-def test_tokens_per_minute_limit_paces_requests(server):
+class VirtualClock:
+    """Stands in for the `time` module of lmdistill.teachers.api: time moves only when the limiter
+    sleeps, so the waits it decides are exact figures, whatever the machine's load."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_tokens_per_minute_limit_paces_requests(server, monkeypatch):
     # 600 tokens/min = 10/s, a bucket of 10. Each request is estimated at 1 + 9 = 10 tokens but really
     # costs 1 + 3 = 4: corrected with the usage, each later one waits 0.4 s, not the 1 s of its estimate.
-    t = teacher_for(server, concurrency=1, tokens_per_minute=600)
-    start = time.monotonic()
+    import lmdistill.teachers.api as api
+
+    clock = VirtualClock()
+    monkeypatch.setattr(api, "time", clock)
+    t = teacher_for(server, concurrency=1, tokens_per_minute=600, sleep=clock.sleep)
     out = t.generate([req(f"q{i}", max_new_tokens=9) for i in range(4)])
-    elapsed = time.monotonic() - start
-    assert all(r.finish_reason == "stop" for r in out)
+    assert [r.text for r in out] == [f"answer to: q{i}" for i in range(4)]
     assert (t.prompt_tokens, t.completion_tokens) == (4, 12)
-    assert 1.1 <= elapsed < 2.5
+    assert clock.waits == pytest.approx([0.4, 0.4, 0.4], abs=1e-9)  # the first is free: the bucket is full
+    assert [r["prompt"] for r in server.requests] == [f"q{i}" for i in range(4)]  # one at a time, in order
 
 
 def test_missing_key_variable_is_a_user_error(monkeypatch):
