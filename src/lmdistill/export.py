@@ -33,7 +33,7 @@ from lmdistill.models.quantize import (
     read_quantization,
 )
 from lmdistill.models.quantize import check_quantize as _check_quantize
-from lmdistill.outputs import check_path, hold_lock
+from lmdistill.outputs import check_path, hold_lock, writing
 
 #: Files a training run may leave in or beside a student folder; an export never contains them.
 TRAINING_ONLY_FILES = (
@@ -47,7 +47,7 @@ TRAINING_ONLY_FILES = (
 TRAINING_ONLY_GLOBS = ("rng_state*.pth",)
 #: Written into every export (source, dtype, quantisation): how `--force` knows a folder is an export.
 EXPORT_MARKER = "lmdistill_export.json"
-#: The lmdistill run config (same name as `lmdistill.training.run.CONFIG_FILE`).
+#: The lmdistill run config (same name as `lmdistill.training.finish.CONFIG_FILE`).
 CONFIG_FILE = "lmdistill_config.yaml"
 STUDENT_DIR = "student"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -104,11 +104,13 @@ def export_model(
     model.eval()
     log(f"export: {kind} {model_dir} -> {out} ({_dtype_name(next(model.parameters()).dtype)} weights)")
 
-    with hold_lock(out.parent / f".{out.name}.lock", f"export: output {out}", "export"):
+    what = f"export: output {out}"
+    with hold_lock(out.parent / f".{out.name}.lock", what, "export"):
         _check_output(out, model_dir, run_dir, force=force)  # again, now that no other export can write
         dtype_name = _dtype_name(next(model.parameters()).dtype)
         marker = {"source": str(src), "kind": kind, "dtype": dtype_name, "quantize": method}
-        _write_export(out, model, tokenizer, model_dir, run_dir, method, marker, log)
+        with writing(what, "output folder", out):  # no space, read-only: one line; the temporary folder goes
+            _write_export(out, model, tokenizer, model_dir, run_dir, method, marker, log)
     log(f"export: wrote {given}" + (f" (-> {out})" if out != given else ""))
     return given
 

@@ -151,12 +151,13 @@ def _run_yaml(tmp_path, **sections):
 
 
 def test_ce_only_run_loads_no_teacher(tiny_model_dirs, tmp_path, monkeypatch):
+    import lmdistill.training.parts.models as train_models
     import lmdistill.training.run as train_run
 
     def refuse(*args, **kwargs):
         raise AssertionError("load_teacher was called, but no term reads the teacher")
 
-    monkeypatch.setattr(train_run, "load_teacher", refuse)
+    monkeypatch.setattr(train_models, "load_teacher", refuse)
     lines = []
     cfg = _run_yaml(
         tmp_path,
@@ -170,17 +171,18 @@ def test_ce_only_run_loads_no_teacher(tiny_model_dirs, tmp_path, monkeypatch):
 
 
 def test_shrinking_loads_the_teacher_then_drops_it(tiny_model_dirs, tmp_path, monkeypatch):
+    import lmdistill.training.parts.models as train_models
     import lmdistill.training.run as train_run
 
     loaded = []
-    real = train_run.load_teacher
+    real = train_models.load_teacher
 
     def spy(*args, **kwargs):
         model = real(*args, **kwargs)
         loaded.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(train_run, "load_teacher", spy)
+    monkeypatch.setattr(train_models, "load_teacher", spy)
     cfg = _run_yaml(
         tmp_path,
         teacher={"name": str(tiny_model_dirs[0])},

@@ -239,13 +239,51 @@ def _history(tmp_path) -> list[dict]:
 
 
 def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
+    import copy
+
+    import lmdistill.training.on_policy as on_policy_module
+
+    drawn = []  # per sampling call: (the student's weights then, prompts, completions)
+
+    def recorded(model, prompts, **kw):
+        completions = sample_completions(model, prompts, **kw)
+        drawn.append((copy.deepcopy(model.state_dict()), prompts, completions))
+        return completions
+
+    monkeypatch.setattr(on_policy_module, "sample_completions", recorded)
     _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 1.0}, answers=False)
     steps = [h for h in _history(tmp_path) if "loss" in h]
-    assert len(steps) == 2 and all(h["on_policy_steps"] == 1 and h["on_policy_tokens"] > 0 for h in steps)
-    assert all(h["on_policy_kd"] > 0 and h["time_sampling_s"] > 0 and h["time_teacher_s"] > 0 for h in steps)
+    assert len(steps) == 2 and all(h["on_policy_steps"] == 1 for h in steps) and len(drawn) == 2
     assert all("kd" not in h for h in steps)  # no off-policy tokens: nothing logged as off-policy
+    assert all({"time_sampling_s", "time_teacher_s", "time_student_s"} <= h.keys() for h in steps)
+    # Each step's on-policy figures recomputed from what was sampled: the targets are the completion
+    # tokens (EOS included) that fit in data.max_length = 64, and on_policy_kd is the mean forward
+    # KL(teacher || student) over them, in float64, with the student as it was when it sampled.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[0]).double().eval()
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[1]).double().eval()
+    for h, (weights, prompts, completions) in zip(steps, drawn, strict=True):
+        student.load_state_dict(weights)
+        kl, tokens = 0.0, 0
+        for p, c in zip(prompts, completions, strict=True):
+            row = (p + c)[:64]
+            n = len(row) - len(p)
+            ids = torch.tensor([row])
+            with torch.no_grad():
+                log_p = torch.log_softmax(teacher(ids).logits[0, len(p) - 1 : -1].double(), -1)
+                log_q = torch.log_softmax(student(ids).logits[0, len(p) - 1 : -1].double(), -1)
+            kl += float((log_p.exp() * (log_p - log_q)).sum())
+            tokens += n
+        assert h["on_policy_tokens"] == tokens
+        assert h["on_policy_kd"] == pytest.approx(kl / tokens, rel=1e-5, abs=1e-6)  # logged to 6 decimals
+    tok = AutoTokenizer.from_pretrained(tiny_model_dirs[0])
     samples = [json.loads(x) for x in (tmp_path / "out" / "on_policy_samples.jsonl").read_text().splitlines()]
-    assert {s["step"] for s in samples} == {0, 1} and all(s["kind"] == "on_policy" for s in samples)
+    assert samples == [
+        {"step": step, "kind": "on_policy", "prompt": tok.decode(p), "completion": tok.decode(c), "tokens": len(c)}
+        for step, (_, prompts, completions) in enumerate(drawn)
+        for p, c in zip(prompts, completions, strict=True)
+    ]
     assert all(s["prompt"].endswith("assistant\n") for s in samples)
     assert (tmp_path / "out" / "student" / "config.json").is_file()
 
@@ -424,9 +462,9 @@ def test_bad_settings_are_one_line_before_anything_loads(tmp_path, capsys, secti
 
 
 def test_prompt_only_rows_with_off_policy_steps_are_refused(tmp_path, tiny_model_dirs, capsys, monkeypatch):
-    import lmdistill.training.run as train_run
+    import lmdistill.training.parts.models as train_models
 
-    monkeypatch.setattr(train_run, "load_teacher", lambda *a, **k: pytest.fail("loaded the teacher"))
+    monkeypatch.setattr(train_models, "load_teacher", lambda *a, **k: pytest.fail("loaded the teacher"))
     path = _yaml(tmp_path, teacher={"name": str(tiny_model_dirs[0])}, on_policy={"lmbda": 0.5})
     _chat_data(tmp_path / "chat.jsonl", answers=False)
     cli_fails(["train", path], capsys, "no answer to train on", "on_policy.lmbda=1")
@@ -435,10 +473,10 @@ def test_prompt_only_rows_with_off_policy_steps_are_refused(tmp_path, tiny_model
 def test_a_server_without_log_probs_is_refused_before_the_student_loads(
     tmp_path, tiny_model_dirs, capsys, monkeypatch
 ):
-    import lmdistill.training.run as train_run
+    import lmdistill.training.parts.models as train_models
     from tests.teachers.faultserver import FaultServer
 
-    monkeypatch.setattr(train_run, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(train_models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     server = FaultServer().start()
     try:
         path = _yaml(

@@ -174,7 +174,7 @@ def test_mismatch_without_the_setting_points_to_it(tmp_path, pair, capsys):
     ],
 )
 def test_bad_settings_stop_before_any_model_loads(tmp_path, pair, override, message, capsys, monkeypatch):
-    import lmdistill.training.run as run_module
+    import lmdistill.training.parts.models as run_module
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the settings were checked")
@@ -187,7 +187,7 @@ def test_bad_settings_stop_before_any_model_loads(tmp_path, pair, override, mess
 
 
 def test_chat_records_stop_before_any_model_loads(tmp_path, pair, capsys, monkeypatch):
-    import lmdistill.training.run as run_module
+    import lmdistill.training.parts.models as run_module
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before the data was checked")

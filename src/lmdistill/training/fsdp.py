@@ -125,7 +125,7 @@ def prepare_teacher(teacher: torch.nn.Module, args) -> torch.nn.Module:
     Each process then keeps 1/N of its weights; its forward gathers one layer at a time (under no_grad
     nothing is kept for backward), and the root unit (embeddings, norm, head) stays gathered after the
     first forward, which is what the chunked loss reads the teacher's head from. Process 0's weights
-    fill the shards; the other processes built the teacher on the meta device (`run.from_rank0`).
+    fill the shards; the other processes built the teacher on the meta device (`lmdistill.training.parts.models.from_rank0`).
     """
     return shard_from_rank0(teacher, args.device)
 

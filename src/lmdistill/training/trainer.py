@@ -27,9 +27,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from lmdistill.chunked import Head, LossSpec, chunked_loss
-from lmdistill.errors import TrainingDiverged
+from lmdistill.errors import TrainingDiverged, UserError
 from lmdistill.io import public_mode
 from lmdistill.models.forward import final_hidden, forward_states, unwrap
+from lmdistill.outputs import failure_hint, write_failure
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource
 from lmdistill.training.optimizer_checkpoint import has_sharded_optimizer, load_sharded_optimizer
 
@@ -249,9 +250,30 @@ class DistillTrainer(Trainer):
         if stale and self.args.should_save:
             shutil.rmtree(folder)
         self.accelerator.wait_for_everyone()
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as exc:
+            self._checkpoint_failed(exc, folder)
+            raise
         if self.args.should_save:
             _public_checkpoint(folder)
+
+    def _checkpoint_failed(self, exc: Exception, folder: Path) -> None:
+        """A checkpoint the file system refused (no space, read-only, permission denied): the unfinished
+        folder is removed (`latest` would skip it: it has no trainer_state.json; removed, it frees its
+        space) and the run stops with one UserError naming the folder and the cause. Returns for any
+        other error, which the caller re-raises."""
+        cause = write_failure(exc, folder)
+        if cause is None:
+            return
+        removed = ""
+        if self.args.should_save and folder.is_dir() and not (folder / "trainer_state.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed = f" (the unfinished {folder.name} was removed)"
+        raise UserError(
+            f"train: writing checkpoint {getattr(exc, 'filename', None) or folder} failed: {cause}; "
+            f"{failure_hint('train.output_dir', cause)}{removed}"
+        ) from None
 
     def _optimized(self) -> torch.nn.Module:
         """Every module the optimizer updates: the student and, when there are any, the hint
