@@ -405,7 +405,7 @@ class ApiTeacher:
             if not retryable or attempt >= self.max_retries:
                 self._add(failed=1)
                 if retryable:
-                    error = f"{error} (gave up after {attempt + 1} tries)"
+                    error = f"{error} (gave up after {attempt + 1} {'try' if attempt == 0 else 'tries'})"
                 log.log(self.failure_log_level, "request failed for good: %s", error)
                 return Response(text="", finish_reason="error", error=error)
             delay = (
