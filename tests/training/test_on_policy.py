@@ -280,7 +280,13 @@ def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
     tok = AutoTokenizer.from_pretrained(tiny_model_dirs[0])
     samples = [json.loads(x) for x in (tmp_path / "out" / "on_policy_samples.jsonl").read_text().splitlines()]
     assert samples == [
-        {"step": step, "kind": "on_policy", "prompt": tok.decode(p), "completion": tok.decode(c), "tokens": len(c)}
+        {
+            "step": step,
+            "kind": "on_policy",
+            "prompt": tok.decode(p),
+            "completion": tok.decode(c),
+            "tokens": len(c),
+        }
         for step, (_, prompts, completions) in enumerate(drawn)
         for p, c in zip(prompts, completions, strict=True)
     ]
