@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterable, Iterator
@@ -61,7 +62,95 @@ def check_path(path: str | os.PathLike, key: str, *, folder: bool = True) -> Pat
             if not parent.is_dir():
                 raise UserError(f"{key}: {p} is inside {parent}, which is a file, not a folder")
             break
+    where = p if folder and p.is_dir() else nearest_folder(p.absolute().parent)
+    cause = unwritable(where)
+    if cause is not None:
+        raise UserError(f"{key}: {p} cannot be written: {where} {cause}")
     return p
+
+
+def nearest_folder(path: Path) -> Path:
+    """`path` if it is a folder, else the nearest folder above it (where the output would be created)."""
+    for candidate in (path, *path.parents):
+        if candidate.is_dir():
+            return candidate
+    return Path("/")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why nothing can be created in `folder` ("is on a read-only file system; ...", "is not writable
+    (permission denied); ..."), or None. Asked of the file system, not of the mode bits: root writes past them, not past a
+    read-only mount."""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "is on a read-only file system; give a path on a writable one"
+    except OSError:
+        return None
+    effective = os.access in os.supports_effective_ids
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
+        return "is not writable (permission denied); give a path you can write to"
+    return None
+
+
+#: errno values that say the file system refused a write, whatever the program does about it.
+_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM)
+#: How torch.save and safetensors word a failed write (they raise RuntimeError / SafetensorError, not
+#: OSError): the file system is then asked why.
+_WRITER_FAILURE = re.compile(
+    r"os error \d+|unexpected pos|PytorchStreamWriter|inline_container|iostream error|file write failed"
+)
+_MIN_FREE = 1 << 20
+
+
+def write_failure(exc: BaseException, where: Path) -> str | None:
+    """The cause in words ("No space left on device", "Read-only file system", ...) when `exc`, raised
+    while writing under `where`, is the file system refusing the write; None for any other error."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:
+        found = re.search(r"os error (\d+)", str(exc))  # safetensors: "I/O error: ... (os error 28)"
+        code = int(found.group(1)) if found else None
+    if code in _SPACE or code in _REFUSED:
+        return os.strerror(code)
+    if code is None and _WRITER_FAILURE.search(str(exc)):
+        folder = nearest_folder(Path(where))
+        try:
+            info = os.statvfs(folder)
+        except OSError:
+            return None
+        if info.f_flag & os.ST_RDONLY:
+            return os.strerror(errno.EROFS)
+        if info.f_bavail * info.f_frsize < _MIN_FREE:
+            return os.strerror(errno.ENOSPC)
+    return None
+
+
+def write_failure_message(what: str, key: str, exc: BaseException, where: Path, cause: str) -> str:
+    """`what: writing PATH failed: CAUSE; what to do` (PATH: the file the error names, else `where`)."""
+    target = getattr(exc, "filename", None) or where
+    return f"{what}: writing {target} failed: {cause}; {failure_hint(key, cause)}"
+
+
+def failure_hint(key: str, cause: str) -> str:
+    """What to do about a refused write: free space, or write elsewhere."""
+    if cause in (os.strerror(c) for c in _SPACE):
+        return f"free some space or choose another {key}"
+    return f"choose a writable {key}"
+
+
+@contextlib.contextmanager
+def writing(what: str, key: str, where: Path) -> Iterator[None]:
+    """Turn the file system refusing a write under `where` in the block (no space, read-only, permission
+    denied) into one UserError naming the path and the cause; anything else passes through."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        cause = write_failure(exc, where)
+        if cause is None:
+            raise
+        raise UserError(write_failure_message(what, key, exc, where, cause)) from None
 
 
 def owner_of(folder: Path) -> str | None:
@@ -249,7 +338,8 @@ class Output:
         if not primary:
             yield self
             return
-        with hold_lock(self.lock, f"{self.key} {self.path}", self.command):
+        what = f"{self.key} {self.path}"
+        with hold_lock(self.lock, what, self.command), writing(what, self.key, self.path):
             self.check(job, overwrite=overwrite, ignore=ignore)  # another process may have written since
             if overwrite and self.conflict(job, ignore) is not None:
                 for product in self.products:
@@ -269,9 +359,10 @@ def hold_lock(lock: Path, what: str, command: str) -> Iterator[None]:
     The lock is opened without following a symbolic link (O_NOFOLLOW): a link there would have the pid
     written through it into whatever file it points to. A link, or anything but a plain file with one
     name, is refused."""
-    lock.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with writing(what, "output", lock.parent):
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise

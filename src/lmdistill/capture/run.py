@@ -48,7 +48,7 @@ from lmdistill.capture.store import (
 )
 from lmdistill.data import DistillCollator, load_records, pad_id, tokenize_records
 from lmdistill.errors import UserError
-from lmdistill.outputs import LOCK_FILE, check_output_folder, hold_lock
+from lmdistill.outputs import LOCK_FILE, check_output_folder, hold_lock, writing
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource, topk_rows
 
 __all__ = ["CaptureSummary", "capture", "teacher_topk", "topk_rows"]
@@ -144,31 +144,36 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
             existing = _check_folder(folder, settings, c.overwrite, procs.rank, skip=("teacher_hash",))
         if existing is not None:
             _check_folder(folder, settings, c.overwrite, procs.rank, skip=())
-        ranges = shard_ranges(len(features), c.shard_size)
-        if procs.rank == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-            remove_store_files(folder, temps_only=True)  # a killed run's temporary files: never trusted
-            done = [
-                done_record(folder, s, settings, shard_hashes[s], verify=False) for s in range(len(ranges))
-            ]
-            if read_manifest(folder) is None or None in done:
-                write_manifest(folder, settings)  # complete: false until every shard is there
-        procs.barrier()
-        t0 = time.perf_counter()
-        counts = [0, 0, 0, 0]  # shards computed, reused, target and input tokens computed
-        for s in range(procs.rank, len(ranges), procs.world):
-            _one_shard(cfg, teacher, tokenizer, features, settings, s, ranges, shard_hashes[s], counts, log)
-        seconds = time.perf_counter() - t0
-        counts = procs.sum(counts)
-        shards = []
-        if procs.rank == 0:
-            for s in range(len(ranges)):
-                record = done_record(folder, s, settings, shard_hashes[s], verify=False)
-                if record is None:
-                    raise RuntimeError(f"shard {s} has no completion record after every process finished")
-                shards.append(record)
-            write_manifest(folder, settings, shards, complete=True, tokenization=stats)
-        procs.barrier()
+        # No space, read-only: one line naming the folder (a shard counts only once its record is written).
+        with writing(f"capture.output_dir {folder}", "capture.output_dir", folder):
+            ranges = shard_ranges(len(features), c.shard_size)
+            if procs.rank == 0:
+                folder.mkdir(parents=True, exist_ok=True)
+                remove_store_files(folder, temps_only=True)  # a killed run's temporary files: never trusted
+                done = [
+                    done_record(folder, s, settings, shard_hashes[s], verify=False)
+                    for s in range(len(ranges))
+                ]
+                if read_manifest(folder) is None or None in done:
+                    write_manifest(folder, settings)  # complete: false until every shard is there
+            procs.barrier()
+            t0 = time.perf_counter()
+            counts = [0, 0, 0, 0]  # shards computed, reused, target and input tokens computed
+            for s in range(procs.rank, len(ranges), procs.world):
+                _one_shard(
+                    cfg, teacher, tokenizer, features, settings, s, ranges, shard_hashes[s], counts, log
+                )
+            seconds = time.perf_counter() - t0
+            counts = procs.sum(counts)
+            shards = []
+            if procs.rank == 0:
+                for s in range(len(ranges)):
+                    record = done_record(folder, s, settings, shard_hashes[s], verify=False)
+                    if record is None:
+                        raise RuntimeError(f"shard {s} has no completion record after every process finished")
+                    shards.append(record)
+                write_manifest(folder, settings, shards, complete=True, tokenization=stats)
+            procs.barrier()
     finally:
         lock.close()
         procs.close()
