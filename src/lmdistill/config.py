@@ -57,6 +57,11 @@ class StudentConfig:
     name: str | None = setting(
         None, "Student: a Hugging Face id or local folder. Empty: build it by shrinking the teacher."
     )
+    shrink_from: str | None = setting(
+        None,
+        "Shrinking: the model whose layers the student copies (HF id, folder or short name), e.g. smollm2-135m "
+        "under a gemma3-270m teacher (with distill.cross_tokenizer); null: the teacher.",
+    )
     num_layers: int | None = setting(10, "Shrinking: keep this many teacher layers, evenly spaced.")
     layers: list[int] | None = setting(
         None, "Shrinking: the exact teacher layer indices to copy (overrides num_layers)."
@@ -333,6 +338,11 @@ class RunConfig:
         if s.name is None and s.layers is None and (s.num_layers is None or s.num_layers <= 0):
             raise UserError(
                 "student: give student.name, or student.num_layers > 0 / student.layers to shrink"
+            )
+        if s.name and s.shrink_from:
+            raise UserError(
+                f"student.name ({s.name}) and student.shrink_from ({s.shrink_from}) both given: a student is "
+                "either a model of its own or shrunk from one; drop one"
             )
         if s.lora_r < 0:
             raise UserError(f"student.lora_r must be >= 0, got {s.lora_r}")

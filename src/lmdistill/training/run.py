@@ -25,7 +25,7 @@ from lmdistill.training.finish import CONFIG_FILE, heldout_report, report_agreem
 from lmdistill.training.hint_terms import PROJECTIONS_FILE
 from lmdistill.training.parts.data import read_rows, read_run_rows, tokenize_run_data, tokenize_train
 from lmdistill.training.parts.launcher import STUDENT_DIR, choose_launcher
-from lmdistill.training.parts.models import Models, add_lora, build_models, from_rank0
+from lmdistill.training.parts.models import Models, add_lora, build_models, from_rank0, student_base
 from lmdistill.training.parts.teacher import TeacherPart, check_teacher_settings, teacher_is_read
 from lmdistill.training.run_folder import (
     DATA_FINGERPRINT_FILE,
@@ -88,7 +88,7 @@ def run(cfg: RunConfig, log=print) -> Path:
     # Data is read and tokenized before any model is loaded: a bad file fails in a second, not after a minute.
     train_rows, eval_rows = read_run_rows(cfg)
     teacher.open(cfg)
-    tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)  # the one build_models trains with
+    tokenizer = load_tokenizer(student_base(cfg))  # the one build_models trains with
     data = tokenize_run_data(cfg, train_rows, eval_rows, tokenizer)
     check_data_unchanged(cfg, data.fingerprint, log)
     source = teacher.source(cfg, tokenizer, data)  # a store or server, checked before any weights load

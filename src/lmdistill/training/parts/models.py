@@ -45,6 +45,17 @@ class Models:
             self.source = InProcessTeacher(self.teacher)
 
 
+def student_base(cfg: RunConfig) -> str:
+    """The model the student is (student.name) or is shrunk from (student.shrink_from, else the teacher):
+    its tokenizer is the run's."""
+    return cfg.student.name or cfg.student.shrink_from or cfg.teacher.name
+
+
+def _student_apart(cfg: RunConfig) -> bool:
+    """Whether the student comes from another model than the teacher (its own weights, or shrunk from one)."""
+    return bool(cfg.student.name or cfg.student.shrink_from)
+
+
 def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Models:
     """Build the student and, when a term reads it and no `source` stands in for it, load the teacher;
     check the vocabularies; print sizes.
@@ -56,15 +67,15 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
     if source is not None:
         return _models_for_source(cfg, source, tokenizer, log)
     if tokenizer is None:  # the student's (the teacher's when the student is shrunk from it)
-        tokenizer = load_tokenizer(cfg.student.name or cfg.teacher.name)
+        tokenizer = load_tokenizer(student_base(cfg))
     if not teacher_is_read(cfg):
         return _student_alone(cfg, tokenizer, log)
     # A student shrunk from a sharded teacher is built on meta only when it is sharded too (DDP needs it whole).
-    teacher_meta = from_rank0(cfg.train.fsdp_teacher and (bool(cfg.student.name) or cfg.train.fsdp))
+    teacher_meta = from_rank0(cfg.train.fsdp_teacher and (_student_apart(cfg) or cfg.train.fsdp))
     teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype, meta=teacher_meta)
     student_tok = tokenizer
-    if cfg.student.name:
-        student = load_model(cfg.student.name, dtype=cfg.student.dtype, meta=from_rank0(cfg.train.fsdp))
+    if _student_apart(cfg):
+        student = _own_student(cfg)
         teacher_tok = load_tokenizer(cfg.teacher.name)
     else:
         student = _shrunk_student(cfg, teacher)
@@ -81,7 +92,7 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
         teacher,
         student,
         teacher_name=cfg.teacher.name,
-        student_name=cfg.student.name or f"{cfg.teacher.name} shrunk",
+        student_name=cfg.student.name or f"{student_base(cfg)} shrunk",
     )
     log(describe_sizes(teacher, student))
     return Models(teacher, student, student_tok, vocab, InProcessTeacher(teacher, cfg.teacher.name))
@@ -94,8 +105,22 @@ def from_rank0(sharded: bool) -> bool:
     return sharded and int(os.environ.get("RANK", "0") or 0) != 0
 
 
+def _own_student(cfg: RunConfig) -> torch.nn.Module:
+    """student.name loaded, or student.shrink_from loaded, shrunk, and dropped (only its copy stays)."""
+    meta = from_rank0(cfg.train.fsdp)
+    if cfg.student.name:
+        return load_model(cfg.student.name, dtype=cfg.student.dtype, meta=meta)
+    base = load_model(cfg.student.shrink_from, dtype=cfg.student.dtype, meta=meta)
+    student = _shrunk_student(cfg, base)
+    # Its layers are shrink_from's, not the teacher's: hint pairs `copied` must not read them as teacher layers.
+    if hasattr(student.config, "lmdistill_teacher_layers"):
+        del student.config.lmdistill_teacher_layers
+    return student
+
+
 def _shrunk_student(cfg: RunConfig, teacher) -> torch.nn.Module:
-    """The teacher shrunk as cfg.student says; a teacher on the meta device gives a student on meta."""
+    """`teacher` (the run's teacher, or student.shrink_from) shrunk as cfg.student says; a model on the meta
+    device gives a student on meta."""
     s = cfg.student
     student = shrink_model(
         teacher,
@@ -117,8 +142,8 @@ def _trainable(student, cfg: RunConfig) -> torch.nn.Module:
 def _student_only(cfg: RunConfig) -> torch.nn.Module:
     """The student, trainable; shrunk from the teacher's weights, which are then dropped (nothing keeps them)."""
     meta = from_rank0(cfg.train.fsdp)
-    if cfg.student.name:
-        student = load_model(cfg.student.name, dtype=cfg.student.dtype, meta=meta)
+    if _student_apart(cfg):
+        student = _own_student(cfg)
     else:
         teacher = load_teacher(cfg.teacher.name, dtype=cfg.teacher.dtype, meta=meta)
         student = _shrunk_student(cfg, teacher)  # on meta too: the student's shapes, no weights
@@ -129,7 +154,7 @@ def _student_only(cfg: RunConfig) -> torch.nn.Module:
 def _student_alone(cfg: RunConfig, tokenizer, log) -> Models:
     """No term reads the teacher (CE only): the student and its tokenizer, no teacher source."""
     student = _student_only(cfg)
-    name = cfg.student.name or cfg.teacher.name
+    name = student_base(cfg)
     vocab = check_vocab(tokenizer, tokenizer, student, student, teacher_name=name, student_name=name)
     log(
         f"student: {count_parameters(student):,} parameters; no teacher (kd_ratio 0 and no hint terms: CE only)"

@@ -30,7 +30,7 @@ def teacher_is_read(cfg: RunConfig) -> bool:
 
 def check_teacher_settings(cfg: RunConfig) -> None:
     """What the chosen teacher needs, checked before any data is read or weights load (UserError)."""
-    if not cfg.student.name and not cfg.teacher.name:
+    if not cfg.student.name and not cfg.student.shrink_from and not cfg.teacher.name:
         raise UserError(
             "student.name and teacher.name are both empty: there is no model to build the student from"
         )
@@ -105,6 +105,8 @@ class TeacherPart:
             from lmdistill.models.vocab import real_vocab_size
             from lmdistill.teachers.whitebox import ServerTeacher
 
+            for i, feature in enumerate(data.train):
+                feature["example_index"] = i  # a bad row from the server is named by its training example
             return ServerTeacher.connect(
                 cfg.teacher, tokenizer, k=cfg.teacher.server_k, vocab=real_vocab_size(tokenizer)
             )
