@@ -3,9 +3,11 @@ on-policy rows included; --workers 2 gives the same rows as one process; a faili
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
-import math
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -25,19 +27,20 @@ def test_quick_runs_every_method_and_writes_results(tmp_path, tiny_model_dirs, m
     monkeypatch.setenv("LMDISTILL_CACHE", str(tmp_path / "cache"))  # the tiny teacher's answers stay here
     teacher, _ = tiny_model_dirs
     bench = _bench()
+    seen = _record(bench, monkeypatch)
     out_json, out_png = tmp_path / "quality.json", tmp_path / "quality.png"
     argv = ["--quick", "--teacher", str(teacher), "--student-layers", "2"]
     argv += ["--json", str(out_json), "--plot", str(out_png), "--output-dir", str(tmp_path / "runs")]
+    started = time.time()
     bench.main(argv)
+    elapsed = time.time() - started
 
     results = json.loads(out_json.read_text())
     names = [m.name for m in bench.METHODS]
     assert [r["method"] for r in results["runs"]] == names * 2
     assert list(results["summary"]) == names
-    for run in results["runs"]:
-        for metric in bench.METRICS:
-            assert math.isfinite(run[metric]), (run["method"], metric)
-        assert 0.0 <= run["top1"] <= 1.0 and run["kl"] >= 0.0
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [(m, s) for m, s, _ in seen["students"]]
+    _check_run_figures(results["runs"], seen, teacher)
     assert results["summary"][bench.BASELINE]["kl"]["verdict"] == "baseline"
     for row in list(results["summary"].values())[1:]:
         assert {cell["verdict"] for cell in row.values()} <= {"better", "worse", "tie"}
@@ -50,9 +53,90 @@ def test_quick_runs_every_method_and_writes_results(tmp_path, tiny_model_dirs, m
     assert all(r["on_policy_steps"] is None for r in results["runs"] if r not in on_policy)
     # the student's samples are as long as the held-out answers (--quick: 16 tokens)
     assert {m["on_policy"].get("max_new_tokens") for m in results["settings"]["methods"]} == {None, 16}
-    assert results["wall_seconds"] > 0 and "load_average_start" in results
+    assert results["wall_seconds"] <= round(elapsed, 1) + 0.1  # seconds of this run, not a timestamp
+    assert len(results["load_average_start"]) == len(results["load_average_end"]) == 3
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| CE alone |" in results["table"]
+
+
+def _record(bench, monkeypatch) -> dict:
+    """Spies on the benchmark's trained students, held-out features and greedy answers (it runs in
+    this process with one worker): the figures of each row are then recomputed from them."""
+    seen: dict = {"students": [], "features": [], "answers": []}
+    train, scorer, answer_metrics = bench.train_student, bench.HeldoutScorer, bench.answer_metrics
+
+    def train_student(method, *args, **kw):
+        student, seconds = train(method, *args, **kw)
+        seen["students"].append((method.name, kw["seed"], student))
+        return student, seconds
+
+    def heldout_scorer(teacher, features, *args, **kw):
+        seen["features"].append(features)
+        return scorer(teacher, features, *args, **kw)
+
+    def answers(model, teacher, tokenizer, prompts, teacher_answers, **kw):
+        out = answer_metrics(model, teacher, tokenizer, prompts, teacher_answers, **kw)
+        seen["answers"].append((model, list(prompts), list(teacher_answers), out["answers"]))
+        return out
+
+    monkeypatch.setattr(bench, "train_student", train_student)
+    monkeypatch.setattr(bench, "HeldoutScorer", heldout_scorer)
+    monkeypatch.setattr(bench, "answer_metrics", answers)
+    return seen
+
+
+def _check_run_figures(runs: list[dict], seen: dict, teacher_dir) -> None:
+    """Every row's six figures recomputed in float64 from the trained student it was measured on:
+    top-1, KL and perplexity on the teacher's held-out answers, perplexity on the human ones, ROUGE-L
+    (word LCS, written here) of its greedy answers against the teacher's, and the teacher's log-prob
+    per token of those answers."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import float64_token_scores
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).double().eval()
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    held, human = seen["features"]
+    assert len(seen["answers"]) == len(runs) + 1  # each run's answers, then the teacher's own
+    for row, (_, _, student), (model, prompts, teacher_answers, answers) in zip(
+        runs, seen["students"], seen["answers"], strict=False
+    ):
+        assert model is student
+        student = copy.deepcopy(student).double().eval()
+        ppl, top1, kl, _ = float64_token_scores(student, teacher, held, len(tok))
+        human_ppl = float64_token_scores(student, teacher, human, len(tok))[0]
+        assert row["top1"] == pytest.approx(top1, abs=1e-9), row["method"]
+        assert row["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-7), row["method"]
+        assert row["perplexity"] == pytest.approx(ppl, rel=1e-5), row["method"]
+        assert row["human_perplexity"] == pytest.approx(human_ppl, rel=1e-5), row["method"]
+        rouge = [_word_lcs_f1(a, t) for a, t in zip(answers, teacher_answers, strict=True)]
+        assert row["rouge_l"] == pytest.approx(sum(rouge) / len(rouge), abs=1e-12), row["method"]
+        total, count = 0.0, 0
+        for prompt, answer in zip(prompts, answers, strict=True):
+            chat = [{"role": "user", "content": prompt}]
+            p = list(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
+            a = tok(answer, add_special_tokens=False)["input_ids"] if answer else []
+            if not a:
+                continue
+            with torch.no_grad():
+                logp = torch.log_softmax(teacher(torch.tensor([p + a])).logits[0].double(), -1)
+            total += sum(float(logp[len(p) + j - 1, t]) for j, t in enumerate(a))
+            count += len(a)
+        assert row["own_logprob"] == pytest.approx(total / count, rel=1e-5), row["method"]
+
+
+def _word_lcs_f1(a: str, b: str) -> float:
+    """ROUGE-L F1 on lower-cased runs of letters and digits, by the textbook LCS table."""
+    x, y = re.findall(r"[^\W_]+", a.lower()), re.findall(r"[^\W_]+", b.lower())
+    if not x or not y:
+        return 0.0
+    table = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
+    for i, u in enumerate(x):
+        for j, v in enumerate(y):
+            table[i + 1][j + 1] = table[i][j] + 1 if u == v else max(table[i][j + 1], table[i + 1][j])
+    lcs = table[-1][-1]
+    return 0.0 if lcs == 0 else 2 * lcs / (len(x) + len(y))
 
 
 def test_methods_must_include_the_baseline(capsys):
