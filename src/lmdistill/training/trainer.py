@@ -268,8 +268,8 @@ class DistillTrainer(Trainer):
             return
         removed = ""
         if self.args.should_save and folder.is_dir() and not (folder / "trainer_state.json").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed = f" (the unfinished {folder.name} was removed)"
+            shutil.rmtree(folder, ignore_errors=True)  # on a read-only file system it stays, skipped
+            removed = "" if folder.exists() else f" (the unfinished {folder.name} was removed)"
         raise UserError(
             f"train: writing checkpoint {getattr(exc, 'filename', None) or folder} failed: {cause}; "
             f"{failure_hint('train.output_dir', cause)}{removed}"
