@@ -3,7 +3,8 @@
 Every command that writes results follows the same rules (see docs/bad_input.md):
 
 * The path is checked before any work: a folder output is not an existing file, a file output is not a
-  folder, and no parent is a file (`out.txt/sub`).
+  folder, no parent is a file (`out.txt/sub`), and the folder it goes in is not on a read-only file
+  system (nor one the user may not write).
 * Ownership is recorded in a marker file, the job's resolved config as YAML: `lmdistill_config.yaml` for
   `train`, `recipe_config.yaml` for `recipe`, `<output>.config.yaml` for `generate` (capture keeps its
   `manifest.json`, export its `lmdistill_export.json`). A folder holding a *different* job's output
@@ -17,6 +18,9 @@ Every command that writes results follows the same rules (see docs/bad_input.md)
 * While a command writes, an OS lock (`fcntl.flock` on a lock file beside the marker) keeps a second
   command out. The kernel drops the lock when the process exits or crashes, so a lock file left behind
   never blocks anyone. Under torchrun only the primary process (rank 0) claims; the others only check.
+  The lock file is opened without following a symbolic link; a link there is refused.
+* A write the file system refuses while the output is claimed (no space left, read-only, permission
+  denied) ends the command with one line naming the path and the cause (`writing`), not a traceback.
 * Callers claim only after their inputs are read and checked, so a run that fails on bad input has
   written nothing.
 """
