@@ -314,41 +314,53 @@ def run_demo(config: DemoConfig | None = None, log=print) -> dict:
             save_student(student, tokenizer, out / "student")
     results["curves"] = curves
 
-    table = _table(list(results["models"].items()))
-    kd, ce = results["models"][f"student, {KD_NAME}"], results["models"][f"student, {CE_NAME}"]
-    gaps = (
+    results["gaps"] = _gaps(results["models"])
+    results["seconds"] = round(time.time() - started, 1)
+    _write_report(c, results, out, examples=(len(train_f), len(held_f), len(human_f)), log=log)
+    return results
+
+
+def _gaps(models: dict) -> str:
+    """KD against CE alone, in one sentence."""
+    kd, ce = models[f"student, {KD_NAME}"], models[f"student, {CE_NAME}"]
+    return (
         f"KD against CE alone on the held-out teacher answers: top-1 agreement {100 * (kd['top1'] - ce['top1']):+.1f} "
         f"points, KL {kd['kl'] - ce['kl']:+.3f} nats/token, perplexity {kd['perplexity']:.2f} vs "
         f"{ce['perplexity']:.2f}; on the human answers, perplexity {kd['human_perplexity']:.2f} vs "
         f"{ce['human_perplexity']:.2f}."
     )
-    results["gaps"] = gaps
+
+
+def _write_report(c: DemoConfig, results: dict, out: Path, *, examples: tuple[int, int, int], log) -> None:
+    """report.md (table, gaps, curves), results.json and curves.png in `out`; the table printed.
+    examples: the training, held-out teacher and held-out human answer counts."""
+    n_train, n_held, n_human = examples
+    table = _table(list(results["models"].items()))
     title = f"{c.student_layers}-layer student, {c.steps} steps x {c.batch_size} human answers; held-out teacher answers"
-    plotted = plot_curves(curves, out / "curves.png", title)
-    results["seconds"] = round(time.time() - started, 1)
+    plotted = plot_curves(results["curves"], out / "curves.png", title)
     picture = (
         "![held-out agreement and KL against steps](curves.png)\n\n"
         if plotted
         else "(no plot: matplotlib is not installed)\n\n"
     )
+    teacher = results["models"]["teacher"]
     report = (
         f"# lmdistill demo\n\nTeacher SmolLM2-135M-Instruct (30 layers) -> student with {c.student_layers} "
-        f"layers copied from it. Both students learn the same {len(train_f)} human-written chatterbot answers "
+        f"layers copied from it. Both students learn the same {n_train} human-written chatterbot answers "
         f"({c.steps} steps of batch {c.batch_size}, lr {c.learning_rate}, seed {c.seed}): CE alone, or "
         f"{1 - c.kd_ratio:g} x CE + {c.kd_ratio:g} x forward KL to the teacher (T = {c.temperature:g}). "
-        f"Held-out: the teacher's greedy answers to {len(held_f)} other prompts "
-        f"({results['models']['teacher']['tokens']} target tokens: top-1, KL, perplexity) and the "
-        f"{len(human_f)} human answers to the same prompts "
-        f"({results['models']['teacher']['human_tokens']} tokens: perplexity, human text).\n\n"
-        f"{table}\n\n{gaps}\n\n{picture}"
+        f"Held-out: the teacher's greedy answers to {n_held} other prompts "
+        f"({teacher['tokens']} target tokens: top-1, KL, perplexity) and the "
+        f"{n_human} human answers to the same prompts "
+        f"({teacher['human_tokens']} tokens: perplexity, human text).\n\n"
+        f"{table}\n\n{results['gaps']}\n\n{picture}"
         f"Total time {results['seconds']} s. Student folder (KD): {out / 'student'}\n"
     )
     atomic_write_text(out / "report.md", report)
     atomic_write_json(out / "results.json", results)
-    log("\n" + table + "\n\n" + gaps)
+    log("\n" + table + "\n\n" + results["gaps"])
     log(
         f"\nstudent (KD) saved to {out / 'student'}; report {out / 'report.md'}"
         + (f", curves {out / 'curves.png'}" if plotted else "")
         + f"; {results['seconds']} s in all"
     )
-    return results

@@ -191,56 +191,18 @@ def run_eval(
         "fixed_length": fixed_length,
     }
 
-    reference: _Reference | None = None  # the teacher, once evaluated (it is the first column)
-    rows: list[dict] = []
-    pieces = None  # the text cut once for every model's tokenizer: bits per byte count the same bytes
-    if plan.text is not None:
-        pieces = split_text(plan.text, [spec["tokenizer"] for spec in plan.specs], max_length)
-    memory_jobs = []
-    for spec, label in zip(plan.specs, plan.labels, strict=True):
-        is_teacher = teacher is not None and spec["name"] == teacher
-        model = _load(spec, label, dtype, plan.device, is_teacher=is_teacher, log=log)
-        row = _new_row(spec, label, model, is_teacher=is_teacher)
-        tok = spec["tokenizer"]
-        if plan.text is not None:
-            fixed = text_metrics(
-                row, model, tok, plan, reference, max_length=max_length, batch_size=batch_size, log=log
-            )
-            hidden = byte_metrics(row, model, tok, pieces, reference, batch_size=batch_size, log=log)
-        else:
-            row["notes"].append("perplexity and token agreement skipped: no --text given")
-            fixed = _prompt_features(tok, plan.prompts, max_length)
-        ids, mask = prefill_cost(row, model, fixed, batch_size=batch_size, pad_id=pad_id_of(tok))
-        memory_jobs.append((spec["path"], dtype, plan.device, ids, mask))
-        outputs = None
-        if plan.requests:
-            teacher_outputs = None if reference is None else reference.outputs
-            outputs = generation_metrics(
-                row,
-                model,
-                tok,
-                plan,
-                teacher_outputs,
-                batch_size=batch_size,
-                fixed_length=fixed_length,
-                log=log,
-            )
-            own_answer_metrics(
-                row, model if is_teacher else reference, tok, plan, outputs, batch_size=batch_size, log=log
-            )
-            if speculative and not is_teacher and reference is not None:
-                draft_metrics(row, model, tok, plan, reference, draft_tokens, max_new_tokens, log=log)
-        else:
-            row["notes"].append("task quality, generation speed and latency skipped: no --task given")
-        rows.append(row)
-        if is_teacher:
-            reference = _Reference(model, tok, outputs, hidden if plan.text is not None else None)
-        else:
-            del model
-            gc.collect()
-    del reference
-    gc.collect()
-
+    rows, memory_jobs = _evaluate_models(
+        plan,
+        teacher=teacher,
+        dtype=dtype,
+        max_length=max_length,
+        batch_size=batch_size,
+        fixed_length=fixed_length,
+        speculative=speculative,
+        draft_tokens=draft_tokens,
+        max_new_tokens=max_new_tokens,
+        log=log,
+    )
     summarise(rows, teacher=teacher, memory_jobs=memory_jobs if measure_memory else None, log=log)
     results = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -257,6 +219,82 @@ def run_eval(
     write_report(results, Path(output_dir))
     log(f"eval: report written to {Path(output_dir) / 'report.md'}")
     return results
+
+
+def _evaluate_models(
+    plan: EvalPlan,
+    *,
+    teacher: str | None,
+    dtype: str,
+    max_length: int,
+    batch_size: int,
+    fixed_length: int,
+    speculative: bool,
+    draft_tokens: int,
+    max_new_tokens: int,
+    log,
+) -> tuple[list[dict], list[tuple]]:
+    """Each model in turn (the teacher first, kept as the reference the others are compared with; every
+    other model freed before the next loads): its report column, and its peak-memory job."""
+    reference: _Reference | None = None
+    rows: list[dict] = []
+    pieces = None  # the text cut once for every model's tokenizer: bits per byte count the same bytes
+    if plan.text is not None:
+        pieces = split_text(plan.text, [spec["tokenizer"] for spec in plan.specs], max_length)
+    memory_jobs = []
+    for spec, label in zip(plan.specs, plan.labels, strict=True):
+        is_teacher = teacher is not None and spec["name"] == teacher
+        model = _load(spec, label, dtype, plan.device, is_teacher=is_teacher, log=log)
+        row = _new_row(spec, label, model, is_teacher=is_teacher)
+        tok = spec["tokenizer"]
+        hidden = None
+        if plan.text is not None:
+            fixed = text_metrics(
+                row, model, tok, plan, reference, max_length=max_length, batch_size=batch_size, log=log
+            )
+            hidden = byte_metrics(row, model, tok, pieces, reference, batch_size=batch_size, log=log)
+        else:
+            row["notes"].append("perplexity and token agreement skipped: no --text given")
+            fixed = _prompt_features(tok, plan.prompts, max_length)
+        ids, mask = prefill_cost(row, model, fixed, batch_size=batch_size, pad_id=pad_id_of(tok))
+        memory_jobs.append((spec["path"], dtype, plan.device, ids, mask))
+        outputs = None
+        if plan.requests:
+            outputs = _task_metrics(
+                row, model, tok, plan, reference, is_teacher, batch_size, fixed_length, log
+            )
+            if speculative and not is_teacher and reference is not None:
+                draft_metrics(row, model, tok, plan, reference, draft_tokens, max_new_tokens, log=log)
+        else:
+            row["notes"].append("task quality, generation speed and latency skipped: no --task given")
+        rows.append(row)
+        if is_teacher:
+            reference = _Reference(model, tok, outputs, hidden)
+        else:
+            del model
+            gc.collect()
+    del reference
+    gc.collect()
+    return rows, memory_jobs
+
+
+def _task_metrics(row, model, tok, plan, reference, is_teacher, batch_size, fixed_length, log) -> list[str]:
+    """Task quality, generation speed and latency on the plan's prompts, and the teacher's log-prob of
+    the model's own answers; returns the model's answers."""
+    outputs = generation_metrics(
+        row,
+        model,
+        tok,
+        plan,
+        None if reference is None else reference.outputs,
+        batch_size=batch_size,
+        fixed_length=fixed_length,
+        log=log,
+    )
+    own_answer_metrics(
+        row, model if is_teacher else reference, tok, plan, outputs, batch_size=batch_size, log=log
+    )
+    return outputs
 
 
 @dataclass
