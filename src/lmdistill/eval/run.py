@@ -216,7 +216,10 @@ def run_eval(
         "text": None if text is None else {"path": text, "max_length": max_length},
         "models": rows,
     }
-    write_report(results, Path(output_dir))
+    from lmdistill.outputs import writing
+
+    with writing(f"--output-dir {output_dir}", "--output-dir", Path(output_dir)):  # a full disk: one line
+        write_report(results, Path(output_dir))
     log(f"eval: report written to {Path(output_dir) / 'report.md'}")
     return results
 
