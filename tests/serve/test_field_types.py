@@ -145,6 +145,16 @@ def test_a_lone_surrogate_is_400_naming_the_field(server):
         if not ok or "lone UTF-16 surrogate" not in err["message"]:
             wrong.append((raw, r.status_code, err))
     assert wrong == []
+    # in a field name: the object holding it is named (None: the body itself), never the name itself,
+    # which could not be written back as JSON
+    for raw, param in (
+        (rb'{"prompt": "ab", "max_tokens": 2, "\ud800": 1}', None),
+        (rb'{"messages": [{"role": "user", "content": "Hi", "x\udc00": 1}], "max_tokens": 2}', "messages.0"),
+    ):
+        r = post(server, "completion" if b"prompt" in raw else "chat", raw)
+        assert r.status_code == 400, r.text
+        assert (r.json()["error"]["param"], r.json()["error"]["code"]) == (param, "invalid_value")
+        assert "a field name" in r.json()["error"]["message"]
     r = post(server, "chat", SURROGATES[0][1])
     assert r.json()["error"]["message"] == (
         "Invalid value for 'messages.0.content': it holds a lone UTF-16 surrogate (\\ud800 at character 1), "

@@ -153,10 +153,11 @@ def check_unsupported(data: dict, table: dict[str, Any]) -> None:
 def check_unicode(data: Any) -> None:
     """A 400 naming the first field whose text holds a lone UTF-16 surrogate: JSON's `\\ud800` escape
     decodes to one, but it is not a character, and a tokenizer (or a stop-string check) that encodes the
-    text as UTF-8 fails on it. A surrogate pair (`\\ud83d\\ude00`) decodes to one character and passes."""
-    stack: list[tuple[tuple, Any]] = [((), data)]
+    text as UTF-8 fails on it. A surrogate pair (`\\ud83d\\ude00`) decodes to one character and passes.
+    In a field name, the object holding it is named (None: the body), since the name cannot be sent back."""
+    stack: list[tuple[tuple, Any, bool]] = [((), data, False)]  # (path, value, value is a field name)
     while stack:
-        path, value = stack.pop()
+        path, value, is_key = stack.pop()
         if isinstance(value, str):
             if value.isascii():
                 continue
@@ -164,19 +165,20 @@ def check_unicode(data: Any) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
                 param = ".".join(str(p) for p in path) or None
+                what = (f"a field name in '{param}'" if param else "a field name") if is_key else f"'{param}'"
                 raise ServeError(
-                    f"Invalid value for '{param}': it holds a lone UTF-16 surrogate "
+                    f"Invalid value for {what}: it holds a lone UTF-16 surrogate "
                     f"(\\u{ord(value[exc.start]):04x} at character {exc.start}), which is not a Unicode "
                     "character; send text as UTF-8 or as \\u escapes of whole surrogate pairs.",
                     param=param,
                     code="invalid_value",
                 ) from None
         elif isinstance(value, dict):
-            for key, item in reversed(value.items()):  # the first field first
-                stack.append(((*path, key), item))
-                stack.append(((*path, key), key))  # a field name is text too
+            for key, item in reversed(value.items()):  # the first field first, its name before its value
+                stack.append(((*path, key), item, False))
+                stack.append((path, key, True))
         elif isinstance(value, list):
-            stack.extend(((*path, i), item) for i, item in reversed(list(enumerate(value))))
+            stack.extend(((*path, i), item, False) for i, item in reversed(list(enumerate(value))))
 
 
 def parse_body(model: type[BaseModel], data: Any) -> Any:
