@@ -13,9 +13,10 @@ Checks, all written to the JSON:
 - no starvation: every latency is below the stated bound, clients x the slowest request alone x 1.5
   (the worker always serves the oldest waiting request's group next, so at most one request per
   other client can run before it, none slower than the slowest alone; 1.5 for the machine's noise);
-- memory flat: the same requests are sent `--rounds` times (2); the server's RSS after the last round
-  is within max(5 %, 20 MB) of its RSS after the first, and never more than max(10 %, 50 MB) above
-  its RSS after warm-up;
+- memory flat: the same requests are sent `--rounds` times (2); the server's RSS at the end of every
+  later round, and its highest RSS during every later round, are within max(5 %, 20 MB) of the first
+  round's (a leak grows round after round; the first round's rise above the RSS after warm-up, the
+  allocator meeting the largest batches, is reported but not judged);
 - the server still answers, and its /stats counted the abandoned requests;
 - quiet: the server printed no traceback and no error on stderr (abandoned requests included).
 
@@ -338,6 +339,7 @@ def run(
             lock = threading.Lock()
             rounds_out: list[dict[int, dict]] = []
             rss_rounds: list[int] = []
+            rss_peaks: list[int] = []  # the highest RSS sampled during each round
             todo: list[dict] = []
             results: dict[int, dict] = {}
 
@@ -363,6 +365,7 @@ def run(
             for _ in range(rounds):  # the same requests again: a leak grows round after round
                 todo[:] = list(specs)
                 results = {}
+                first_sample = len(rss_samples)
                 workers = [threading.Thread(target=client_loop) for _ in range(clients)]
                 for w in workers:
                     w.start()
@@ -371,6 +374,7 @@ def run(
                 time.sleep(1.0)  # let abandoned work drain
                 rounds_out.append(results)
                 rss_rounds.append(server.rss())
+                rss_peaks.append(max([*rss_samples[first_sample:], rss_rounds[-1]]))
             soak_s = time.monotonic() - t0 - rounds * 1.0
             stop_sampling.set()
             sampler.join()
@@ -418,10 +422,13 @@ def run(
         for s in specs
         if res[s["id"]]["error"]
     ]
-    # flat: the last round ends within max(5 %, 20 MB) of the first round's end (a leak grows per
-    # round), and nowhere above max(10 %, 50 MB) over the RSS after warm-up
-    flat = rss_rounds[-1] - rss_rounds[0] <= max(0.05 * rss_rounds[0], 20 * 2**20) and (
-        max(rss_samples) - rss_warm <= max(0.10 * rss_warm, 50 * 2**20)
+    # flat: a leak grows round after round, so every later round must end, and peak, within
+    # max(5 %, 20 MB) of the first round (the first round's peak above the warm-up RSS is the allocator
+    # meeting the largest batches for the first time, not a leak: it is reported, not judged)
+    flat = all(
+        later - series[0] <= max(0.05 * series[0], 20 * 2**20)
+        for series in (rss_rounds, rss_peaks)
+        for later in series[1:]
     )
     out = {
         "requests": requests,
@@ -449,6 +456,7 @@ def run(
         "rss_mb": {
             "after_warmup": round(rss_warm / 2**20, 1),
             "after_each_round": [round(x / 2**20, 1) for x in rss_rounds],
+            "peak_each_round": [round(x / 2**20, 1) for x in rss_peaks],
             "end": round(rss_end / 2**20, 1),
             "max": round(max(rss_samples) / 2**20, 1),
         },
