@@ -250,3 +250,22 @@ def test_an_error_during_training_starts_on_its_own_line(run_config, tmp_path):
     error = [line for line in lines if "lmdistill train: error:" in line]
     assert len(error) == 1 and error[0].startswith("lmdistill train: error:"), repr(done.stderr[-400:])
     assert "micro-batches in a row" in error[0]
+
+
+# ---- a load failure's reason is not cut after its first line -----------------------------------------
+
+
+def test_eval_names_the_whole_reason_a_model_cannot_be_loaded(tmp_path, capsys):
+    """transformers ends the first line of this message with "from one of:" and lists the causes below;
+    the one-line error keeps them."""
+    folder = tmp_path / "not_a_model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    err = cli_fails(
+        ["eval", folder, "--task", "arithmetic:1", "--output-dir", tmp_path / "report"],
+        capsys,
+        "cannot be loaded",
+        "from one of: (1) a `tokenizers` library serialization file",
+    )
+    assert not err.rstrip().endswith("from one of:")
+    assert not (tmp_path / "report").exists()
