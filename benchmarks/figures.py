@@ -344,7 +344,11 @@ def sources(figure: Figure) -> list[Path]:
         seen.add(path)
         todo.extend(_imports(path) - seen)
     seen.update(ROOT / p for p in figure.extra_sources)  # an absolute path stays absolute
-    return sorted(p.relative_to(ROOT) if p.is_relative_to(ROOT) else p for p in seen if p.is_file())
+    return sorted(_relative(p) for p in seen if p.is_file())
+
+
+def _relative(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 def _git(*args: str) -> str:
@@ -361,12 +365,13 @@ def blob_hashes(paths: list[Path]) -> dict[str, str]:
 
 def provenance(figure: Figure, **extra) -> dict:
     paths = sources(figure)
-    dirty = bool(_git("status", "--porcelain", "--", *[str(p) for p in paths])) if paths else False
+    tracked = [str(p) for p in paths if not p.is_absolute()]  # inside the repository
+    dirty = bool(_git("status", "--porcelain", "--", *tracked)) if tracked else False
     return {
         "commit": _git("rev-parse", "HEAD"),
         "uncommitted_changes_in_sources": dirty,
         "stamped": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(figure.argv).replace("{json}", str(figure.path.relative_to(ROOT))),
+        "command": " ".join(figure.argv).replace("{json}", str(_relative(figure.path))),
         "sources": blob_hashes(paths),
         **extra,
     }
@@ -384,7 +389,7 @@ def stamp(figure: Figure, **extra) -> None:
 def staleness(figure: Figure) -> tuple[str, list[str]]:
     """("fresh" | "stale" | "unrecorded" | "missing", the reasons)."""
     if not figure.path.is_file():
-        return "missing", [f"{figure.path.relative_to(ROOT)} does not exist"]
+        return "missing", [f"{_relative(figure.path)} does not exist"]
     recorded = json.loads(figure.path.read_text(encoding="utf-8")).get("provenance")
     if not recorded:
         return "unrecorded", ["written before results recorded their provenance"]
