@@ -177,6 +177,34 @@ def cli_fails(argv, capsys, *match: str) -> str:
     return err
 
 
+def write_run_config(tmp_path: Path, teacher: Path, student: Path, rows: list[dict], **train) -> Path:
+    """A `lmdistill train` config over the tiny models and `rows` (written to train.jsonl), saving every
+    2 steps into tmp_path/out, no progress bar; `train` overrides train.* keys. Returns the YAML path."""
+    import json
+
+    import yaml
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "teacher": {"name": str(teacher)},
+        "student": {"name": str(student)},
+        "data": {"train": str(data), "max_length": 48},
+        "train": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "extra": {"use_cpu": True, "disable_tqdm": True},
+            **train,
+        },
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for the test (tiny models on a shared machine), restored afterwards."""

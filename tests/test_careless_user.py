@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lmdistill.cli import main
-from tests.conftest import cli_fails
+from tests.conftest import cli_fails, write_run_config
 
 ROWS = [
     {"prompt": "The cat sat", "completion": " on the mat."},
@@ -26,25 +26,8 @@ EXE = Path(sys.executable).parent / "lmdistill"
 
 @pytest.fixture
 def run_config(tmp_path, tiny_model_dirs):
-    teacher, student = tiny_model_dirs
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 4))
-    cfg = {
-        "teacher": {"name": str(teacher)},
-        "student": {"name": str(student)},
-        "data": {"train": str(data), "max_length": 48},
-        "train": {
-            "output_dir": str(tmp_path / "out"),
-            "max_steps": 2,
-            "per_device_train_batch_size": 4,
-            "save_steps": 1,
-            "logging_steps": 1,
-            "extra": {"use_cpu": True, "disable_tqdm": True},
-        },
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path, tmp_path / "out", data
+    path = write_run_config(tmp_path, *tiny_model_dirs, ROWS * 4, max_steps=2, save_steps=1)
+    return path, tmp_path / "out", tmp_path / "train.jsonl"
 
 
 # ---- YAML: a section or key given twice ------------------------------------------------------------

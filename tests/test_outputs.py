@@ -18,7 +18,7 @@ import yaml
 from lmdistill.cli import main
 from lmdistill.io import atomic_write_text
 from lmdistill.outputs import LOCK_FILE, differences
-from tests.conftest import cli_fails
+from tests.conftest import cli_fails, write_run_config
 
 ROWS = [
     {
@@ -34,25 +34,7 @@ ROWS = [
 
 @pytest.fixture
 def train_config(tmp_path, tiny_model_dirs):
-    teacher, student = tiny_model_dirs
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 4))
-    cfg = {
-        "teacher": {"name": str(teacher)},
-        "student": {"name": str(student)},
-        "data": {"train": str(data), "max_length": 48},
-        "train": {
-            "output_dir": str(tmp_path / "out"),
-            "max_steps": 4,
-            "per_device_train_batch_size": 4,
-            "save_steps": 2,
-            "logging_steps": 1,
-            "extra": {"use_cpu": True, "disable_tqdm": True},
-        },
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path, tmp_path / "out"
+    return write_run_config(tmp_path, *tiny_model_dirs, ROWS * 4), tmp_path / "out"
 
 
 # ---- export -----------------------------------------------------------------------------------------
