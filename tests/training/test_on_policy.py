@@ -304,7 +304,9 @@ def test_seq_kd_trains_on_the_teachers_samples(tiny_model_dirs, tmp_path):
 
 
 def test_replay_reuses_stored_samples(tiny_model_dirs, tmp_path):
-    _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 1.0, "replay_buffer_size": 1, "replay_ratio": 1.0}, steps=3)
+    _on_policy_run(
+        tmp_path, tiny_model_dirs, {"lmbda": 1.0, "replay_buffer_size": 1, "replay_ratio": 1.0}, steps=3
+    )
     steps = [h for h in _history(tmp_path) if "loss" in h]
     assert [h["on_policy_steps"] for h in steps] == [1, 1, 1]
     samples = [json.loads(x) for x in (tmp_path / "out" / SAMPLES_FILE).read_text().splitlines()]
@@ -451,7 +453,10 @@ def _yaml(tmp_path, **sections):
             "distill.teacher_store holds scores of the data's fixed sequences",
         ),
         ({"on_policy": {"lmbda": 1, "schedule": "adaptive"}}, "set data.eval"),
-        ({"on_policy": {"lmbda": 1, "replay_buffer_size": 4, "estimator": "sampled"}}, "replay_buffer_size with estimator=sampled"),
+        (
+            {"on_policy": {"lmbda": 1, "replay_buffer_size": 4, "estimator": "sampled"}},
+            "replay_buffer_size with estimator=sampled",
+        ),
         ({"on_policy": {"lmbda": 1}, "train": {"fsdp": True}}, "on_policy with train.fsdp is not supported"),
         (
             {"on_policy": {"lmbda": 1}, "distill": {"cross_tokenizer": "uld"}},
