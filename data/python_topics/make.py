@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from pydoc_data.topics import topics
 
 HERE = Path(__file__).parent
