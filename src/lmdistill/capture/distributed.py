@@ -43,7 +43,7 @@ class Processes:
         if self.world > 1:
             torch.distributed.barrier()
 
-    def sum(self, values: list[int]) -> list[int]:
+    def sum_across(self, values: list[int]) -> list[int]:
         """Element-wise sum over processes."""
         if self.world == 1:
             return values

@@ -164,7 +164,7 @@ def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
                     cfg, teacher, tokenizer, features, settings, s, ranges, shard_hashes[s], counts, log
                 )
             seconds = time.perf_counter() - t0
-            counts = procs.sum(counts)
+            counts = procs.sum_across(counts)
             shards = []
             if procs.rank == 0:
                 for s in range(len(ranges)):

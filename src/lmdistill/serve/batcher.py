@@ -316,7 +316,7 @@ class Batcher:
                 group = [j for j in pending if j.key == head.key and not j.alone][: self.max_batch]
             taken = {id(j) for j in group}
             pending = [j for j in pending if id(j) not in taken]
-            self._run(group)
+            self._answer_group(group)
 
     def _drop_abandoned(self, pending: list[_Job]) -> list[_Job]:
         kept = []
@@ -427,7 +427,9 @@ class Batcher:
             return replace(request, sampling=replace(s, max_new_tokens=room))
         return request
 
-    def _run(self, group: list[_Job]) -> None:
+    def _answer_group(self, group: list[_Job]) -> None:
+        """Generate for a group in one call and hand each job its answer; a failing batch is retried one
+        job at a time, so only the request that broke it gets the error."""
         try:
             results = self._generate(group)
         except Exception as exc:
@@ -437,7 +439,7 @@ class Batcher:
                 group[0].future.set_exception(exc)
                 return
             for job in group:  # isolate the request that broke the batch; the others still get answers
-                self._run([job])
+                self._answer_group([job])
             return
         for job, result in zip(group, results, strict=True):
             if job.future.abandoned.is_set():
