@@ -322,3 +322,34 @@ def test_a_server_that_refuses_every_probe_is_not_blamed_on_the_vocabulary(tiny_
             _connect(server, tiny_tokenizer)
         assert "vocabulary" not in str(info.value)
         assert [len(r["prompt"]) for r in server.requests] == [16] * 3 + [2] * 3
+
+
+@pytest.mark.parametrize(
+    ("shift", "why"),
+    [
+        (5.0, "above 0"),  # a log-normaliser above 0: values above 0
+        (-30.0, "below -log("),  # far below 0: the most likely token under 1/V
+    ],
+)
+def test_logits_instead_of_log_probs_are_refused_by_the_probe(tiny_tokenizer, shift, why):
+    """vLLM with --logprobs-mode raw_logits or processed_logits returns logits (log-probs plus the
+    position's log-normaliser) in prompt_logprobs: one line naming the flag, before anything loads."""
+
+    def logits(ids, j, pairs):
+        return {i: lp + shift for i, lp in pairs.items()}
+
+    with (
+        ScoringServer(tiny_tokenizer, broken_after=0, mangle=logits) as server,
+        pytest.raises(UserError) as info,
+    ):
+        _connect(server, tiny_tokenizer)
+    message = str(info.value)
+    assert message.startswith(
+        f"teacher.server bigram-teacher at {server.url} returns logits, not log-probs ("
+    )
+    assert why in message and "start it with --logprobs-mode raw_logprobs" in message
+
+
+def test_log_probs_pass_the_mode_check(tiny_tokenizer):
+    with ScoringServer(tiny_tokenizer) as server:
+        assert _connect(server, tiny_tokenizer).logprob_mode == "log-probs"

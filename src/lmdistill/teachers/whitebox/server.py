@@ -15,7 +15,8 @@ Which field the server answers is found once, by `connect`'s probe, which also c
 server's vocabulary is the local tokenizer's (known token ids go out, the server's token texts come
 back and are compared; a server that refuses every form but scores the probe's two lowest ids has a
 smaller vocabulary, and is told so) and that it returns k log-probs (vLLM caps them at 20 unless started with
-`--max-logprobs`): each failure is one UserError before anything else loads.
+`--max-logprobs`), and that they are log-probs, not logits (vLLM's `--logprobs-mode raw_logits` or
+`processed_logits`; `_check_logprob_mode`): each failure is one UserError before anything else loads.
 
 Requests go through `lmdistill.teachers.api.ApiTeacher`'s machinery (pointed at /v1/completions):
 `concurrency` in flight, optional request/token rate limits, retries with backoff or the server's
@@ -145,6 +146,7 @@ class ServerTeacher:
         self.max_tokens = 0  # what the probe found the server to accept alongside the scoring field
         self.device = torch.device("cpu")
         self.unmapped = 0
+        self.logprob_mode: str | None = None  # "log-probs" once the probe checked the values
         self._by_text: dict[str, list[int]] | None = None
 
     # -- building: settings, model name, probe ---------------------------------------------------------
@@ -209,6 +211,7 @@ class ServerTeacher:
         if len(entries) != len(ids):
             raise UserError(f"{where} returned log-probs for {len(entries)} of the {len(ids)} prompt tokens")
         self._check_vocab(ids, texts, where)
+        self._check_logprob_mode(entries[1:], where)
         for j, entry in enumerate(entries[1:], start=1):
             try:
                 self._pairs(entry)
@@ -221,6 +224,38 @@ class ServerTeacher:
         got = max(_top_count(e, i) for e, i in zip(entries[1:], ids[1:], strict=True))
         if got < self.k:
             raise UserError(self._cap_message(where, f"it returned {got} log-probs per position"))
+
+    def _check_logprob_mode(self, entries: list, where: str) -> None:
+        """The probe's values must be log-probs of one distribution per position, not logits: vLLM started
+        with --logprobs-mode raw_logits or processed_logits returns the logits themselves in prompt_logprobs
+        (vLLM 0.32 `gpu_model_runner._get_prompt_logprobs_dict`). Log-probs never exceed 0, a position's
+        entries hold at most all the mass, and its largest is at least -log(vocab) (some token has at least
+        1/V); logits shifted by a log-normaliser of any sign break one of these at some position. Sets
+        `logprob_mode` ("log-probs") for reports. raw_logprobs (vLLM's default) and processed_logprobs are
+        the same numbers for prompt tokens, which skip the sampling processors, and this client asks at
+        temperature 1 anyway: both are accepted."""
+        floor = -math.log(self.vocab) - 1e-3
+        for j, entry in enumerate(entries):
+            values = _numbers(entry)
+            if not values:
+                continue
+            top, mass = max(values), math.fsum(math.exp(min(v, 700.0)) for v in values)
+            if top > LOGPROB_TOLERANCE:
+                why = f"a value of {top:g} at position {j}, above 0"
+            elif mass > 1 + MASS_TOLERANCE:
+                why = f"the {len(values)} values at position {j} hold {mass:.6g} of the mass, above 1"
+            elif top < floor:
+                why = (
+                    f"the largest value at position {j} is {top:g}, below -log({self.vocab}) = "
+                    f"{-math.log(self.vocab):.4g}, which the most likely token of {self.vocab} cannot be"
+                )
+            else:
+                continue
+            raise UserError(
+                f"{where} returns logits, not log-probs ({why}): vLLM does with --logprobs-mode raw_logits or "
+                "processed_logits; start it with --logprobs-mode raw_logprobs (vLLM's default)"
+            )
+        self.logprob_mode = "log-probs"
 
     def _ask(self, ids: tuple[int, ...], mode: str, max_tokens: int):
         with _quiet(logging.getLogger(ApiTeacher.__module__)):  # a refused field is an answer here
@@ -426,6 +461,18 @@ def _logprob(value, label: str) -> float:
     if lp > LOGPROB_TOLERANCE:
         raise _BadRow(f"the log-prob of {label} is {lp:g}, above 0 (a probability above 1)")
     return TAIL_FLOOR if lp == -math.inf else min(lp, 0.0)
+
+
+def _numbers(entry) -> list[float]:
+    """A reply entry's log-prob values that are finite numbers (the rest is `_pairs`' to refuse)."""
+    if not isinstance(entry, dict):
+        return []
+    out = []
+    for value in entry.values():
+        v = value.get("logprob") if isinstance(value, dict) else value
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(v))
+    return out
 
 
 @contextlib.contextmanager
