@@ -105,6 +105,24 @@ def _config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(dataclasses.asdict(loader(args.config, args.overrides)), sort_keys=False), end="")
 
 
+def _check_teacher(args: argparse.Namespace) -> None:
+    from lmdistill.config import load_config
+    from lmdistill.teachers.whitebox.check import Limits, check_teacher, write_report
+
+    limits = Limits(args.max_mean_kl, args.max_token_kl, args.min_overlap)
+    report = check_teacher(
+        load_config(args.config, args.overrides),
+        rows=args.rows,
+        limits=limits,
+        dtype=args.dtype,
+        server_only=args.server_only,
+    )
+    if args.json:
+        write_report(report, args.json)
+    if report["verdict"] != "PASS":
+        raise SystemExit(1)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, except that a usage mistake is one line and a pointer to --help (exit 2), not the
     usage block: the same shape as every other user error."""
@@ -256,6 +274,23 @@ def _add_config(sub) -> None:
     p.set_defaults(func=_config)
 
 
+def _add_check_teacher(sub) -> None:
+    p = sub.add_parser(
+        "check-teacher",
+        help="before a long job: does teacher.server score like teacher.name in this process? PASS/FAIL",
+    )
+    p.add_argument("config", help="the training YAML (teacher.server, teacher.name, data.train)")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value, e.g. teacher.server_k=20")
+    p.add_argument("--rows", type=int, default=8, help="training examples scored (the first N; default 8)")
+    p.add_argument("--max-mean-kl", type=float, default=2e-3, help="PASS limit: mean KL, nats/token")
+    p.add_argument("--max-token-kl", type=float, default=5e-2, help="PASS limit: any token's KL, nats")
+    p.add_argument("--min-overlap", type=float, default=0.9, help="PASS limit: mean top-k overlap")
+    p.add_argument("--dtype", default="float32", help="dtype of the model loaded here (default float32)")
+    p.add_argument("--server-only", action="store_true", help="load no model here: the probe's checks only")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(func=_check_teacher)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="lmdistill",
@@ -269,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_config(sub)
+    _add_check_teacher(sub)
     return parser
 
 
