@@ -130,6 +130,15 @@ FIGURES: list[Figure] = [
         entry="src/lmdistill/recipes/run.py",
         extra_sources=["configs/recipes/how_far.yaml"],
     ),
+    _f(
+        "demo",
+        "lmdistill demo",
+        6,
+        kind="quality",
+        threads=None,
+        note="it writes runs/demo/results.json; copy that file to benchmarks/results/demo.json",
+        entry="src/lmdistill/demo.py",
+    ),
     _f("all", "bench_all.py --collect", 0.1, threads=None, note="bench_all.py's table, from the files above"),
 ]  # fmt: skip
 
