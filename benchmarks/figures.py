@@ -235,10 +235,11 @@ def provenance(figure: Figure, **extra) -> dict:
     }
 
 
-def stamp(figure: Figure, **extra) -> None:
-    """Record the provenance in the results file (rewritten whole, atomically)."""
+def stamp(figure: Figure, recorded: dict | None = None, **extra) -> None:
+    """Record the provenance in the results file (rewritten whole, atomically): `recorded` (taken when the
+    run started, so a source changed during the run makes the file stale), or the sources as they are now."""
     data = json.loads(figure.path.read_text(encoding="utf-8"))
-    data["provenance"] = provenance(figure, **extra)
+    data["provenance"] = {**(recorded or provenance(figure)), **extra}
     tmp = figure.path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, figure.path)
@@ -320,14 +321,18 @@ def rerun(figure: Figure) -> int:
     env = dict(os.environ)
     if figure.threads is not None:
         env["OMP_NUM_THREADS"] = str(figure.threads)
-    before, started = _loadavg(), time.time()
+    recorded, before, started = provenance(figure), _loadavg(), time.time()
     print(f"{figure.name}: {' '.join(cmd[1:])} (load {before})", flush=True)
     done = subprocess.run(cmd, cwd=ROOT, env=env)
     if done.returncode != 0:
         print(f"{figure.name}: failed (exit {done.returncode}); the old file is kept")
         return done.returncode
     stamp(
-        figure, load_average_before=before, load_average_after=_loadavg(), wall_s=round(time.time() - started)
+        figure,
+        recorded,
+        load_average_before=before,
+        load_average_after=_loadavg(),
+        wall_s=round(time.time() - started),
     )
     return 0
 
