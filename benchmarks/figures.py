@@ -51,6 +51,9 @@ class Figure:
     note: str = ""
     extra_sources: list[str] = field(default_factory=list)  # configs or data the figure depends on
     entry: str | None = None  # for an `lmdistill` command: the module its sources are read from
+    follows: list[str] = field(
+        default_factory=list
+    )  # modules the script runs in a subprocess (their imports too)
 
     @property
     def path(self) -> Path:
@@ -64,6 +67,7 @@ class Figure:
 
 DEMO_SHAPE = "--steps 32 --batch-size 8 --heldout-prompts 40 --max-new-tokens 40"
 SMOLLM2_STUDENT = "--layers 30 --lr 1e-4 --steps 16 --schedule cosine"
+SERVER = ["src/lmdistill/serve/__init__.py"]  # `lmdistill serve`, which the soak starts in its own process
 
 
 def _f(name: str, command: str, minutes: float, **kw) -> Figure:
@@ -103,12 +107,13 @@ FIGURES: list[Figure] = [
     _f("teacher_server", "bench_teacher_server.py --json {json}", 8),
     _f("teacher_on_tasks", "teacher_on_tasks.py --json {json}", 20, kind="quality"),
     _f("student_layers", "student_layers.py", 2, kind="quality", note="writes its own results file"),
-    _f("soak_serve", "soak_serve.py --json {json}", 3, threads=None),
+    _f("soak_serve", "soak_serve.py --json {json}", 3, threads=None, follows=SERVER),
     _f(
         "soak_serve_smollm2",
         "soak_serve.py --model smollm2-135m --max-tokens 8,12,16 --words 1,3,8,20,40 --json {json}",
         10,
         threads=None,
+        follows=SERVER,
     ),
     _f("quality", "bench_quality.py --workers 2 --json {json}", 20, kind="quality"),
     _f("quality_16x8_partial", "bench_quality.py --steps 16 --batch-size 8 --heldout-prompts 40 --max-new-tokens 40 --plot runs/plots/quality_16x8_partial.png --json {json}", 30, kind="quality"),
@@ -194,6 +199,7 @@ def sources(figure: Figure) -> list[Path]:
     todo = [figure.script] if figure.script is not None else []
     if figure.entry is not None:
         todo = [ROOT / figure.entry]
+    todo += [ROOT / m for m in figure.follows]
     seen: set[Path] = set()
     while todo:
         path = todo.pop()
@@ -221,8 +227,30 @@ def blob_hashes(paths: list[Path]) -> dict[str, str]:
     return dict(zip([str(p) for p in paths], out, strict=True))
 
 
-def provenance(figure: Figure, **extra) -> dict:
+def hashes_at(commit: str, paths: list[Path]) -> dict[str, str]:
+    """git's blob hash of each file at `commit` (a file it does not hold: "absent")."""
+    out = {}
+    for p in paths:
+        done = subprocess.run(["git", "rev-parse", f"{commit}:{p}"], cwd=ROOT, capture_output=True, text=True)
+        out[str(p)] = done.stdout.strip() if done.returncode == 0 else "absent"
+    return out
+
+
+def provenance(figure: Figure, at: str | None = None, **extra) -> dict:
+    """The commit and source hashes of a measurement: now (the working tree), or `at` a commit the file
+    was measured at (recorded after the fact)."""
     paths = sources(figure)
+    if at is not None:
+        commit = _git("rev-parse", at)
+        return {
+            "commit": commit,
+            "uncommitted_changes_in_sources": None,
+            "stamped": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(figure.argv).replace("{json}", str(_relative(figure.path))),
+            "sources": hashes_at(commit, [p for p in paths if not p.is_absolute()]),
+            "recorded_after_the_run": True,
+            **extra,
+        }
     tracked = [str(p) for p in paths if not p.is_absolute()]  # inside the repository
     dirty = bool(_git("status", "--porcelain", "--", *tracked)) if tracked else False
     return {
@@ -343,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma list of names (default: all)")
     parser.add_argument("--kind", choices=["speed", "quality"], help="only this kind")
     parser.add_argument("--stamp", metavar="NAME", help="record provenance for a file written by hand")
+    parser.add_argument("--at", metavar="COMMIT", help="with --stamp: the commit the file was measured at")
     parser.add_argument("--pages", action="store_true", help="list page sections with untraced figures")
     a = parser.parse_args(argv)
     if a.pages:
@@ -350,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(problems) or "every figure on the pages cites a results file")
         return 1 if problems else 0
     if a.stamp:
-        stamp(BY_NAME[a.stamp])
+        figure = BY_NAME[a.stamp]
+        stamp(figure, provenance(figure, at=a.at) if a.at else None)
         return 0
     chosen = [
         f for f in FIGURES if (not a.only or f.name in a.only.split(",")) and (not a.kind or f.kind == a.kind)
