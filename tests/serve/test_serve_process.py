@@ -32,16 +32,21 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return ""
 
 
-def test_serve_prints_url_answers_and_stops_on_ctrl_c(tiny_model_dirs):
-    folder = str(tiny_model_dirs[1])
+def _start_serve(folder: str) -> subprocess.Popen:
+    """`lmdistill serve FOLDER --port 0` in its own process, one thread, pipes for stdout and stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", SCRIPT, folder],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+def test_serve_prints_url_answers_and_stops_on_ctrl_c(tiny_model_dirs):
+    folder = str(tiny_model_dirs[1])
+    proc = _start_serve(folder)
     try:
         line = _read_line(proc, timeout=120)
         assert line.startswith(f"lmdistill serve: {folder} at http://127.0.0.1:"), (line, proc.poll())
@@ -104,14 +109,7 @@ def test_abandoned_requests_leave_nothing_on_stderr(tiny_model_dirs):
     CancelledError traceback) for abandoned non-streamed requests: the gather of the request's jobs was
     cancelled and its exception never read."""
     folder = str(tiny_model_dirs[0])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, folder],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = _start_serve(folder)
     try:
         line = _read_line(proc, timeout=120)
         url = line.split(" at ", 1)[1].split()[0]
