@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -164,7 +165,8 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[Path]:
+@functools.cache  # every figure's closure reads the same modules: parse each once per process
+def _imports(path: Path) -> frozenset[Path]:
     """The `lmdistill` modules `path` imports anywhere in its code (functions included), and for
     `from lmdistill.x import y` the submodule `lmdistill.x.y` when it is one."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -190,7 +192,7 @@ def _imports(path: Path) -> set[Path]:
                 file = _module_file(".".join(parts[:i]))
                 if file is not None:
                     found.add(file)
-    return found
+    return frozenset(found)
 
 
 def sources(figure: Figure) -> list[Path]:
@@ -268,9 +270,9 @@ def stamp(figure: Figure, recorded: dict | None = None, **extra) -> None:
     run started, so a source changed during the run makes the file stale), or the sources as they are now."""
     data = json.loads(figure.path.read_text(encoding="utf-8"))
     data["provenance"] = {**(recorded or provenance(figure)), **extra}
-    tmp = figure.path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, figure.path)
+    from lmdistill.io import atomic_write_json
+
+    atomic_write_json(figure.path, data)
 
 
 def staleness(figure: Figure) -> tuple[str, list[str]]:

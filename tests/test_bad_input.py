@@ -12,7 +12,7 @@ import yaml
 from lmdistill.cli import main
 from lmdistill.recipes.config import load_recipe_config
 from lmdistill.yamlconfig import save
-from tests.conftest import cli_fails
+from tests.conftest import cli_fails, write_run_config
 from tests.teachers.faultserver import FaultServer
 
 NOT_UTF8 = b'{"text": "caf\xe9 au lait"}\n'  # latin-1 bytes
@@ -22,18 +22,7 @@ MISSING = "/no/such/model"
 
 @pytest.fixture
 def train_yaml(tmp_path, tiny_model_dirs):
-    teacher, student = tiny_model_dirs
-    data = tmp_path / "train.jsonl"
-    data.write_text(json.dumps(ROW) + "\n")
-    cfg = {
-        "teacher": {"name": str(teacher)},
-        "student": {"name": str(student)},
-        "data": {"train": str(data), "max_length": 48},
-        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 1, "extra": {"use_cpu": True}},
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_run_config(tmp_path, *tiny_model_dirs, [ROW], max_steps=1, extra={"use_cpu": True})
 
 
 @pytest.fixture

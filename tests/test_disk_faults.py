@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import write_run_config
 from tests.teachers.faultserver import FaultServer
 
 ROOT = Path(__file__).parent.parent
@@ -109,23 +110,8 @@ def _one_error_line(run: dict, *match: str) -> str:
 
 @pytest.fixture
 def train_yaml(tmp_path, tiny_model_dirs):
-    teacher, student = tiny_model_dirs
-    data = tmp_path / "train.jsonl"
-    data.write_text(json.dumps(ROW) + "\n")
-    cfg = {
-        "teacher": {"name": str(teacher)},
-        "student": {"name": str(student)},
-        "data": {"train": str(data), "max_length": 48},
-        "train": {
-            "output_dir": str(tmp_path / "mnt" / "run"),
-            "max_steps": 2,
-            "save_steps": 2,
-            "extra": {"use_cpu": True, "disable_tqdm": True},
-        },
-    }
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    out = tmp_path / "mnt" / "run"
+    return write_run_config(tmp_path, *tiny_model_dirs, [ROW], output_dir=str(out), max_steps=2, save_steps=2)
 
 
 def test_read_only_output_is_one_line_before_any_work(on_tmpfs, train_yaml, tiny_model_dirs, tmp_path):
