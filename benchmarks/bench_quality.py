@@ -250,8 +250,8 @@ def on_policy_steps(method: Method, seed: int, steps: int) -> int | None:
     return sum(schedule.kind(step) == ON for step in range(steps))
 
 
-def run_workers(a: argparse.Namespace, log=print) -> list[dict]:
-    """`run_part` in `a.workers` processes, each this script again with --part I/N (its share, from
+def run_workers(a: argparse.Namespace, log=print, script: Path = Path(__file__)) -> list[dict]:
+    """`run_part` in `a.workers` processes, each `script` (this one by default) again with --part I/N (its share, from
     `worker_jobs`) and --part-json; returns their parts in worker order. Workers print their progress
     here; each one's stderr is passed on when it ends. The first worker to fail stops the others and
     the run: RuntimeError with its exit code and the end of its stderr."""
@@ -267,7 +267,7 @@ def run_workers(a: argparse.Namespace, log=print) -> list[dict]:
         try:
             for i in range(n):
                 part, err = Path(tmp) / f"part{i}.json", Path(tmp) / f"part{i}.stderr"
-                cmd = [sys.executable, str(Path(__file__).resolve()), *a.argv]
+                cmd = [sys.executable, str(script.resolve()), *a.argv]
                 cmd += ["--workers", "1", "--part", f"{i}/{n}", "--part-json", str(part)]
                 with err.open("w") as stderr:  # the child holds its own handle
                     procs.append((subprocess.Popen(cmd, env=env, stderr=stderr), part))
@@ -284,7 +284,7 @@ def run_workers(a: argparse.Namespace, log=print) -> list[dict]:
                     if code != 0:
                         tail = "\n".join(text.strip().splitlines()[-20:])
                         raise RuntimeError(
-                            f"bench_quality worker {i + 1} of {n} failed (exit {code}):\n{tail}"
+                            f"{script.stem} worker {i + 1} of {n} failed (exit {code}):\n{tail}"
                         )
                 time.sleep(0.2)
             return [json.loads(part.read_text()) for _, part in procs]

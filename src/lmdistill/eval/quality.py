@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 from lmdistill.chunked import Head
-from lmdistill.config import DistillConfig, HintConfig, OnPolicyConfig, RunConfig, TrainConfig
+from lmdistill.config import DataConfig, DistillConfig, HintConfig, OnPolicyConfig, RunConfig, TrainConfig
 from lmdistill.data import IGNORE_INDEX, DistillCollator
 from lmdistill.eval.scoring import ScoreSums, TokenScores
 from lmdistill.models.forward import final_hidden
@@ -48,8 +48,21 @@ class Method:
     hints: dict = field(default_factory=dict)
     on_policy: dict = field(default_factory=dict)
 
-    def run_config(self, *, output_dir: str, steps: int, batch_size: int, lr: float, seed: int) -> RunConfig:
+    def run_config(
+        self,
+        *,
+        output_dir: str,
+        steps: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        eval_every: int | None = None,
+    ) -> RunConfig:
+        """eval_every: the held-out loss is computed every N optimizer steps (what on_policy's adaptive
+        schedule reads; the features come with `train_student`); None: no evaluation."""
         return RunConfig(
+            # in memory: `train_student` hands the trainer the features, no file is read
+            data=DataConfig(eval="held-out features (in memory)" if eval_every else None),
             distill=DistillConfig(
                 loss=self.loss,
                 kd_ratio=self.kd_ratio,
@@ -67,7 +80,7 @@ class Method:
                 lr_scheduler_type="cosine",
                 warmup_steps=max(1, steps // 10),
                 logging_steps=max(1, steps // 4),
-                save_steps=10**9,
+                save_steps=eval_every or 10**9,  # the trainer evaluates every save_steps
                 seed=seed,
                 extra={"use_cpu": not torch.cuda.is_available(), "save_strategy": "no", "disable_tqdm": True},
             ),
@@ -222,6 +235,8 @@ def train_student(
     output_dir: str,
     precomputed: PrecomputedTeacher | None = None,
     curve: CurveCallback | None = None,
+    eval_features: list[dict] | None = None,
+    eval_every: int | None = None,
 ) -> tuple[torch.nn.Module, float]:
     """Train a copy of `student0` as `method` says; returns (student, training seconds).
 
@@ -234,7 +249,11 @@ def train_student(
 
     from lmdistill.training.run import Models, make_trainer
 
-    cfg = method.run_config(output_dir=output_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    if (eval_features is None) != (eval_every is None):
+        raise ValueError("eval_features and eval_every come together")
+    cfg = method.run_config(
+        output_dir=output_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed, eval_every=eval_every
+    )
     set_seed(seed)
     student = copy.deepcopy(student0).train().requires_grad_(True)
     if method.on_policy and not all("prompt_ids" in f for f in train_features):
@@ -246,7 +265,7 @@ def train_student(
     if precomputed is not None and not method.hints:
         source = precomputed.with_live_teacher() if method.on_policy else precomputed
     models = Models(teacher, student, tokenizer, vocab, source)
-    trainer = make_trainer(cfg, models, train_features, log=lambda *a: None)
+    trainer = make_trainer(cfg, models, train_features, eval_features, log=lambda *a: None)
     if curve is not None:
         trainer.add_callback(curve)
     t0 = time.perf_counter()

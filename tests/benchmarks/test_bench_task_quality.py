@@ -1,0 +1,91 @@
+"""benchmarks/bench_task_quality.py --quick end to end on tiny real models built from config: every
+method, 2 seeds, in 2 worker processes; each run's accuracies recomputed from its saved answers by
+the tasks' checkers, independently of the benchmark's own scoring; and the checkers' verdicts on
+hand-made answers, near misses included."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from lmdistill.tasks.registry import get_task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_task_quality", ROOT / "benchmarks" / "bench_task_quality.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_runs_every_method_and_the_answers_recompute_the_table(
+    tmp_path, tiny_model_dirs, one_torch_thread
+):
+    teacher, _ = tiny_model_dirs
+    bench = _bench()
+    out = tmp_path / "task_quality.json"
+    argv = ["--quick", "--teacher", str(teacher), "--keep", "any", "--workers", "2"]
+    argv += ["--json", str(out), "--output-dir", str(tmp_path / "runs")]
+    bench.main(argv)
+    results = json.loads(out.read_text())
+
+    names = [m.name for m in bench.METHODS]
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [(m, s) for s in (0, 1) for m in names]
+    assert list(results["summary"]) == names
+    # The held-out questions, rebuilt here from the task registry, not from the benchmark.
+    items = []
+    for name in ("arithmetic:1", "format_json"):
+        task = get_task(name)
+        items += [(task, ex) for ex in task.examples("heldout", 3)]
+    for run in results["runs"]:
+        assert len(run["answers"]) == len(items)
+        for name in ("arithmetic:1", "format_json"):
+            marks = []
+            for (task, ex), answer in zip(items, run["answers"], strict=True):
+                if task.name == name:
+                    g = task.grade(answer, ex)
+                    marks.append(g["correct"] if g["correct"] is not None else g["passed"])
+            assert run[f"acc:{name}"] == sum(marks) / 3
+        assert run["kl"] > 0  # a 2-layer student of a different 4-layer model: never the teacher
+    # Each method's cell is the mean of its seeds' runs.
+    for name in names:
+        accs = [r["acc:mean"] for r in results["runs"] if r["method"] == name]
+        assert results["summary"][name]["acc:mean"]["mean"] == pytest.approx(sum(accs) / 2)
+    assert results["summary"][bench.BASELINE]["kl"]["verdict"] == "baseline"
+    setup = results["setup"]
+    assert setup["teacher_answers_asked"] == 12  # --quick: 6 training questions per task
+    assert results["settings"]["train_rows"] == setup["kept"] - 2  # 2 held back for validation
+    assert "| SFT (CE on the teacher's answers) |" in results["table"]
+
+
+def _near_misses() -> list[tuple[str, str, bool]]:
+    """(task, answer, right?) for the first held-out question of each task, written by hand around its gold."""
+    arith = get_task("arithmetic:1").examples("heldout", 1)[0]
+    gold = int(arith.answer)
+    js = get_task("format_json").examples("heldout", 1)[0]
+    ref = json.loads(js.answer)
+    wrong = {**ref, next(iter(ref)): "not the value"}
+    return [
+        ("arithmetic:1", f"She has {gold} now.", True),
+        ("arithmetic:1", f"First a step, then {gold}.\n#### {gold}", True),
+        ("arithmetic:1", f"She has {gold + 1} now.", False),  # off by one
+        ("arithmetic:1", f"She had {gold} before; now she has {gold + 2}.", False),  # gold, not as the answer
+        ("format_json", json.dumps(ref), True),
+        ("format_json", "Here it is: " + json.dumps(ref), True),
+        ("format_json", json.dumps(wrong), False),  # the format right, one value wrong
+        ("format_json", json.dumps(ref)[:-1], False),  # not closed
+    ]
+
+
+@pytest.mark.parametrize(("task", "answer", "right"), _near_misses())
+def test_the_checker_on_hand_made_answers(task, answer, right):
+    t = get_task(task)
+    ex = t.examples("heldout", 1)[0]
+    assert _bench().grade(t, answer, ex) is right
