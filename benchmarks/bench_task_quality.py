@@ -100,6 +100,10 @@ METHODS = [
     ),
 ]
 BASELINE = METHODS[0].name
+#: --ablation (the how-far question): from the shrunk student, not the warm one, for --warm-steps: CE
+#: alone on the filtered answers against the how-far recipe's logits KD + hidden-state hints.
+HINTS = {"hidden_weight": 1.0, "layers": "copied", "metric": "ln_mse"}
+ABLATION = [METHODS[0], Method("KD + hints (the how-far recipe)", "forward_kl", KD, hints=HINTS)]
 FULL = dict(train_per_task=300, heldout_per_task=50, warm_steps=60, steps=24, batch_size=8, seeds="0,1,2")
 FULL.update(max_new_tokens=40, validation=24, student_layers=None)
 QUICK = dict(train_per_task=6, heldout_per_task=3, warm_steps=2, steps=2, batch_size=2, seeds="0,1")
@@ -125,18 +129,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warm-lr", type=float, default=5e-4, help="peak learning rate of the SFT warm start")
     ap.add_argument("--seeds", help="comma-separated seeds")
     ap.add_argument("--methods", help="comma-separated method names (default: all; the first must be SFT)")
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="the how-far ablation: CE alone vs KD + hints from the shrunk (not warmed) student for "
+        "--warm-steps; writes task_quality_ablation.json by default",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (per worker)")
     ap.add_argument("--workers", type=int, default=1, help="processes the (method, seed) runs are split over")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--part-json", help=argparse.SUPPRESS)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "task_quality.json"))
+    ap.add_argument("--json", help="results file (default benchmarks/results/task_quality[_ablation].json)")
     ap.add_argument("--output-dir", default="runs/bench_task_quality", help="setup cache and trainer scratch")
     a = ap.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     for key, value in (QUICK if a.quick else FULL).items():
         if getattr(a, key) is None:
             setattr(a, key, value)
-    names = [m.name for m in METHODS]
+    stem = "task_quality_ablation" if a.ablation else "task_quality"
+    a.json = a.json or str(ROOT / "benchmarks" / "results" / f"{stem}.json")
+    table = ABLATION if a.ablation else METHODS
+    names = [m.name for m in table]
     wanted = a.methods.split(",") if a.methods else names
     if set(wanted) - set(names) or wanted[0] != BASELINE:
         ap.error(f"--methods: known names are {'; '.join(names)}; {BASELINE!r} first")
@@ -144,7 +157,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         dataclasses.replace(m, on_policy={**m.on_policy, "max_new_tokens": a.max_new_tokens})
         if m.on_policy
         else m
-        for m in METHODS
+        for m in table
         if m.name in wanted
     ]
     a.seed_list = [int(s) for s in a.seeds.split(",")]
@@ -229,10 +242,7 @@ def prepare(a, log=print) -> Path:
     prompts = [t.prompt(e) for t, e in items]
     teacher_answers = greedy_answers(teacher, tokenizer, prompts, max_new_tokens=a.max_new_tokens)
     log(f"setup: {len(kept)} of {len(train)} teacher answers kept; {time.time() - started:.0f} s")
-    if a.student_layers:
-        student0 = shrink_model(teacher, num_layers=a.student_layers)
-    else:
-        student0 = shrink_model(teacher, layers=LAYERS)
+    student0 = shrink_model(teacher, num_layers=a.student_layers, layers=None if a.student_layers else LAYERS)
     vocab = check_vocab(tokenizer, tokenizer, teacher, student0)
     feats = prompt_features(rows, tokenizer, MAX_LENGTH, a.max_new_tokens, source="kept teacher answers")
     warm, seconds = train_student(
@@ -270,8 +280,15 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
     folder = prepare(a, log)
     setup = json.loads((folder / "setup.json").read_text())
     tokenizer, teacher = load_tokenizer(a.teacher), load_teacher(a.teacher).eval()
-    warm = load_model(folder / "warm_student")
-    vocab = check_vocab(tokenizer, tokenizer, teacher, warm)
+    if a.ablation:  # the student every warm start begins from (shrinking copies: the same each time)
+        start = shrink_model(
+            teacher, num_layers=a.student_layers, layers=None if a.student_layers else LAYERS
+        )
+    else:
+        start = load_model(folder / "warm_student")
+    vocab = check_vocab(tokenizer, tokenizer, teacher, start)
+    steps = a.warm_steps if a.ablation else a.steps
+    lr = a.warm_lr if a.ablation else a.lr
     pad = pad_id(tokenizer)
     train_f = indexed(prompt_features(setup["rows"], tokenizer, MAX_LENGTH, a.max_new_tokens, source="rows"))
     val_f = prompt_features(setup["validation"], tokenizer, MAX_LENGTH, a.max_new_tokens, source="validation")
@@ -296,8 +313,8 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
         seed, method = all_jobs[index]
         adaptive = method.on_policy.get("schedule") == "adaptive"
         student, seconds = train_student(
-            method, warm, teacher, tokenizer, vocab, train_f,
-            steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=seed,
+            method, start, teacher, tokenizer, vocab, train_f,
+            steps=steps, batch_size=a.batch_size, lr=lr, seed=seed,
             output_dir=str(Path(a.output_dir) / "scratch"), precomputed=precomputed,
             eval_features=val_f if adaptive else None, eval_every=max(1, a.steps // 6) if adaptive else None,
         )  # fmt: skip
@@ -336,7 +353,10 @@ def markdown(results: dict) -> str:
     head = ["held-out " + c[4:] if c.startswith("acc:") else "KL(teacher ‖ student)" for c in cols]
     lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     s = results["setup"]
-    for label, ref in (("teacher", s["teacher"]), ("warm student (start of every run)", s["warm_student"])):
+    refs = [("teacher", s["teacher"])]
+    if not results["settings"]["start"].startswith("the shrunk"):
+        refs.append(("warm student (start of every run)", s["warm_student"]))
+    for label, ref in refs:
         lines.append(f"| {label} | " + " | ".join(f"{100 * ref[c]:.1f}%" for c in cols[:-1]) + " | |")
     for name, row in results["summary"].items():
         cells = []
@@ -375,6 +395,7 @@ def main(argv=None) -> dict | None:
         "settings": {
             "teacher": a.teacher,
             "tasks": list(TASKS),
+            "start": "the shrunk student (--ablation)" if a.ablation else "the warm (SFT) student",
             **{k: getattr(a, k) for k in ("train_per_task", "heldout_per_task", "warm_steps", "steps")},
             **{
                 k: getattr(a, k)

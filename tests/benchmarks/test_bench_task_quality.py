@@ -89,3 +89,19 @@ def test_the_checker_on_hand_made_answers(task, answer, right):
     t = get_task(task)
     ex = t.examples("heldout", 1)[0]
     assert _bench().grade(t, answer, ex) is right
+
+
+def test_ablation_starts_from_the_shrunk_student(tmp_path, tiny_model_dirs, one_torch_thread):
+    """--ablation: CE alone against KD + hints for the warm-up's steps from the shrunk student; CE alone
+    at seed 0 is then the warm start itself, so their held-out answers are the same."""
+    teacher, _ = tiny_model_dirs
+    bench = _bench()
+    out = tmp_path / "ablation.json"
+    argv = ["--quick", "--ablation", "--teacher", str(teacher), "--keep", "any"]
+    results = bench.main(argv + ["--json", str(out), "--output-dir", str(tmp_path / "runs")])
+    assert [(r["method"], r["seed"]) for r in results["runs"]] == [
+        (m.name, s) for s in (0, 1) for m in bench.ABLATION
+    ]
+    assert results["settings"]["start"] == "the shrunk student (--ablation)"
+    assert results["runs"][0]["answers"] == results["setup"]["warm_student_answers"]
+    assert "warm student" not in results["table"]
