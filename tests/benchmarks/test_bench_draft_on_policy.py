@@ -20,7 +20,7 @@ def test_quick_trains_both_drafts_over_seeds(tmp_path, tiny_model_dirs, one_torc
     teacher, _ = tiny_model_dirs
     out = tmp_path / "d.json"
     argv = ["--quick", "--teacher", str(teacher), "--draft-layers", "2", "--json", str(out)]
-    results = bench.main(argv + ["--output-dir", str(tmp_path / "runs")])
+    results = bench.main([*argv, "--output-dir", str(tmp_path / "runs")])
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [
         (m.name, s) for s in (0, 1) for m in bench.METHODS
     ]

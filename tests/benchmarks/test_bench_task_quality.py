@@ -98,7 +98,7 @@ def test_ablation_starts_from_the_shrunk_student(tmp_path, tiny_model_dirs, one_
     bench = _bench()
     out = tmp_path / "ablation.json"
     argv = ["--quick", "--ablation", "--teacher", str(teacher), "--keep", "any"]
-    results = bench.main(argv + ["--json", str(out), "--output-dir", str(tmp_path / "runs")])
+    results = bench.main([*argv, "--json", str(out), "--output-dir", str(tmp_path / "runs")])
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [
         (m.name, s) for s in (0, 1) for m in bench.ABLATION
     ]
