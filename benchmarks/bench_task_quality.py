@@ -137,6 +137,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (per worker)")
     ap.add_argument("--workers", type=int, default=1, help="processes the (method, seed) runs are split over")
+    ap.add_argument(
+        "--reanalyse", metavar="JSON", help="recompute the answer figures of a results file; no runs"
+    )
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--part-json", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="results file (default benchmarks/results/task_quality[_ablation].json)")
@@ -205,6 +208,51 @@ def accuracies(items: list[tuple], answers: list[str]) -> dict[str, float]:
     return out
 
 
+def _repeats(text: str, n: int = 4) -> bool:
+    """Whether some run of n words occurs twice in `text` (degenerate repetition)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) < len(grams)
+
+
+def answer_stats(items: list[tuple], answers: list[str]) -> dict[str, float]:
+    """What the accuracies do not show: the share of JSON answers in the right format whatever their
+    values ("json_format"), the share of answers repeating a 4-word run ("repeats"), and the mean
+    answer length in characters."""
+    json_marks = [
+        t.grade(ans, ex)["passed"]
+        for (t, ex), ans in zip(items, answers, strict=True)
+        if t.name == "format_json"
+    ]
+    return {
+        "json_format": sum(json_marks) / len(json_marks),
+        "repeats": sum(map(_repeats, answers)) / len(answers),
+        "mean_answer_chars": sum(len(x) for x in answers) / len(answers),
+    }
+
+
+def reanalyse(path: str) -> dict:
+    """Every per-run figure that comes from the saved answers (accuracies, answer stats) recomputed
+    from them with today's checkers, then the summary and table: a results file gains columns added
+    after it was measured without a rerun. Training figures (KL, seconds) are kept as measured."""
+    results = json.loads(Path(path).read_text())
+    s = results["settings"]
+    a = argparse.Namespace(heldout_per_task=s["heldout_per_task"])
+    items = heldout_items(a)
+    for run in results["runs"]:
+        run.update(accuracies(items, run["answers"]), **answer_stats(items, run["answers"]))
+    setup = results["setup"]
+    setup["teacher"].update(answer_stats(items, setup["teacher_heldout_answers"]))
+    setup["warm_student"].update(answer_stats(items, setup["warm_student_answers"]))
+    results["summary"] = summarise(
+        results["runs"], METRICS, baseline=results["runs"][0]["method"], higher_is_better=HIGHER
+    )
+    results["table"] = markdown(results)
+    results["reanalysed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    atomic_write_json(path, results)
+    return results
+
+
 def setup_key(a) -> str:
     keys = ("teacher", "train_per_task", "heldout_per_task", "warm_steps", "batch_size", "max_new_tokens")
     keys += ("validation", "student_layers", "warm_lr", "keep")
@@ -261,8 +309,12 @@ def prepare(a, log=print) -> Path:
         "rows": rows,
         "validation": validation,
         "teacher_heldout_answers": teacher_answers,
-        "teacher": accuracies(items, teacher_answers),
-        "warm_student": {**accuracies(items, warm_answers), "train_seconds": round(seconds, 1)},
+        "teacher": {**accuracies(items, teacher_answers), **answer_stats(items, teacher_answers)},
+        "warm_student": {
+            **accuracies(items, warm_answers),
+            **answer_stats(items, warm_answers),
+            "train_seconds": round(seconds, 1),
+        },
         "warm_student_answers": warm_answers,
         "seconds": round(time.time() - started, 1),
     }
@@ -324,8 +376,8 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
             "method": method.name,
             "seed": seed,
             **accuracies(items, answers),
+            **answer_stats(items, answers),
             "kl": scorer.score(student).kl,
-            "mean_answer_chars": sum(len(x) for x in answers) / len(answers),
             "train_seconds": round(seconds, 1),
             "eval_seconds": round(time.time() - e0, 1),
             "answers": answers,
@@ -343,26 +395,28 @@ def worker_main(a) -> None:
     atomic_write_json(a.part_json, part)
 
 
-METRICS = [f"acc:{n}" for n in TASKS] + ["acc:mean", "kl", "mean_answer_chars"]
-HIGHER = {**{m: True for m in METRICS}, "kl": False, "mean_answer_chars": True}
+METRICS = [f"acc:{n}" for n in TASKS] + ["acc:mean", "kl", "json_format", "repeats", "mean_answer_chars"]
+HIGHER = {**dict.fromkeys(METRICS, True), "kl": False, "repeats": False}
 
 
 def markdown(results: dict) -> str:
-    cols = [f"acc:{n}" for n in TASKS] + ["acc:mean", "kl"]
+    cols = [f"acc:{n}" for n in TASKS] + ["acc:mean", "json_format", "repeats", "kl"]
     mark = {"better": " ▲", "worse": " ▼", "tie": " =", "baseline": "", "n/a": ""}
-    head = ["held-out " + c[4:] if c.startswith("acc:") else "KL(teacher ‖ student)" for c in cols]
+    names = {"json_format": "JSON format", "repeats": "answers repeating", "kl": "KL(teacher ‖ student)"}
+    head = ["held-out " + c[4:] if c.startswith("acc:") else names[c] for c in cols]
     lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     s = results["setup"]
     refs = [("teacher", s["teacher"])]
     if not results["settings"]["start"].startswith("the shrunk"):
         refs.append(("warm student (start of every run)", s["warm_student"]))
     for label, ref in refs:
-        lines.append(f"| {label} | " + " | ".join(f"{100 * ref[c]:.1f}%" for c in cols[:-1]) + " | |")
+        shares = " | ".join(f"{100 * ref[c]:.1f}%" if c in ref else "" for c in cols[:-1])
+        lines.append(f"| {label} | {shares} | |")
     for name, row in results["summary"].items():
         cells = []
         for c in cols:
             x = row[c]
-            if c.startswith("acc:"):
+            if c != "kl":
                 cells.append(f"{100 * x['mean']:.1f}% ± {100 * x['sd']:.1f}{mark[x['verdict']]}")
             else:
                 cells.append(f"{x['mean']:.3f} ± {x['sd']:.3f}{mark[x['verdict']]}")
@@ -375,6 +429,10 @@ def main(argv=None) -> dict | None:
     if a.part:
         worker_main(a)
         return None
+    if a.reanalyse:
+        results = reanalyse(a.reanalyse)
+        print(results["table"])
+        return results
     load_start = list(os.getloadavg())
     started = time.time()
     folder = prepare(a)  # once, before the workers, which read it

@@ -63,6 +63,12 @@ def test_quick_runs_every_method_and_the_answers_recompute_the_table(
     assert setup["teacher_answers_asked"] == 12  # --quick: 6 training questions per task
     assert results["settings"]["train_rows"] == setup["kept"] - 2  # 2 held back for validation
     assert "| SFT (CE on the teacher's answers) |" in results["table"]
+    # --reanalyse recomputes the answer figures from the saved answers: the same figures again
+    again = bench.main(["--reanalyse", str(out)])
+    assert [{k: r[k] for k in bench.METRICS} for r in again["runs"]] == [
+        {k: r[k] for k in bench.METRICS} for r in results["runs"]
+    ]
+    assert again["table"] == results["table"]
 
 
 def _near_misses() -> list[tuple[str, str, bool]]:
