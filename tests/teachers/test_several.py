@@ -296,3 +296,118 @@ def test_on_policy_samples_are_scored_by_their_prompts_teacher(
     assert seen["a"] and seen["b"]  # both teachers scored samples, each only its own prompts' samples
     assert all("chat" in s and "sum" not in s for s in seen["a"])
     assert all("sum" in s and "chat" not in s for s in seen["b"])
+
+
+# -- bad input: one line each, before any model loads ------------------------------------------------------
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load fails the test: every bad input below is refused before one."""
+    import transformers
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def _yaml(tmp_path, tiny_model_dirs, rows, teachers, routing=None):
+    import yaml
+
+    student = tiny_model_dirs[1]
+    raw = {
+        "teachers": teachers,
+        "student": {"name": str(student)},
+        "data": {"train": str(_write(tmp_path, rows)), "max_length": 40},
+        "train": {"output_dir": str(tmp_path / "out"), "max_steps": 1, "extra": {"use_cpu": True}},
+    }
+    if routing:
+        raw["routing"] = routing
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _two(tiny_model_dirs, **b):
+    return [{"id": "a", "name": str(tiny_model_dirs[0])}, {"id": "b", "name": str(tiny_model_dirs[0]), **b}]
+
+
+def test_unknown_teacher_in_a_row(tiny_model_dirs, tmp_path, capsys, no_model_loads):
+    from tests.conftest import cli_fails
+
+    rows = [{**ROWS[0], "teacher": "a"}, {**ROWS[1], "teacher": "maths"}]
+    path = _yaml(tmp_path, tiny_model_dirs, rows, _two(tiny_model_dirs))
+    cli_fails(
+        ["train", path], capsys, "train.jsonl:2: teacher 'maths' is not a listed teacher (teachers: a, b)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_row_without_a_teacher_and_no_default(tiny_model_dirs, tmp_path, capsys, no_model_loads):
+    from tests.conftest import cli_fails
+
+    rows = [{**ROWS[0], "teacher": "a"}, {**ROWS[1], "task": "chat"}]
+    path = _yaml(
+        tmp_path, tiny_model_dirs, rows, _two(tiny_model_dirs), {"by": "task", "rules": {"sums": "a"}}
+    )
+    cli_fails(["train", path], capsys, "train.jsonl:2: no teacher for this row", "routing.default is null")
+
+
+def test_weights_must_sum_to_a_positive_number(tiny_model_dirs, tmp_path, capsys, no_model_loads):
+    from tests.conftest import cli_fails
+
+    teachers = [{**t, "weight": 0.0} for t in _two(tiny_model_dirs)]
+    path = _yaml(tmp_path, tiny_model_dirs, ROWS, teachers, {"mode": "mix"})
+    cli_fails(["train", path], capsys, "teachers: the weights sum to 0.0")
+    teachers[0]["weight"] = -1.0
+    path = _yaml(tmp_path, tiny_model_dirs, ROWS, teachers, {"mode": "mix"})
+    cli_fails(["train", path], capsys, "teachers[0].weight must be a finite number >= 0")
+
+
+def test_a_route_to_a_teacher_not_listed(tiny_model_dirs, tmp_path, capsys, no_model_loads):
+    from tests.conftest import cli_fails
+
+    path = _yaml(tmp_path, tiny_model_dirs, ROWS, _two(tiny_model_dirs), {"default": "code"})
+    cli_fails(["train", path], capsys, "routing.default: 'code' is not a listed teacher (teachers: a, b)")
+    path = _yaml(
+        tmp_path, tiny_model_dirs, ROWS, _two(tiny_model_dirs), {"by": "task", "rules": {"sums": "maths"}}
+    )
+    cli_fails(
+        ["train", path], capsys, "routing.rules: task 'sums' routes to 'maths', which is not a listed teacher"
+    )
+
+
+def test_mixed_vocabularies_without_cross_tokenizer(tiny_model_dirs, tmp_path, capsys, no_model_loads):
+    from tests.conftest import build_tiny_tokenizer, cli_fails
+
+    other = tmp_path / "other"
+    build_tiny_tokenizer(other, vocab_size=300)  # another vocabulary: its tokenizer alone is read
+    (other / "config.json").write_text("{}")
+    rows = [{**r, "teacher": "ab"[i % 2]} for i, r in enumerate(ROWS)]
+    teachers = [{"id": "a", "name": str(tiny_model_dirs[0])}, {"id": "b", "name": str(other)}]
+    path = _yaml(tmp_path, tiny_model_dirs, rows, teachers)
+    cli_fails(
+        ["train", path],
+        capsys,
+        "teachers[1] (b,",
+        "tokenizes differently",
+        "several teachers need one tokenizer",
+    )
+    path.write_text(path.read_text() + "distill:\n  cross_tokenizer: uld\n")
+    cli_fails(["train", path], capsys, "several teachers with distill.cross_tokenizer", "not supported yet")
+
+
+def test_mix_needs_every_teacher_in_process(tiny_model_dirs, tmp_path, capsys, no_model_loads):
+    from tests.conftest import cli_fails
+
+    path = _yaml(
+        tmp_path,
+        tiny_model_dirs,
+        ROWS,
+        _two(tiny_model_dirs, server="http://127.0.0.1:9/v1"),
+        {"mode": "mix"},
+    )
+    cli_fails(
+        ["train", path], capsys, "routing.mode=mix needs every teacher in this process", "'b' is a server"
+    )
