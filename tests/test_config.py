@@ -86,7 +86,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(UserError, match="not valid YAML"):
         load_config(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(UserError, match="must be a mapping of teacher, student"):
+    with pytest.raises(UserError, match="must be a mapping of teacher, teachers, routing, student"):
         load_config(bad)
 
 

@@ -62,9 +62,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise UserError(f"{key}: expected an integer, got {value!r}")
     if tp is dict and isinstance(value, dict):
         return value
+    if _is_section(tp):  # an entry of a list of sections (`teachers:`): a mapping with the entry's keys
+        return _entry(tp, value, key)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise UserError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _entry(tp: type, value: Any, key: str):
+    """A dataclass from a mapping, every key checked (`key.name` in messages)."""
+    if not isinstance(value, dict):
+        raise UserError(f"{key}: expected a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+    hints = typing.get_type_hints(tp)
+    unknown = [k for k in value if k not in hints]
+    if unknown:
+        raise UserError(f"{key}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(hints))}")
+    return tp(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
+
+
+def _list_entry(tp: Any) -> type | None:
+    """The section type of a `list[Section]` field, else None."""
+    args = typing.get_args(tp)
+    return args[0] if typing.get_origin(tp) is list and args and _is_section(args[0]) else None
 
 
 def _type_name(tp: Any) -> str:
@@ -214,12 +233,33 @@ def describe(root: type) -> str:
         if not _is_section(tp):
             lines.append(f"{top.name}: {_default(top)!r}")
             lines.append(f"    {top.metadata.get('help', '')}")
+            lines += _describe_entry(root, _list_entry(tp))
             continue
         lines.append(f"{top.name}:")
         for f_ in dataclasses.fields(tp):
             lines.append(f"  {f_.name}: {_default(f_)!r}")
             lines.append(f"      {f_.metadata.get('help', '')}")
     return "\n".join(lines)
+
+
+def _describe_entry(root: type, entry: type | None) -> list[str]:
+    """The keys of one entry of a list of sections; an entry that extends a section (as `teachers:`
+    entries extend `teacher:`) names that section and lists only its own keys."""
+    if entry is None:
+        return []
+    lines, inherited = [], set()
+    hints = typing.get_type_hints(root)
+    for base in entry.__mro__[1:]:
+        section = next((name for name, tp in hints.items() if tp is base), None)
+        if dataclasses.is_dataclass(base) and section:
+            inherited = {f_.name for f_ in dataclasses.fields(base)}
+            lines.append(f"  - every key of {section}: ({', '.join(sorted(inherited))}), and:")
+            break
+    for f_ in dataclasses.fields(entry):
+        if f_.name not in inherited:
+            lines.append(f"    {f_.name}: {_default(f_)!r}")
+            lines.append(f"        {f_.metadata.get('help', '')}")
+    return lines
 
 
 def _default(f_: dataclasses.Field) -> Any:

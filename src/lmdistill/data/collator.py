@@ -24,7 +24,9 @@ class DistillCollator:
       present when any feature of the batch has one;
     - a feature's ``"example_index"`` (its index in the training data, which an offline teacher store
       looks its rows up by; see `lmdistill.teachers.whitebox.StoreTeacher`) -> ``"example_index"``
-      int64 [B]; a batch must not mix features with and without one.
+      int64 [B]; a batch must not mix features with and without one;
+    - a feature's ``"teacher_index"`` (its teacher among several, `lmdistill.teachers.routing`) ->
+      ``"teacher_index"`` int64 [B] (-1 for a feature without one).
     """
 
     pad_token_id: int
@@ -55,6 +57,8 @@ class DistillCollator:
             if not all(indexed):
                 raise ValueError("a batch mixes features with and without an example_index")
             batch["example_index"] = torch.tensor([int(f["example_index"]) for f in features])
+        if any("teacher_index" in f for f in features):  # several teachers: each row's (routing)
+            batch["teacher_index"] = torch.tensor([int(f.get("teacher_index", -1)) for f in features])
         return batch
 
 

@@ -125,7 +125,19 @@ def tokenize_record(record: dict[str, Any], tokenizer: Any, max_length: int) -> 
     feature = {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
     if record.get("weight") is not None:
         feature["weight"] = float(record["weight"])
+    carry_route(record, feature)
     return feature
+
+
+#: The key under which `lmdistill.teachers.routing` writes a row's teacher (an index into `teachers:`)
+#: into a copy of the row; tokenization carries it into the feature as "teacher_index".
+ROUTE_KEY = "_lmdistill_teacher_index"
+
+
+def carry_route(record: dict[str, Any], feature: dict[str, Any]) -> None:
+    """A routed row's teacher index into its feature (nothing for a row that was not routed)."""
+    if record.get(ROUTE_KEY) is not None:
+        feature["teacher_index"] = int(record[ROUTE_KEY])
 
 
 def check_weight(record: dict[str, Any], where: str) -> None:

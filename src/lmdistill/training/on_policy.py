@@ -63,15 +63,24 @@ def teacher_token_logprobs(
 
     Dense: log_softmax through the teacher's head, chunk_size rows at a time. Sparse: what the source
     read beside the top k (`target_logprobs`), else the token's entry in the top k; a token in neither
-    is a ValueError (a store or server that cannot give it).
+    is a ValueError (a store or server that cannot give it). Routed (several teachers): each part's
+    tokens from its own teacher; a mixture of teachers: the mixture's log-prob.
     """
+    if scores.parts is not None:
+        got = torch.full(tokens.shape, float("nan"), device=tokens.device)
+        for part in scores.parts:
+            rows = part.tokens.to(tokens.device)
+            if part.scores is None:
+                raise ValueError("a teacher held no scores for sampled tokens")
+            got[rows] = teacher_token_logprobs(part.scores, tokens[rows], vocab, chunk_size)
+        return got
     if scores.hidden is not None:
         out = []
+        mixture = getattr(scores.head, "log_probs", None)  # several teachers' mixture: log-probs already
         for c in range(0, tokens.shape[0], chunk_size):
-            logits = scores.head.logits(scores.hidden[c : c + chunk_size], vocab)
-            out.append(
-                torch.log_softmax(logits, -1).gather(1, tokens[c : c + chunk_size, None].to(logits.device))
-            )
+            h = scores.hidden[c : c + chunk_size]
+            logp = mixture(h, vocab) if mixture else torch.log_softmax(scores.head.logits(h, vocab), -1)
+            out.append(logp.gather(1, tokens[c : c + chunk_size, None].to(logp.device)))
         return torch.cat(out).squeeze(1) if out else torch.zeros(0)
     s = scores.sparse
     hit = s.ids.to(tokens.device) == tokens[:, None]
@@ -274,15 +283,16 @@ class OnPolicyTrainer(DistillTrainer):
         if c.log_samples_every and step % c.log_samples_every == 0 and self.is_world_process_zero():
             self._log_samples(step, kind, prompts, completions)
         out, start = [], 0
-        for size in sizes:
-            out.append(
-                sequence_batch(
-                    prompts[start : start + size],
-                    completions[start : start + size],
-                    pad_id=self.pad_id,
-                    max_length=self.max_length,
-                )
+        for size, b in zip(sizes, batches, strict=True):
+            batch = sequence_batch(
+                prompts[start : start + size],
+                completions[start : start + size],
+                pad_id=self.pad_id,
+                max_length=self.max_length,
             )
+            if b.get("teacher_index") is not None:  # several teachers: each sample goes to its prompt's
+                batch["teacher_index"] = b["teacher_index"].cpu().repeat_interleave(n)
+            out.append(batch)
             start += size
         return out
 

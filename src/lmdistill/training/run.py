@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from lmdistill.config import RunConfig
+from lmdistill.config import RunConfig, resolve_teachers
 from lmdistill.errors import UserError
 from lmdistill.io import atomic_write_json
 from lmdistill.models import load_tokenizer
@@ -76,6 +76,7 @@ def run(cfg: RunConfig, log=print) -> Path:
     """
     if not cfg.data.train:
         raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
+    cfg = resolve_teachers(cfg)  # a teachers: list of one is the teacher: spelling
     teacher = TeacherPart.choose(cfg)
     fsdp.check_sharding_settings(cfg)
     out = Path(cfg.train.output_dir)
@@ -87,6 +88,7 @@ def run(cfg: RunConfig, log=print) -> Path:
     set_seed(cfg.train.seed)
     # Data is read and tokenized before any model is loaded: a bad file fails in a second, not after a minute.
     train_rows, eval_rows = read_run_rows(cfg)
+    train_rows, eval_rows = teacher.route(cfg, train_rows, eval_rows, log)  # several teachers: each row's
     teacher.open(cfg)
     tokenizer = load_tokenizer(student_base(cfg))  # the one build_models trains with
     data = tokenize_run_data(cfg, train_rows, eval_rows, tokenizer)

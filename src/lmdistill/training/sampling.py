@@ -15,7 +15,7 @@ import torch
 
 from lmdistill.data.collator import DistillCollator
 from lmdistill.data.records import detect_format, validate_record
-from lmdistill.data.tokenize import IGNORE_INDEX, _render, check_weight, tokenize_record
+from lmdistill.data.tokenize import IGNORE_INDEX, _render, carry_route, check_weight, tokenize_record
 from lmdistill.errors import UserError
 from lmdistill.models.embedded import require_chat_template
 from lmdistill.models.forward import unwrap
@@ -102,6 +102,7 @@ def prompt_features(
             if rec.get("weight") is not None:
                 feature["weight"] = float(rec["weight"])
         feature["prompt_ids"] = prompt
+        carry_route(rec, feature)  # its samples are scored by the prompt's teacher
         features.append(feature)
     if need_answers and missing:
         raise UserError(
@@ -121,7 +122,7 @@ class PromptCollator:
     inner: DistillCollator
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.inner(features)
+        batch = self.inner(features)  # with "teacher_index" [B] when the rows were routed
         if all("prompt_ids" in f for f in features):  # held-out features have none
             batch["prompt_ids"] = [list(f["prompt_ids"]) for f in features]
         return batch

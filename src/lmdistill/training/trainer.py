@@ -26,12 +26,12 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from lmdistill.chunked import Head, LossSpec, chunked_loss
+from lmdistill.chunked import Head, LossSpec
 from lmdistill.errors import TrainingDiverged, UserError
 from lmdistill.io import public_mode
 from lmdistill.models.forward import final_hidden, forward_states, unwrap
 from lmdistill.outputs import failure_hint, write_failure
-from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource
+from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource, teacher_loss
 from lmdistill.training.optimizer_checkpoint import has_sharded_optimizer, load_sharded_optimizer
 
 
@@ -109,12 +109,12 @@ class DistillTrainer(Trainer):
             s_final = s_out.hidden_states[-1]
             if use_kd:
                 scores = self.teacher.scores(t_out.hidden_states[-1], positions)
-        sums = chunked_loss(
+        sums = teacher_loss(  # chunked_loss with this answer; part by part when several teachers routed it
             s_final[:, :-1][mask],  # [N, H_s]
             Head.of(unwrap(model)),
             targets[mask],
             self.spec,
-            **(scores.loss_inputs() if scores is not None else {}),
+            scores,
             weights=weights,
         )
         total = sums.total

@@ -34,13 +34,15 @@ class TeacherQuery:
 
     input_ids, attention_mask: [B, S] (1 = real token); positions: bool [B, S], False on padding and
     on each row's last real token; example_index: int64 [B], each row's index in the training data
-    (what an offline store looks rows up by), or None when the rows are not training examples.
+    (what an offline store looks rows up by), or None when the rows are not training examples;
+    teacher_index: int64 [B], each row's teacher in `teachers:` (routing), or None with one teacher.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     positions: torch.Tensor
     example_index: torch.Tensor | None = None
+    teacher_index: torch.Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch: dict) -> TeacherQuery:
@@ -48,12 +50,30 @@ class TeacherQuery:
         ids = batch["input_ids"]
         positions = torch.zeros_like(ids, dtype=torch.bool)
         positions[:, :-1] = batch["labels"][:, 1:] != -100
-        return cls(ids, batch["attention_mask"], positions, batch.get("example_index"))
+        return cls(
+            ids, batch["attention_mask"], positions, batch.get("example_index"), batch.get("teacher_index")
+        )
 
     def to(self, device: torch.device | str) -> TeacherQuery:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return TeacherQuery(
-            move(self.input_ids), move(self.attention_mask), move(self.positions), move(self.example_index)
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.positions),
+            move(self.example_index),
+            move(self.teacher_index),
+        )
+
+    def rows(self, rows: torch.Tensor) -> TeacherQuery:
+        """The query of some rows only (int64 [b] row indices, in order): what one teacher of several is
+        asked. Its scored positions are those rows' positions, in the same row-major order."""
+        pick = lambda t: None if t is None else t[rows.to(t.device)]  # noqa: E731
+        return TeacherQuery(
+            pick(self.input_ids),
+            pick(self.attention_mask),
+            pick(self.positions),
+            pick(self.example_index),
+            pick(self.teacher_index),
         )
 
     @property
@@ -63,32 +83,53 @@ class TeacherQuery:
 
 
 @dataclass(frozen=True)
+class RoutedPart:
+    """Some of a query's N scored positions and the answer of the one teacher they were routed to.
+
+    tokens: int64 [n] indices into the N positions (ascending); scores: that teacher's answer for them,
+    or None (it holds nothing for these rows: CE only); temperature: the T of that teacher's KD term, or
+    None for the run's (`lmdistill.teachers.whitebox.routed_loss.teacher_loss`).
+    """
+
+    tokens: torch.Tensor
+    scores: TeacherScores | None
+    temperature: float | None = None
+
+
+@dataclass(frozen=True)
 class TeacherScores:
-    """A teacher's answer for the N scored positions of a query: dense or sparse, never both.
+    """A teacher's answer for the N scored positions of a query: dense, sparse or routed, one of them.
 
     hidden: [N, H_t] final hidden states and head: their output `Head` (dense); or sparse: a
-    `SparseTeacher` with [N, k] ids and log-probs and [N] tail log-masses. target_logprobs: optional
-    float32 [N], the log-prob of each position's actual next token where a sparse source knows it (a
-    server's reply holds it beside the top k; NaN where it did not).
+    `SparseTeacher` with [N, k] ids and log-probs and [N] tail log-masses; or parts: several teachers
+    each answering the positions routed to it (`RoutedPart`, the loss takes them one by one).
+    target_logprobs: optional float32 [N], the log-prob of each position's actual next token where a
+    sparse source knows it (a server's reply holds it beside the top k; NaN where it did not).
     """
 
     hidden: torch.Tensor | None = None
     head: Head | None = None
     sparse: SparseTeacher | None = None
     target_logprobs: torch.Tensor | None = None
+    parts: tuple[RoutedPart, ...] | None = None
 
     def __post_init__(self):
-        if (self.hidden is None) == (self.sparse is None) or (self.hidden is None) != (self.head is None):
+        forms = (self.hidden is not None) + (self.sparse is not None) + (self.parts is not None)
+        if forms != 1 or (self.hidden is None) != (self.head is None):
             raise ValueError(
-                "TeacherScores holds hidden states with their head, or a sparse top-k: one of them"
+                "TeacherScores holds hidden states with their head, a sparse top-k, or routed parts: one of them"
             )
 
     @property
     def rows(self) -> int:
+        if self.parts is not None:
+            return sum(int(p.tokens.shape[0]) for p in self.parts)
         return int(self.hidden.shape[0] if self.hidden is not None else self.sparse.ids.shape[0])
 
     def loss_inputs(self) -> dict:
         """Keyword arguments for `chunked_loss` / `full_logits_loss`: t_hidden, t_head, t_sparse."""
+        if self.parts is not None:
+            raise ValueError("routed scores are several teachers' answers: use teacher_loss, part by part")
         return {"t_hidden": self.hidden, "t_head": self.head, "t_sparse": self.sparse}
 
     def topk(
@@ -99,6 +140,8 @@ class TeacherScores:
         Dense: from the full distribution at `temperature` (`topk_rows`). Sparse: the rows as they
         came, which must hold k entries (a server scores at temperature 1; its caller checks that).
         """
+        if self.parts is not None:
+            raise ValueError("top-k of routed scores: capture each teacher apart (one store per teacher)")
         if self.hidden is not None:
             return topk_rows(
                 self.head, self.hidden, k=k, temperature=temperature, vocab=vocab, chunk_size=chunk_size

@@ -22,7 +22,7 @@ from lmdistill.models import (
     resolve_dtype,
     shrink_model,
 )
-from lmdistill.teachers.whitebox import InProcessTeacher, TeacherSource
+from lmdistill.teachers.whitebox import InProcessTeacher, SeveralTeachers, TeacherSource
 from lmdistill.training.parts.teacher import teacher_is_read
 from lmdistill.training.xtok_step import CrossTokenizerStep, build_step
 
@@ -64,6 +64,10 @@ def build_models(cfg: RunConfig, log=print, source=None, tokenizer=None) -> Mode
     or a server (it has `.vocab`); no teacher is kept, its weights are loaded only to shrink the student.
     tokenizer: the run's tokenizer when the caller has loaded it already (loaded here otherwise).
     """
+    if isinstance(source, SeveralTeachers):  # several teachers: the needed in-process ones load here
+        from lmdistill.training.parts.several import build_models as build_several
+
+        return build_several(cfg, source, tokenizer, log)
     if source is not None:
         return _models_for_source(cfg, source, tokenizer, log)
     if tokenizer is None:  # the student's (the teacher's when the student is shrunk from it)

@@ -9,7 +9,9 @@ checked before any weights load.
   temperature, then checked against the run's tokenizer and tokenized data; each training feature
   carries its index into the store, which the source looks its rows up by;
 - server: `teacher.server` (an OpenAI-compatible server): probed (same vocabulary as the student,
-  teacher.server_k log-probs per position).
+  teacher.server_k log-probs per position);
+- several: `teachers:` lists two or more, routed by row or mixed per token
+  (`lmdistill.training.parts.several`): rows routed before tokenization, each teacher of any kind.
 With a store or a server no teacher is in memory.
 """
 
@@ -21,6 +23,7 @@ from lmdistill.config import RunConfig
 from lmdistill.errors import UserError
 from lmdistill.teachers.whitebox import TeacherSource
 from lmdistill.training.parts.data import RunData
+from lmdistill.training.parts.several import SeveralTeachersPart
 
 
 def teacher_is_read(cfg: RunConfig) -> bool:
@@ -46,6 +49,13 @@ def check_teacher_settings(cfg: RunConfig) -> None:
         from lmdistill.teachers.whitebox import check_server_settings
 
         check_server_settings(cfg.teacher, cfg.distill.temperature, "distill.temperature")
+    for i, entry in enumerate(cfg.teachers if len(cfg.teachers) > 1 else []):
+        if entry.server:
+            from lmdistill.teachers.whitebox import check_server_settings
+
+            check_server_settings(
+                entry, entry.temperature or cfg.distill.temperature, f"teachers[{i}].temperature"
+            )
     if not elsewhere and not cfg.teacher.name:
         raise UserError("teacher.name is empty, but distill.kd_ratio > 0 or a hint term reads the teacher")
 
@@ -68,6 +78,7 @@ class TeacherPart:
 
     kind: str
     store: object | None = None
+    several: SeveralTeachersPart | None = None
 
     @classmethod
     def choose(cls, cfg: RunConfig) -> TeacherPart:
@@ -75,9 +86,18 @@ class TeacherPart:
         check_teacher_settings(cfg)
         if not teacher_is_read(cfg):
             return cls("none")
+        if len(cfg.teachers) > 1:
+            return cls("several", several=SeveralTeachersPart.of(cfg))
         if cfg.distill.teacher_store:
             return cls("store")
         return cls("server") if cfg.teacher.server else cls("in_process")
+
+    def route(self, cfg: RunConfig, train: list[dict], heldout: list[dict] | None, log=print):
+        """Several teachers: each row's teacher, carried by the row (UserError for a row that names an
+        unlisted teacher or gets none). The rows as they are otherwise."""
+        if self.several is None:
+            return train, heldout
+        return self.several.route(cfg, train, heldout, log)
 
     def open(self, cfg: RunConfig) -> TeacherPart:
         """A store is opened (finished, the run's temperature) before the tokenizer loads: a store that
@@ -92,7 +112,10 @@ class TeacherPart:
     def source(self, cfg: RunConfig, tokenizer, data: RunData) -> TeacherSource | None:
         """The sparse source standing in for the teacher (a store or a server), checked against the run's
         tokenizer and data; None for none and in_process (whose source `build_models` makes with the
-        model). A store's features get their "example_index" here."""
+        model). A store's features get their "example_index" here. Several teachers: their composite
+        source, whose in-process members `build_models` loads."""
+        if self.several is not None:
+            return self.several.source(cfg, tokenizer, data)
         if self.kind == "store":
             from lmdistill.teachers.whitebox import StoreTeacher
 
