@@ -177,10 +177,11 @@ def _chat(prompt: str, answer: str) -> dict:
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
 
-def heldout_items(a) -> list[tuple]:
-    """(task, example) pairs of the held-out questions, task by task."""
+def heldout_items(a, tasks=TASKS) -> list[tuple]:
+    """(task, example) pairs of the held-out questions, task by task (a.heldout_per_task each, or all
+    of a finite task's when it holds fewer)."""
     out = []
-    for name in TASKS:
+    for name in tasks:
         task = get_task(name)
         n = (
             a.heldout_per_task
@@ -198,13 +199,13 @@ def grade(task, answer: str, example) -> bool:
     return bool(g["correct"] if g["correct"] is not None else g["passed"])
 
 
-def accuracies(items: list[tuple], answers: list[str]) -> dict[str, float]:
+def accuracies(items: list[tuple], answers: list[str], tasks=TASKS) -> dict[str, float]:
     """Per task, the share of held-out answers that are right ("acc:<task>"), and their mean over tasks."""
     out = {}
-    for name in TASKS:
+    for name in tasks:
         marks = [grade(t, ans, ex) for (t, ex), ans in zip(items, answers, strict=True) if t.name == name]
         out[f"acc:{name}"] = sum(marks) / len(marks)
-    out["acc:mean"] = sum(out[f"acc:{n}"] for n in TASKS) / len(TASKS)
+    out["acc:mean"] = sum(out[f"acc:{n}"] for n in tasks) / len(tasks)
     return out
 
 
@@ -259,6 +260,30 @@ def setup_key(a) -> str:
     return hashlib.sha256(json.dumps([getattr(a, k) for k in keys]).encode()).hexdigest()[:12]
 
 
+def teacher_rows(teacher, tokenizer, a, tasks=TASKS) -> tuple[list[dict], dict[str, int], int]:
+    """The teacher's greedy answers to a.train_per_task training questions per task (all of a finite
+    task's when it holds fewer), kept as chat rows (with their "task") when right by the checker and
+    not cut at a.max_new_tokens (a.keep == "any": every non-empty one). Returns (rows, kept per task,
+    questions asked)."""
+    generator = ChatGenerator(teacher, tokenizer, batch_size=32)
+    greedy = Sampling(max_new_tokens=a.max_new_tokens)
+    train = []
+    for name in tasks:
+        task = get_task(name)
+        n = a.train_per_task if task.pool is None else min(a.train_per_task, len(task.examples("train")))
+        train += [(task, ex) for ex in task.examples("train", n)]
+    responses = generator.generate(
+        [Request.chat([{"role": "user", "content": t.prompt(e)}], greedy) for t, e in train]
+    )
+    kept, kept_per_task = [], dict.fromkeys(tasks, 0)
+    for (t, e), r in zip(train, responses, strict=True):
+        right = response_verdict(r, keep_cut=False) == "kept" and grade(t, r.text, e)
+        if right or (a.keep == "any" and r.text.strip()):
+            kept.append({**_chat(t.prompt(e), r.text.strip()), "task": t.name})
+            kept_per_task[t.name] += 1
+    return kept, kept_per_task, len(train)
+
+
 def prepare(a, log=print) -> Path:
     """The setup folder (made once per setup settings): setup.json (kept training rows, validation rows,
     the teacher's held-out answers and accuracy, the warm student's) and warm_student/ (safetensors)."""
@@ -269,27 +294,12 @@ def prepare(a, log=print) -> Path:
     started = time.time()
     torch.set_num_threads(max(a.threads, a.workers * a.threads))
     tokenizer, teacher = load_tokenizer(a.teacher), load_teacher(a.teacher).eval()
-    generator = ChatGenerator(teacher, tokenizer, batch_size=32)
-    greedy = Sampling(max_new_tokens=a.max_new_tokens)
-    train = []
-    for name in TASKS:
-        task = get_task(name)
-        n = a.train_per_task if task.pool is None else min(a.train_per_task, len(task.examples("train")))
-        train += [(task, ex) for ex in task.examples("train", n)]
-    responses = generator.generate(
-        [Request.chat([{"role": "user", "content": t.prompt(e)}], greedy) for t, e in train]
-    )
-    kept, kept_per_task = [], dict.fromkeys(TASKS, 0)
-    for (t, e), r in zip(train, responses, strict=True):
-        right = response_verdict(r, keep_cut=False) == "kept" and grade(t, r.text, e)
-        if right or (a.keep == "any" and r.text.strip()):
-            kept.append(_chat(t.prompt(e), r.text.strip()))
-            kept_per_task[t.name] += 1
+    kept, kept_per_task, asked = teacher_rows(teacher, tokenizer, a)
     validation, rows = kept[: a.validation], kept[a.validation :]
     items = heldout_items(a)
     prompts = [t.prompt(e) for t, e in items]
     teacher_answers = greedy_answers(teacher, tokenizer, prompts, max_new_tokens=a.max_new_tokens)
-    log(f"setup: {len(kept)} of {len(train)} teacher answers kept; {time.time() - started:.0f} s")
+    log(f"setup: {len(kept)} of {asked} teacher answers kept; {time.time() - started:.0f} s")
     student0 = shrink_model(teacher, num_layers=a.student_layers, layers=None if a.student_layers else LAYERS)
     vocab = check_vocab(tokenizer, tokenizer, teacher, student0)
     feats = prompt_features(rows, tokenizer, MAX_LENGTH, a.max_new_tokens, source="kept teacher answers")
@@ -303,7 +313,7 @@ def prepare(a, log=print) -> Path:
     warm.save_pretrained(folder / "warm_student")
     tokenizer.save_pretrained(folder / "warm_student")
     setup = {
-        "teacher_answers_asked": len(train),
+        "teacher_answers_asked": asked,
         "kept": len(kept),
         "kept_per_task": kept_per_task,
         "rows": rows,
