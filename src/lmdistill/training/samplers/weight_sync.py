@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from lmdistill.errors import UserError
 from lmdistill.models.forward import unwrap
 from lmdistill.training.samplers.vllm_client import VllmClient
 
@@ -59,7 +60,12 @@ def _write(model: torch.nn.Module, folder: Path, how) -> None:
 
 
 def _save_adapter(model: torch.nn.Module, folder: Path) -> None:
-    unwrap(model).save_pretrained(folder, safe_serialization=True)  # a PeftModel saves its adapter only
+    """The peft adapter alone (adapter_config.json, adapter_model.safetensors); `unwrap` would strip peft."""
+    while not hasattr(model, "peft_config") and hasattr(model, "module"):  # DDP and similar wrappers
+        model = model.module
+    if not hasattr(model, "peft_config"):
+        raise UserError("vllm_sampler.sync=lora: the student is not a peft LoRA model (student.lora_r > 0)")
+    model.save_pretrained(folder, safe_serialization=True)
 
 
 def write_server_folder(student: str | Path, out: str | Path) -> Path:
