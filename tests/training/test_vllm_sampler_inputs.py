@@ -262,3 +262,22 @@ def test_two_processes_one_sync_each_their_own_samples(tmp_path, tiny_model_dirs
     assert fake.sampled_rows == 4 * 2 * 2  # 4 steps x 2 processes x 2 rows each
     samples = (tmp_path / "out" / "on_policy_samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * 2  # process 0 logs its own rows
+
+
+def test_a_resumed_run_syncs_again_at_its_first_on_policy_step(tmp_path, tiny_model_dirs, tiny_tokenizer):
+    """The server's weights are unknown after a restart: the resumed run syncs before its first sample
+    (and checks it), whatever the server held."""
+    from transformers import AutoModelForCausalLM
+
+    from lmdistill import load_config, run
+
+    fake = FakeVllm(tiny_tokenizer, model=AutoModelForCausalLM.from_pretrained(tiny_model_dirs[1]).eval())
+    try:
+        path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": fake.url, "sync_every": 3}, max_steps=2)
+        run(load_config(path), log=lambda _: None)
+        assert [Path(r).name for r in fake.reloads] == ["step-0"]
+        more = ["train.max_steps=4", "train.resume_from_checkpoint=latest"]
+        run(load_config(path, more), log=lambda _: None)
+        assert [Path(r).name for r in fake.reloads] == ["step-0", "step-2"]
+    finally:
+        fake.close()
