@@ -32,7 +32,11 @@ def student_token_logprobs(
     model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]], chunk_size: int = 256
 ) -> list[torch.Tensor]:
     """The student's log-prob (temperature 1, the head's whole width as vLLM's) of each completion token:
-    per row a float32 [T_b]. One forward per row (no padding to get wrong); eval mode for the call."""
+    per row a float32 [T_b]. One forward per row (no padding to get wrong); eval mode for the call. The
+    forwards run on the model inside DDP (peft kept): DDP's forward is a collective (it broadcasts
+    buffers), and processes may check different numbers of rows."""
+    while hasattr(model, "module"):  # DDP and similar wrappers; a peft model stays whole (its adapters count)
+        model = model.module
     inner = unwrap(model)
     device = next(inner.parameters()).device
     head = Head.of(inner, trainable=False)
