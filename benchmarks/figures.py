@@ -55,6 +55,7 @@ class Figure:
     follows: list[str] = field(
         default_factory=list
     )  # modules the script runs in a subprocess (their imports too)
+    pending: str = ""  # why no results file exists yet (a speed figure waiting for an idle machine)
 
     @property
     def path(self) -> Path:
@@ -106,6 +107,13 @@ FIGURES: list[Figure] = [
     _f("on_policy_sampling", "bench_on_policy_sampling.py --out {json}", 10),
     _f("step_breakdown", "bench_step_breakdown.py --out {json}", 6),
     _f("teacher_server", "bench_teacher_server.py --json {json}", 8),
+    _f(
+        "vllm_sampler",
+        "bench_vllm_sampler.py --json {json}",
+        15,
+        threads=None,
+        pending="needs an idle machine: only its --quick smoke run was made, on a loaded one (issue 23)",
+    ),
     _f("teacher_on_tasks", "teacher_on_tasks.py --json {json}", 20, kind="quality"),
     _f("student_layers", "student_layers.py", 2, kind="quality", note="writes its own results file"),
     _f("soak_serve", "soak_serve.py --json {json}", 3, threads=None, follows=SERVER),
@@ -278,7 +286,9 @@ def stamp(figure: Figure, recorded: dict | None = None, **extra) -> None:
 def staleness(figure: Figure) -> tuple[str, list[str]]:
     """("fresh" | "stale" | "unrecorded" | "missing", the reasons)."""
     if not figure.path.is_file():
-        return "missing", [f"{_relative(figure.path)} does not exist"]
+        return "missing", [f"{_relative(figure.path)} does not exist"] + (
+            [figure.pending] if figure.pending else []
+        )
     recorded = json.loads(figure.path.read_text(encoding="utf-8")).get("provenance")
     if not recorded:
         return "unrecorded", ["written before results recorded their provenance"]

@@ -331,6 +331,9 @@ class HintConfig:
 #: on_policy.schedule values and on_policy.estimator values.
 ON_POLICY_SCHEDULES = ("constant", "linear", "adaptive")
 ON_POLICY_ESTIMATORS = ("divergence", "sampled")
+#: on_policy.sampler values, and vllm_sampler.sync values.
+ON_POLICY_SAMPLERS = ("generate", "vllm")
+VLLM_SYNCS = ("auto", "reload", "lora")
 
 
 @dataclass
@@ -380,11 +383,51 @@ class OnPolicyConfig:
         0,
         "Write sampled completions to output_dir/on_policy_samples.jsonl every N optimizer steps; 0 = never.",
     )
+    sampler: str = setting(
+        "generate",
+        "Who samples the student's completions: generate (transformers, in this process) or vllm (a vLLM server "
+        "serving the student, its weights synced every vllm_sampler.sync_every steps; docs/on_policy.md).",
+    )
 
     @property
     def enabled(self) -> bool:
         """Whether any step may train on generated sequences."""
         return self.lmbda > 0 or self.seq_kd
+
+
+@dataclass
+class VllmSamplerConfig:
+    """on_policy.sampler=vllm: the vLLM server that samples for the student, and how its weights follow."""
+
+    url: str | None = setting(
+        None,
+        "The student's vLLM server, its OpenAI base URL (http://host:port/v1); needed with sampler=vllm.",
+    )
+    model: str | None = setting(
+        None, "The served model name (vLLM's --served-model-name); empty = the only base model it serves."
+    )
+    sync: str = setting(
+        "auto",
+        "How the student's weights reach the server: lora (peft adapter via /v1/load_lora_adapter; server with "
+        "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), reload (full weights from a folder via the "
+        "dev-mode /collective_rpc reload_weights; VLLM_SERVER_DEV_MODE=1), auto (lora for a LoRA student).",
+    )
+    sync_every: int = setting(
+        1,
+        "Sync the weights before an on-policy step when the server's are this many optimizer steps old or more: "
+        "samples come from weights up to sync_every - 1 steps old.",
+    )
+    sync_dir: str | None = setting(
+        None,
+        "Folder the weights are written to for the server to read (the server must see the same path); empty = "
+        "output_dir/vllm_sync.",
+    )
+    check_atol: float = setting(
+        0.02,
+        "After each sync, the sampled tokens' log-probs from vLLM must agree with the student's (temperature 1) "
+        "to this mean absolute difference, in nats per token; a larger one stops the run.",
+    )
+    timeout: float = setting(600.0, "Seconds per request to the server (sampling, sync) before giving up.")
 
 
 @dataclass
@@ -447,6 +490,7 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     hints: HintConfig = field(default_factory=HintConfig)
     on_policy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
+    vllm_sampler: VllmSamplerConfig = field(default_factory=VllmSamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> RunConfig:
@@ -531,8 +575,14 @@ class RunConfig:
             )
         if o.max_new_tokens <= 0:
             raise UserError(f"on_policy.max_new_tokens must be at least 1, got {o.max_new_tokens}")
+        if o.sampler not in ON_POLICY_SAMPLERS:
+            raise UserError(
+                f"on_policy.sampler: unknown sampler {o.sampler!r}; choose one of {', '.join(ON_POLICY_SAMPLERS)}"
+            )
         if not o.enabled:
             return
+        if o.sampler == "vllm":
+            self._validate_vllm_sampler()
         if self.distill.teacher_store:
             raise UserError(
                 "on_policy: distill.teacher_store holds scores of the data's fixed sequences and cannot score the "
@@ -584,6 +634,43 @@ class RunConfig:
                 "on_policy with train.fsdp is not supported yet (sampling needs the student's full weights); "
                 "use DDP (torchrun/accelerate without fsdp)"
             )
+
+    def _validate_vllm_sampler(self) -> None:
+        v, o = self.vllm_sampler, self.on_policy
+        if not v.url:
+            raise UserError(
+                "on_policy.sampler=vllm needs vllm_sampler.url, the student's vLLM server (http://host:port/v1)"
+            )
+        if v.sync not in VLLM_SYNCS:
+            raise UserError(
+                f"vllm_sampler.sync: unknown sync {v.sync!r}; choose one of {', '.join(VLLM_SYNCS)}"
+            )
+        if v.sync == "lora" and not self.student.lora_r:
+            raise UserError(
+                "vllm_sampler.sync=lora needs a LoRA student (student.lora_r > 0); a full student syncs with reload"
+            )
+        if v.sync == "reload" and self.student.lora_r:
+            raise UserError(
+                "vllm_sampler.sync=reload with a LoRA student (student.lora_r > 0): its adapter syncs with lora"
+            )
+        if v.sync_every < 1:
+            raise UserError(f"vllm_sampler.sync_every must be at least 1, got {v.sync_every}")
+        if not (math.isfinite(v.check_atol) and v.check_atol > 0):
+            raise UserError(f"vllm_sampler.check_atol must be a finite number > 0, got {v.check_atol}")
+        if not (math.isfinite(v.timeout) and v.timeout > 0):
+            raise UserError(f"vllm_sampler.timeout must be a finite number > 0, got {v.timeout}")
+        if o.estimator == "sampled" and v.sync_every > 1:
+            raise UserError(
+                f"vllm_sampler.sync_every={v.sync_every} with on_policy.estimator=sampled: the sampled estimator "
+                "needs samples from the current student (its importance weight), older ones come from up to "
+                f"{v.sync_every - 1} steps back; set sync_every to 1 or use estimator=divergence"
+            )
+
+    @property
+    def vllm_sync(self) -> str:
+        """vllm_sampler.sync with auto resolved: lora for a LoRA student, reload otherwise."""
+        s = self.vllm_sampler.sync
+        return ("lora" if self.student.lora_r else "reload") if s == "auto" else s
 
 
 def check_train_numbers(t: TrainConfig) -> None:

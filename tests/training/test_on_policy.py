@@ -241,7 +241,7 @@ def _history(tmp_path) -> list[dict]:
 def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
     import copy
 
-    import lmdistill.training.on_policy as on_policy_module
+    import lmdistill.training.sampling as sampling_module
 
     drawn = []  # per sampling call: (the student's weights then, prompts, completions)
 
@@ -250,7 +250,7 @@ def test_on_policy_run_in_process(tiny_model_dirs, tmp_path, monkeypatch):
         drawn.append((copy.deepcopy(model.state_dict()), prompts, completions))
         return completions
 
-    monkeypatch.setattr(on_policy_module, "sample_completions", recorded)
+    monkeypatch.setattr(sampling_module, "sample_completions", recorded)
     _on_policy_run(tmp_path, tiny_model_dirs, {"lmbda": 1.0}, answers=False)
     steps = [h for h in _history(tmp_path) if "loss" in h]
     assert len(steps) == 2 and all(h["on_policy_steps"] == 1 for h in steps) and len(drawn) == 2

@@ -44,7 +44,8 @@ def free_port() -> int:
 
 class VllmServer:
     """`start()` launches (returns at once), `wait()` blocks until /v1/models answers, `stop()` ends the
-    whole process group (API server, engine core, worker). The log goes to `log_path`."""
+    whole process group (API server, engine core, worker). The log goes to `log_path`; `env` adds
+    environment variables (VLLM_SERVER_DEV_MODE, VLLM_ALLOW_RUNTIME_LORA_UPDATING, ...)."""
 
     def __init__(
         self,
@@ -55,7 +56,9 @@ class VllmServer:
         args: tuple[str, ...] = (),
         kv_gib: int = 2,
         max_model_len: int = 2048,
+        env: dict[str, str] | None = None,
     ):
+        self.extra_env = dict(env or {})
         self.model_dir, self.name, self.log_path = Path(model_dir), name, Path(log_path)
         self.args, self.kv_gib, self.max_model_len = tuple(args), kv_gib, max_model_len
         self.port = free_port()
@@ -73,6 +76,7 @@ class VllmServer:
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            **self.extra_env,
         }
         env.pop("CUDA_VISIBLE_DEVICES", None)
         cmd = [

@@ -56,19 +56,20 @@ def training_arguments(t: TrainConfig, *, eval_enabled: bool = False) -> Trainin
 
 
 def make_trainer(
-    cfg: RunConfig, models: Models, train_features, eval_features=None, log=print, store=None
+    cfg: RunConfig, models: Models, train_features, eval_features=None, log=print, store=None, sampler=None
 ) -> DistillTrainer:
     """The run's trainer: the loss asks `models.source` (none when no term reads the teacher).
 
     store: a `TeacherStore` to train from (older callers); `build_models(source=StoreTeacher(store))`
-    is the same. Features carrying "example_index" are looked up in it.
+    is the same. Features carrying "example_index" are looked up in it. sampler: the run's sampler part,
+    already connected (`choose_sampler(cfg).connect(...)`); by default chosen (and connected) here.
     """
     if store is not None and models.source is None:
         from lmdistill.teachers.whitebox import StoreTeacher
 
         models.source = StoreTeacher(store)
     args = training_arguments(cfg.train, eval_enabled=eval_features is not None)
-    launcher, sampler = choose_launcher(cfg), choose_sampler(cfg)
+    launcher, sampler = choose_launcher(cfg), sampler or choose_sampler(cfg)
     launcher.prepare(models, args, log)
     hints = HintTerms(cfg.hints, models.student, models.teacher, log) if cfg.hints.enabled else None
     launcher.after_hints(hints)

@@ -7,8 +7,10 @@ step consumes: off-policy, on-policy and sequence-level KD differ only in where 
 Per optimizer step (one accumulation window of G micro-batches), `OnPolicyTrainer.get_batch_samples`
 decides, with probability lmbda (`on_policy.schedule` moves it), whether the whole window is
 - off-policy: the data's answers, as `DistillTrainer` trains without this module;
-- on-policy: the student (unwrapped, eval mode, KV cache, left padding, no grad) samples completions
-  of the window's prompts in one `generate` call, `samples_per_prompt` each;
+- on-policy: the student samples completions of the window's prompts, `samples_per_prompt` each,
+  through the run's sampler (`lmdistill.training.samplers`): by default in one `generate` call
+  (unwrapped, eval mode, KV cache, left padding, no grad), or on a vLLM server whose weights follow
+  the student's (on_policy.sampler=vllm);
 - seq_kd (when `on_policy.seq_kd`, instead of off-policy): the teacher samples them.
 The decision is a function of (train.seed, step) alone, so every process of a DDP run takes the same
 one without talking, and a resumed run takes the same ones again. Sampling itself is seeded by
@@ -44,11 +46,8 @@ from lmdistill.data.tokenize import IGNORE_INDEX
 from lmdistill.losses import sampled_token_loss
 from lmdistill.models.forward import final_hidden, unwrap
 from lmdistill.teachers.whitebox import TeacherQuery, TeacherScores
-from lmdistill.training.sampling import (
-    eos_ids,
-    sample_completions,
-    sequence_batch,
-)
+from lmdistill.training.samplers import CompletionSampler, GenerateSampler, SampleRequest
+from lmdistill.training.sampling import eos_ids, sequence_batch
 from lmdistill.training.trainer import DistillTrainer
 
 SAMPLES_FILE = "on_policy_samples.jsonl"
@@ -186,19 +185,30 @@ class OnPolicyTrainer(DistillTrainer):
         tokenizer: the run's tokenizer (pad and EOS ids, and decoding the logged samples).
         max_length: tokens per generated row at most (data.max_length).
         teacher_model: the teacher model, for seq_kd (sampled from) and nothing else.
+        sampler: who samples the student's completions (`CompletionSampler`); default `GenerateSampler`.
 
     Logged beside DistillTrainer's (per logging interval): `lmbda`; `on_policy_steps`, `seq_kd_steps`;
     on-policy losses per target token apart from the off-policy ones (`on_policy_kd`, or with the
     sampled estimator `on_policy_reverse_kl`: the mean of log q - log p over sampled tokens) and
     `on_policy_tokens`; wall seconds spent sampling, in the teacher's scoring, and in the student's
-    forward and backward (`time_sampling_s`, `time_teacher_s`, `time_student_s`).
+    forward and backward (`time_sampling_s`, `time_teacher_s`, `time_student_s`); and what the sampler
+    reports (vLLM: `vllm_staleness`, `time_sync_s`, `vllm_logprob_diff`).
     """
 
     def __init__(
-        self, *args, on_policy: OnPolicyConfig, tokenizer, max_length: int, teacher_model=None, **kwargs
+        self,
+        *args,
+        on_policy: OnPolicyConfig,
+        tokenizer,
+        max_length: int,
+        teacher_model=None,
+        sampler: CompletionSampler | None = None,
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.on_policy = on_policy
+        self.sampler: CompletionSampler = sampler or GenerateSampler()
+        self._sampler_stats: dict[str, float] = {}
         self.schedule = Schedule(on_policy, self.args.seed)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.gen_tokenizer = tokenizer
@@ -264,22 +274,26 @@ class OnPolicyTrainer(DistillTrainer):
         return random.Random(self.args.seed * 31 + step).random() < c.replay_ratio
 
     def _generate(self, batches: list[dict], kind: str, step: int) -> list[dict]:
-        """One generate call for the window's prompts; back into micro-batches of the same prompts."""
+        """One sampler call for the window's prompts (the teacher's `generate` for seq_kd); back into
+        micro-batches of the same prompts."""
         c = self.on_policy
         n = c.samples_per_prompt
         sizes = [len(b["prompt_ids"]) * n for b in batches]
         prompts = [p for b in batches for p in b["prompt_ids"] for _ in range(n)]
-        model = self.model if kind == ON else self.teacher_model
-        completions = sample_completions(
-            model,
+        model, sampler = (self.model, self.sampler) if kind == ON else (self.teacher_model, GenerateSampler())
+        request = SampleRequest(
             prompts,
+            step=step,
+            seed=(self.args.seed * 1_000_003 + step) * 64 + self.args.process_index,
+            eos=frozenset(eos_ids(self.gen_tokenizer, unwrap(model))),
             pad_id=self.pad_id,
-            eos=eos_ids(self.gen_tokenizer, unwrap(model)),
             max_new_tokens=c.max_new_tokens,
             temperature=c.temperature,
             top_p=c.top_p,
-            seed=(self.args.seed * 1_000_003 + step) * 64 + self.args.process_index,
         )
+        completions = sampler.sample(model, request)
+        if kind == ON:
+            self._sampler_stats.update(self.sampler.stats())
         if c.log_samples_every and step % c.log_samples_every == 0 and self.is_world_process_zero():
             self._log_samples(step, kind, prompts, completions)
         out, start = [], 0
@@ -383,6 +397,8 @@ class OnPolicyTrainer(DistillTrainer):
                 logs["seq_kd_steps"] = self._counts[SEQ_KD]
             for name, value in self._timer.items():
                 logs[f"time_{name}_s"] = round(value, 3)
+            logs.update({name: round(value, 6) for name, value in self._sampler_stats.items()})
+            self._sampler_stats = {}
             self._timer.update(sampling=0.0, teacher=0.0, student=0.0)
             self._counts = {ON: 0, SEQ_KD: 0}
         super().log(logs, *args, **kwargs)

@@ -26,6 +26,7 @@ from lmdistill.training.hint_terms import PROJECTIONS_FILE
 from lmdistill.training.parts.data import read_rows, read_run_rows, tokenize_run_data, tokenize_train
 from lmdistill.training.parts.launcher import STUDENT_DIR, choose_launcher
 from lmdistill.training.parts.models import Models, add_lora, build_models, from_rank0, student_base
+from lmdistill.training.parts.sampler import choose_sampler
 from lmdistill.training.parts.teacher import TeacherPart, check_teacher_settings, teacher_is_read
 from lmdistill.training.run_folder import (
     DATA_FINGERPRINT_FILE,
@@ -94,9 +95,11 @@ def run(cfg: RunConfig, log=print) -> Path:
     data = tokenize_run_data(cfg, train_rows, eval_rows, tokenizer)
     check_data_unchanged(cfg, data.fingerprint, log)
     source = teacher.source(cfg, tokenizer, data)  # a store or server, checked before any weights load
+    sampler = choose_sampler(cfg)
+    sampler.connect(cfg, tokenizer)  # a vLLM sampler's server too
     models = build_models(cfg, log, source=source, tokenizer=tokenizer)
     log(f"data: {len(data.train)} training examples" + (f", {len(data.eval)} held out" if data.eval else ""))
-    trainer = make_trainer(cfg, models, data.train, data.eval, log)
+    trainer = make_trainer(cfg, models, data.train, data.eval, log, sampler=sampler)
     needs = (PROJECTIONS_FILE,) if trainer.hints is not None and trainer.hints.projections is not None else ()
     resume = resolve_checkpoint(cfg.train.resume_from_checkpoint, cfg.train.output_dir, needs=needs)
     with output.claim(job, overwrite=cfg.train.overwrite_output_dir, ignore=ignore, primary=is_primary()):

@@ -2,8 +2,10 @@
 
 - `DataSampler`: the data's own sequences (every off-policy method);
 - `OnPolicySampler`: on-policy steps (`on_policy:` in the config): the student's own samples (or the
-  teacher's, seq-KD) replace a step's batch as the schedule says, drawn with transformers' `generate`
-  by `lmdistill.training.on_policy.OnPolicyTrainer`; batches carry their prompts (`PromptCollator`).
+  teacher's, seq-KD) replace a step's batch as the schedule says, run by
+  `lmdistill.training.on_policy.OnPolicyTrainer`; batches carry their prompts (`PromptCollator`). The
+  student samples through `on_policy.sampler`: transformers' `generate` in this process, or a vLLM
+  server (`lmdistill.training.samplers.vllm`), connected and checked by `connect` before any weights load.
 
 A sampler gives the trainer class that runs its steps, the collator around the data's, and the extra
 arguments that trainer takes.
@@ -11,7 +13,7 @@ arguments that trainer takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lmdistill.config import RunConfig
 from lmdistill.training.parts.models import Models
@@ -20,6 +22,9 @@ from lmdistill.training.parts.models import Models
 @dataclass
 class DataSampler:
     """Off-policy: the trainer the launcher gives, the data's collator, nothing else."""
+
+    def connect(self, cfg: RunConfig, tokenizer) -> None:
+        return None
 
     def trainer_class(self, launcher_class: type) -> type:
         return launcher_class
@@ -33,7 +38,25 @@ class DataSampler:
 
 @dataclass
 class OnPolicySampler:
-    """On-policy steps through `OnPolicyTrainer` (refused with train.fsdp by the config's checks)."""
+    """On-policy steps through `OnPolicyTrainer` (refused with train.fsdp by the config's checks).
+
+    completions: who samples the student's completions; None until `connect` (or `trainer_kwargs`) builds it.
+    """
+
+    completions: object | None = field(default=None)
+
+    def connect(self, cfg: RunConfig, tokenizer) -> None:
+        """Build the completion sampler; a vLLM server is reached and checked here (UserError)."""
+        if self.completions is not None:
+            return
+        if cfg.on_policy.sampler == "vllm":
+            from lmdistill.training.samplers.vllm import VllmSampler
+
+            self.completions = VllmSampler.from_config(cfg, tokenizer)
+        else:
+            from lmdistill.training.samplers import GenerateSampler
+
+            self.completions = GenerateSampler()
 
     def trainer_class(self, launcher_class: type) -> type:
         from lmdistill.training.on_policy import OnPolicyTrainer
@@ -46,7 +69,9 @@ class OnPolicySampler:
         return PromptCollator(base)
 
     def trainer_kwargs(self, cfg: RunConfig, models: Models) -> dict:
+        self.connect(cfg, models.tokenizer)
         return dict(
+            sampler=self.completions,
             on_policy=cfg.on_policy,
             tokenizer=models.tokenizer,
             max_length=cfg.data.max_length,
