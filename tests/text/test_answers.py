@@ -20,6 +20,10 @@ from lmdistill.text import extract_answer, majority, normalize_answer, parse_jso
         ("no digits here", True, None),
         ("no answer line here", False, None),
         ("Answer: positive\nAnswer: negative", False, "negative"),
+        # an answer line with nothing after it (a cut answer) states nothing: the one before it counts
+        ("Answer: 5\nAnswer:   ", True, "5"),
+        ("She has 7 now. Answer:   ", True, "7"),
+        ("Answer: \x85", False, None),  # a line-separator character only (regex '.' matches it)
     ],
 )
 def test_extract_answer(text, numeric, expected):

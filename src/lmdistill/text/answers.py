@@ -21,9 +21,10 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 def extract_answer(text: str, *, numeric: bool = False) -> str | None:
     """The answer stated in `text`, or None. With numeric=True, only a number counts."""
     for pattern in (_ANSWER, _HASHES):
-        matches = pattern.findall(text)
+        # a match of only spaces ("Answer:   " at the end of a cut answer) states nothing: skipped
+        matches = [m.strip() for m in pattern.findall(text) if m.strip()]
         if matches:
-            answer = matches[-1].strip().splitlines()[0].strip()
+            answer = matches[-1].splitlines()[0].strip()
             if numeric:
                 number = _NUMBER.search(answer)
                 return _clean_number(number.group()) if number else None
