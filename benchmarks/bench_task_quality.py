@@ -370,14 +370,22 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
     )
     scorer = HeldoutScorer(teacher, held_f, vocab, pad)
     all_jobs = [(seed, method) for seed in a.seed_list for method in a.method_list]
+    done = done_folder(a, folder)
     runs = []
     for index in jobs:
         seed, method = all_jobs[index]
+        kept = done / f"{index}.json"
+        if kept.is_file():  # finished by an earlier, interrupted run of the same settings
+            row = json.loads(kept.read_text())
+            if (row["method"], row["seed"]) == (method.name, seed):
+                runs.append([index, row])
+                log(f"reusing run {index} ({method.name}, seed {seed}) from {kept}")
+                continue
         adaptive = method.on_policy.get("schedule") == "adaptive"
         student, seconds = train_student(
             method, start, teacher, tokenizer, vocab, train_f,
             steps=steps, batch_size=a.batch_size, lr=lr, seed=seed,
-            output_dir=str(Path(a.output_dir) / "scratch"), precomputed=precomputed,
+            output_dir=str(Path(a.output_dir) / f"scratch-{os.getpid()}"), precomputed=precomputed,
             eval_features=val_f if adaptive else None, eval_every=max(1, a.steps // 6) if adaptive else None,
         )  # fmt: skip
         e0 = time.time()
@@ -392,10 +400,19 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
             "eval_seconds": round(time.time() - e0, 1),
             "answers": answers,
         }
+        atomic_write_json(kept, row)  # kept at once: a later failure loses only the run it hit
         runs.append([index, row])
         log(json.dumps({k: v for k, v in row.items() if k != "answers"}))
     data = {"train_rows": len(train_f), "validation_rows": len(val_f), "heldout": len(items)}
     return {"setup": {"folder": str(folder)}, "data": data, "runs": runs, "teacher": None}
+
+
+def done_folder(a, folder: Path) -> Path:
+    """Where each finished run's row is kept (one JSON per run index), per setup and run settings: an
+    interrupted benchmark started again with the same settings trains only the runs it lacks."""
+    settings = [a.ablation, a.steps, a.lr, a.seed_list, [dataclasses.asdict(m) for m in a.method_list]]
+    key = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:12]
+    return folder / f"runs-{key}"
 
 
 def worker_main(a) -> None:

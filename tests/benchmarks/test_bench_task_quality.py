@@ -69,6 +69,14 @@ def test_quick_runs_every_method_and_the_answers_recompute_the_table(
         {k: r[k] for k in bench.METRICS} for r in results["runs"]
     ]
     assert again["table"] == results["table"]
+    # Each finished run is kept as it ends; the same command again trains only what is missing (here
+    # nothing: a kept row, marked, comes back as it was kept).
+    kept = sorted(next((tmp_path / "runs").glob("setup-*")).glob("runs-*/*.json"))
+    assert len(kept) == len(results["runs"])
+    row = json.loads(kept[0].read_text())
+    kept[0].write_text(json.dumps({**row, "kl": 123.0}))
+    assert bench.main(argv)["runs"][int(kept[0].stem)]["kl"] == 123.0
+    kept[0].write_text(json.dumps(row))
 
 
 def _near_misses() -> list[tuple[str, str, bool]]:
