@@ -22,7 +22,6 @@ from pathlib import Path
 from lmdistill.capture.config import CaptureConfig
 from lmdistill.capture.run import CaptureSummary, capture_features, one_teacher
 from lmdistill.data import IGNORE_INDEX, load_records, tokenize_records
-from lmdistill.errors import UserError
 from lmdistill.outputs import check_output_folder
 from lmdistill.teachers.routing import route_rows, routed
 
@@ -30,6 +29,7 @@ from lmdistill.teachers.routing import route_rows, routed
 def capture_several(cfg: CaptureConfig, log=print) -> list[CaptureSummary]:
     """One store per routed-to teacher under cfg.capture.output_dir (see module docstring)."""
     from lmdistill.models import load_tokenizer
+    from lmdistill.models.vocab import check_same_tokenizer
 
     entries = cfg.teachers
     records = load_records(cfg.data.train)[: cfg.data.max_examples]  # [:None] keeps all
@@ -37,7 +37,7 @@ def capture_several(cfg: CaptureConfig, log=print) -> list[CaptureSummary]:
     tokenizer = load_tokenizer(entries[0].name)
     for i, e in enumerate(entries[1:], start=1):
         if i in routes:
-            same_tokenizer(i, e, tokenizer)
+            check_same_tokenizer(f"teachers[{i}] ({e.id}, {e.name})", e.name, tokenizer)
     features, _ = tokenize_records(
         routed(records, routes), tokenizer, cfg.data.max_length, source=cfg.data.train
     )
@@ -66,17 +66,3 @@ def capture_several(cfg: CaptureConfig, log=print) -> list[CaptureSummary]:
         log(f"teacher {entries[i].id}: {len(rows)} of {len(features)} rows")
         summaries.append(capture_features(one, tokenizer, mine, stats, extra=extra, log=log))
     return summaries
-
-
-def same_tokenizer(i: int, entry, tokenizer) -> None:
-    """Refuse teachers[i] when its tokenizer is not `tokenizer` (the first teacher's): several teachers
-    need one tokenizer (cross-tokenizer teachers in a list are not supported)."""
-    from lmdistill.models import load_tokenizer
-    from lmdistill.models.vocab import describe_vocab_difference
-
-    own, run = load_tokenizer(entry.name).get_vocab(), tokenizer.get_vocab()
-    if own != run:
-        raise UserError(
-            f"teachers[{i}] ({entry.id}, {entry.name}) tokenizes differently from teachers[0]: "
-            f"{describe_vocab_difference(own, run)}; several teachers need one tokenizer"
-        )
