@@ -64,6 +64,7 @@ def _eval(args: argparse.Namespace) -> None:
     run_eval(
         args.models,
         teacher=args.teacher,
+        teachers=args.teachers,
         tasks=args.task,
         text=args.text,
         output_dir=args.output_dir,
@@ -204,6 +205,13 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate several models on the same tasks and text; one report")
     p.add_argument("models", nargs="+", metavar="MODEL", help="folders, short names or hub ids")
     p.add_argument("--teacher", default=None, help="reference model: agreement, compression, speedup")
+    p.add_argument(
+        "--teachers",
+        default=None,
+        metavar="RUN.yaml",
+        help="a training config with teachers: and routing: (route): each model scored against each teacher "
+        "on that teacher's held-out rows (data.eval routed like training), a table per teacher",
+    )
     p.add_argument(
         "--task",
         action="append",

@@ -59,8 +59,10 @@ class TeacherEntry(TeacherConfig):
     id: str = setting("", "What rows and routing rules call this teacher (unique in the list), e.g. maths.")
     store: str | None = setting(
         None,
-        "A folder from `lmdistill capture` over the whole data.train with this teacher: its rows are read from "
-        "there (top-k = the store's capture.k). Else `server` (top-k = server_k), else `name` in this process.",
+        "A folder from `lmdistill capture` with this teacher: a capture over the whole data.train, or this "
+        "teacher's store from a capture with `teachers:` (capture.output_dir/ID, holding only its routed rows; "
+        "the capture.output_dir itself names it too). Its rows are read from there (top-k = the store's "
+        "capture.k). Else `server` (top-k = server_k), else `name` in this process.",
     )
     weight: float = setting(
         1.0, "routing.mode mix: this teacher's weight w_i in the mixture (>= 0; the weights must sum to > 0)."
@@ -103,9 +105,27 @@ class RoutingConfig:
 
 def check_teachers(cfg: RunConfig) -> None:
     """`teachers:` and `routing:` checked before anything is read (UserError naming the key)."""
-    entries, r = cfg.teachers, cfg.routing
+    entries = cfg.teachers
     if not entries:
         return
+    check_teacher_list(entries, cfg.routing)
+    if cfg.teacher.server or cfg.distill.teacher_store:
+        raise UserError(
+            "give teachers: or teacher.server / distill.teacher_store, not both: put the server or store in "
+            "its teachers entry"
+        )
+    if cfg.on_policy.enabled and any(e.kind == "store" for e in entries):
+        raise UserError(
+            "on_policy: a teachers entry with a store holds scores of the data's fixed sequences and cannot "
+            "score the student's new samples: use a teacher in this process or a server"
+        )
+    if len(entries) > 1:
+        _check_several(cfg)
+
+
+def check_teacher_list(entries: list[TeacherEntry], r: RoutingConfig) -> None:
+    """The list itself and its routing (training and `lmdistill capture` alike): unique ids, weights,
+    temperatures, and routes only to listed teachers. UserError naming the key."""
     if r.mode not in ROUTING_MODES:
         raise UserError(f"routing.mode: unknown mode {r.mode!r}; choose one of {', '.join(ROUTING_MODES)}")
     ids = []
@@ -138,18 +158,6 @@ def check_teachers(cfg: RunConfig) -> None:
             )
     if r.rules and not r.by:
         raise UserError("routing.rules needs routing.by: the row key whose value they map (e.g. task)")
-    if cfg.teacher.server or cfg.distill.teacher_store:
-        raise UserError(
-            "give teachers: or teacher.server / distill.teacher_store, not both: put the server or store in "
-            "its teachers entry"
-        )
-    if cfg.on_policy.enabled and any(e.kind == "store" for e in entries):
-        raise UserError(
-            "on_policy: a teachers entry with a store holds scores of the data's fixed sequences and cannot "
-            "score the student's new samples: use a teacher in this process or a server"
-        )
-    if len(entries) > 1:
-        _check_several(cfg)
 
 
 def _check_several(cfg: RunConfig) -> None:

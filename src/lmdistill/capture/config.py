@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from lmdistill import yamlconfig
 from lmdistill.capture.codec import CODECS
-from lmdistill.config import DataConfig, TeacherConfig
+from lmdistill.config import DataConfig, RoutingConfig, TeacherConfig, TeacherEntry, check_teacher_list
 from lmdistill.errors import UserError
 from lmdistill.yamlconfig import setting
 
@@ -48,10 +48,19 @@ class CaptureConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     data: DataConfig = field(default_factory=DataConfig)
     capture: CaptureOptions = field(default_factory=CaptureOptions)
+    teachers: list[TeacherEntry] = setting(
+        [],
+        "Several teachers (the `teachers:` of a training config): the rows are routed as training routes "
+        "them (routing:), and each teacher's rows are captured into its own store, capture.output_dir/ID "
+        "(a teacher no row routes to gets none). A list of one is `teacher:`. See docs/teachers.md.",
+    )
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def validate(self) -> CaptureConfig:
         """Check values that YAML types cannot; raise UserError naming the key."""
         c, d = self.capture, self.data
+        if self.teachers:
+            _check_teachers(self)
         if not d.train:
             raise UserError("data.train is empty: give a JSONL file, a datasets folder or a hub name")
         if c.k < 1:
@@ -68,6 +77,23 @@ class CaptureConfig:
         if d.max_examples is not None and d.max_examples < 1:
             raise UserError(f"data.max_examples must be at least 1 (or null for all), got {d.max_examples}")
         return self
+
+
+def _check_teachers(cfg: CaptureConfig) -> None:
+    """`teachers:` for a capture: a list training could route with, each teacher a model or a server."""
+    check_teacher_list(cfg.teachers, cfg.routing)
+    if cfg.routing.mode != "route" and len(cfg.teachers) > 1:
+        raise UserError(
+            f"routing.mode={cfg.routing.mode}: capture stores one teacher's top-k per row, and a mixture of "
+            "top-k lists is not exact; capture with routing.mode=route, or train mix/select in process"
+        )
+    for i, e in enumerate(cfg.teachers):
+        if e.store:
+            raise UserError(
+                f"teachers[{i}] ({e.id}) is a store: capture needs the model (name) or a server to score with"
+            )
+    if cfg.teacher.server:
+        raise UserError("give teachers: or teacher.server, not both: put the server in its teachers entry")
 
 
 def load_capture_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> CaptureConfig:

@@ -56,6 +56,43 @@ class TeacherStore:
             )
         return cls(path, manifest, cache_shards)
 
+    @classmethod
+    def open_for(cls, folder: str | Path, teacher_id: str, cache_shards: int = 8) -> TeacherStore:
+        """Teacher `teacher_id`'s store: `folder` itself, or, when `folder` is a capture with several
+        teachers (no manifest.json of its own), its subfolder `folder/teacher_id`."""
+        path = Path(folder)
+        if not (path / "manifest.json").is_file() and (path / teacher_id / "manifest.json").is_file():
+            path = path / teacher_id
+        return cls.open(path, cache_shards)
+
+    @property
+    def routed_for(self) -> str | None:
+        """The teacher id of a store from a capture with several teachers (its routed rows only), else None."""
+        return self.manifest.get("teacher_id")
+
+    def check_routes(self, key: str, teacher_id: str, rows: list[int], examples: int) -> None:
+        """A routed store must be `teacher_id`'s and hold exactly the run's `rows` routed to it (indices
+        among the run's `examples` tokenized examples); one UserError naming `key` otherwise."""
+        m = self.manifest
+        if m["teacher_id"] != teacher_id:
+            raise UserError(
+                f"{key}: teacher store {self.folder} was captured for teacher {m['teacher_id']!r}, not "
+                f"{teacher_id!r}: give {teacher_id!r} its own store (capture.output_dir/{teacher_id})"
+            )
+        stored = list(m["rows"])
+        if stored != rows or m["routed_examples"] != examples:
+            changed = sorted(set(stored) ^ set(rows))
+            where = "the same rows, but the whole data's size differs"
+            if changed:
+                now = "routed to it now, not then" if changed[0] in rows else "routed to it then, not now"
+                where = f"first difference: example {changed[0]}, {now}"
+            raise UserError(
+                f"{key}: teacher store {self.folder} holds the rows routed to {teacher_id!r} at capture time "
+                f"({len(stored)} of {m['routed_examples']} examples), but this run routes {len(rows)} of "
+                f"{examples} to it ({where}); the data or the routing changed: capture again with this "
+                "run's teachers and routing"
+            )
+
     def __getstate__(self):  # DataLoader workers get their own empty cache
         return {**self.__dict__, "_cache": OrderedDict(), "_verified": set()}
 
@@ -153,3 +190,24 @@ class TeacherStore:
         while len(self._cache) > self.cache_shards:
             self._cache.popitem(last=False)
         return decoded
+
+
+class RoutedRows:
+    """A routed store read by the run's example indices: example `rows[j]` is the store's row j.
+
+    rows: the run's examples routed to the store's teacher, in data order (checked by
+    `TeacherStore.check_routes`). `rows(indices)` answers as `TeacherStore.rows` does.
+    """
+
+    def __init__(self, store: TeacherStore, rows: list[int]):
+        self.store, self.folder, self.k, self.vocab = store, store.folder, store.k, store.vocab
+        self._local = {n: j for j, n in enumerate(rows)}
+
+    def rows(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        missing = [i for i in indices if i not in self._local]
+        if missing:
+            raise IndexError(
+                f"example {missing[0]} is not routed to teacher {self.store.routed_for!r} "
+                f"(store {self.folder})"
+            )
+        return self.store.rows([self._local[i] for i in indices])

@@ -51,7 +51,7 @@ from lmdistill.errors import UserError
 from lmdistill.outputs import LOCK_FILE, check_output_folder, hold_lock, writing
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource, topk_rows
 
-__all__ = ["CaptureSummary", "capture", "teacher_topk", "topk_rows"]
+__all__ = ["CaptureSummary", "capture", "capture_features", "teacher_topk", "topk_rows"]
 
 
 @dataclass
@@ -119,21 +119,58 @@ def teacher_topk(
     )
 
 
-def capture(cfg: CaptureConfig, log=print) -> CaptureSummary:
-    """Capture the teacher's top-k over cfg.data.train into cfg.capture.output_dir (see module docstring)."""
-    from lmdistill.capture.distributed import Processes
+def capture(cfg: CaptureConfig, log=print) -> CaptureSummary | list[CaptureSummary]:
+    """Capture the teacher's top-k over cfg.data.train into cfg.capture.output_dir (see module docstring).
+
+    With several `teachers:`, one store per teacher holding only its routed rows (a list of summaries,
+    see `lmdistill.capture.several`); a list of one is `teacher:`.
+    """
     from lmdistill.models import load_tokenizer
 
     cfg.validate()
-    c, folder = cfg.capture, check_output_folder(cfg.capture.output_dir, "capture", "capture.output_dir")
+    if len(cfg.teachers) > 1:
+        from lmdistill.capture.several import capture_several
+
+        return capture_several(cfg, log)
+    if cfg.teachers:
+        cfg = one_teacher(cfg, cfg.teachers[0])
+    check_output_folder(cfg.capture.output_dir, "capture", "capture.output_dir")
     if cfg.teacher.server:
         from lmdistill.teachers.whitebox import check_server_settings
 
-        check_server_settings(cfg.teacher, c.temperature, "capture.temperature")
+        check_server_settings(cfg.teacher, cfg.capture.temperature, "capture.temperature")
     records = load_records(cfg.data.train)[: cfg.data.max_examples]  # [:None] keeps all
     tokenizer = load_tokenizer(cfg.teacher.name)
     features, stats = tokenize_records(records, tokenizer, cfg.data.max_length, source=cfg.data.train)
+    return capture_features(cfg, tokenizer, features, stats, log=log)
+
+
+def one_teacher(cfg: CaptureConfig, entry, **capture) -> CaptureConfig:
+    """The capture config of one `teachers:` entry: it as `teacher:`, its temperature (when set) as
+    capture.temperature, `capture` overrides (its output_dir) applied."""
+    import dataclasses
+
+    from lmdistill.config import TeacherConfig
+
+    own = {f.name: getattr(entry, f.name) for f in dataclasses.fields(TeacherConfig)}
+    options = dataclasses.replace(
+        cfg.capture, temperature=entry.temperature or cfg.capture.temperature, **capture
+    )
+    return dataclasses.replace(cfg, teacher=TeacherConfig(**own), capture=options, teachers=[])
+
+
+def capture_features(
+    cfg: CaptureConfig, tokenizer, features: list[dict], stats: dict, *, extra: dict | None = None, log=print
+) -> CaptureSummary:
+    """Capture cfg.teacher's top-k over tokenized `features` (in order) into cfg.capture.output_dir.
+
+    extra: more settings the manifest records (a routed capture: the teacher's id and the indices of
+    its rows in the whole data, `lmdistill.capture.several`)."""
+    from lmdistill.capture.distributed import Processes
+
+    c, folder = cfg.capture, Path(cfg.capture.output_dir)
     settings, shard_hashes = _settings(cfg, tokenizer, features)
+    settings.update(extra or {})
     procs = Processes.start()
     lock = contextlib.ExitStack()
     try:

@@ -42,9 +42,11 @@ def preflight_eval(
     max_new_tokens: int,
     batch_size: int,
     device: str,
+    routed: bool = False,
 ) -> EvalPlan:
     """Check the arguments, read the tasks and text, and check every model (`preflight_model`);
-    any problem is a UserError before any model loads."""
+    any problem is a UserError before any model loads. routed: held-out rows routed to several teachers
+    (`lmdistill.eval.several`) are something to evaluate on too."""
     from lmdistill.models import resolve_device
 
     names: list[str] = []
@@ -53,7 +55,7 @@ def preflight_eval(
             names.append(n)
     if not names:
         raise UserError("no model to evaluate: name at least one MODEL")
-    if not tasks and not text:
+    if not tasks and not text and not routed:
         raise UserError("nothing to evaluate on: give --task FILE.jsonl and/or --text FILE.txt")
     for label, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
         if value < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmdistill.eval.several import render_routed
 from lmdistill.io import atomic_write, atomic_write_json, atomic_write_text
 
 METHOD = """\
@@ -203,6 +204,7 @@ def render_markdown(results: dict, plots: list[str]) -> str:
             "tokens, top-1 agreement, KL and acceptance are per token: compare them only between models "
             "that share a tokenizer.",
         ]
+    lines += render_routed(results)  # several teachers: a table per teacher
     lines += ["", "## Notes", ""]
     notes = [("report", n) for n in results.get("notes", [])]
     notes += [(m["label"], n) for m in models for n in m["notes"]]

@@ -125,6 +125,7 @@ def run_eval(
     models: list[str],
     *,
     teacher: str | None = None,
+    teachers: str | None = None,
     tasks: list[str] | None = None,
     text: str | None = None,
     output_dir: str,
@@ -152,6 +153,9 @@ def run_eval(
         its own greedy answers and real greedy assisted generation against the teacher alone, with
         `draft_tokens` tokens drafted per target call (needs --teacher and a task).
     fixed_length: tokens generated for the fixed-length latency (time to first token, per-token).
+    teachers: a training config with `teachers:` and `routing:`: every model is also scored against
+        each teacher on that teacher's held-out rows (data.eval routed like training; a table per
+        teacher, `row["teachers"]`; see `lmdistill.eval.several`).
     """
     from lmdistill.eval.report import write_report
     from lmdistill.outputs import check_output_folder
@@ -164,6 +168,13 @@ def run_eval(
         raise UserError(f"--draft-tokens must be >= 1, got {draft_tokens}")
     if fixed_length < 2:
         raise UserError(f"--fixed-length must be >= 2, got {fixed_length}")
+    if teachers and teacher:
+        raise UserError("give --teacher or --teachers, not both (list the reference in --teachers' config)")
+    held = None
+    if teachers:
+        from lmdistill.eval.several import prepare_routed
+
+        held = prepare_routed(teachers)
     plan = preflight_eval(
         models,
         teacher=teacher,
@@ -173,10 +184,12 @@ def run_eval(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         device=device,
+        routed=held is not None,
     )
     arguments = {
         "models": list(models),
         "teacher": teacher,
+        "teachers": teachers,
         "tasks": list(tasks or []),
         "text": text,
         "output_dir": str(output_dir),
@@ -201,6 +214,7 @@ def run_eval(
         speculative=speculative,
         draft_tokens=draft_tokens,
         max_new_tokens=max_new_tokens,
+        held=held,
         log=log,
     )
     summarise(rows, teacher=teacher, memory_jobs=memory_jobs if measure_memory else None, log=log)
@@ -216,6 +230,12 @@ def run_eval(
         "text": None if text is None else {"path": text, "max_length": max_length},
         "models": rows,
     }
+    if held is not None:
+        results["teachers_routed"] = {
+            "config": held.path,
+            "data": held.data,
+            "teachers": [(e.id, e.name) for e in held.entries],
+        }
     from lmdistill.outputs import writing
 
     with writing(f"--output-dir {output_dir}", "--output-dir", Path(output_dir)):  # a full disk: one line
@@ -235,6 +255,7 @@ def _evaluate_models(
     speculative: bool,
     draft_tokens: int,
     max_new_tokens: int,
+    held=None,
     log,
 ) -> tuple[list[dict], list[tuple]]:
     """Each model in turn (the teacher first, kept as the reference the others are compared with; every
@@ -259,6 +280,9 @@ def _evaluate_models(
         else:
             row["notes"].append("perplexity and token agreement skipped: no --text given")
             fixed = _prompt_features(tok, plan.prompts, max_length)
+        if held is not None:
+            fixed = fixed or [f for rows_i in held.features for f in rows_i]  # no text, no task: these
+            row["teachers"] = _routed(held, model, tok, row, batch_size, dtype, plan.device, log)
         ids, mask = prefill_cost(row, model, fixed, batch_size=batch_size, pad_id=pad_id_of(tok))
         memory_jobs.append((spec["path"], dtype, plan.device, ids, mask))
         outputs = None
@@ -277,8 +301,20 @@ def _evaluate_models(
             del model
             gc.collect()
     del reference
+    if held is not None:
+        held.close()
     gc.collect()
     return rows, memory_jobs
+
+
+def _routed(held, model, tok, row, batch_size, dtype, device, log) -> dict | None:
+    """The model against each teacher on its own held-out rows (`lmdistill.eval.several`), or a note."""
+    from lmdistill.eval.several import routed_scores
+
+    scores = routed_scores(held, model, tok, batch_size=batch_size, device=device, dtype=dtype, log=log)
+    if scores is None:
+        row["notes"].append("scores against each teacher skipped: the tokenizer differs from the teachers'")
+    return scores
 
 
 def _task_metrics(row, model, tok, plan, reference, is_teacher, batch_size, fixed_length, log) -> list[str]:

@@ -116,3 +116,17 @@ def describe_vocab_difference(
 def _label(role: str, name: str) -> str:
     """'teacher' or 'teacher <name>' (without repeating the role when no name was given)."""
     return role if not name or name == role else f"{role} {name}"
+
+
+def check_same_tokenizer(what: str, name: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse `what` (e.g. "teachers[1] (b, NAME)") when the tokenizer of `name` is not `tokenizer` (the
+    first teacher's): several teachers need one tokenizer (a list of cross-tokenizer teachers is not
+    supported). Only the tokenizer is loaded."""
+    from lmdistill.models import load_tokenizer
+
+    own, run = load_tokenizer(name).get_vocab(), tokenizer.get_vocab()
+    if own != run:
+        raise UserError(
+            f"{what} tokenizes differently from teachers[0]: {describe_vocab_difference(own, run)}; several "
+            "teachers need one tokenizer"
+        )

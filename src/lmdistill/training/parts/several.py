@@ -71,13 +71,7 @@ class SeveralTeachersPart:
             if i in self.needed and e.kind == "in_process":
                 _check_tokenizer(i, e, tokenizer)
             elif i in self.needed and e.kind == "store":
-                from lmdistill.capture import TeacherStore
-                from lmdistill.teachers.whitebox import StoreTeacher
-
-                store = TeacherStore.open(e.store)
-                store.check_temperature(t)
-                store.check_run(tokenizer, data.train, t)
-                source = StoreTeacher(store)
+                source = _store(i, e, t, tokenizer, data)
             elif i in self.needed:
                 from lmdistill.teachers.whitebox import ServerTeacher
 
@@ -95,6 +89,25 @@ class SeveralTeachersPart:
             vocab=vocab,
             chunk_size=cfg.distill.chunk_size,
         )
+
+
+def _store(i: int, entry: TeacherEntry, temperature: float, tokenizer, data: RunData):
+    """teachers[i]'s store as a source, checked against the run before any model loads: a capture over
+    the whole data.train, or its own store from a capture with several teachers (its routed rows only,
+    which must be the rows this run routes to it)."""
+    from lmdistill.capture import TeacherStore
+    from lmdistill.capture.reader import RoutedRows
+    from lmdistill.teachers.whitebox import StoreTeacher
+
+    store = TeacherStore.open_for(entry.store, entry.id)
+    store.check_temperature(temperature)
+    if store.routed_for is None:
+        store.check_run(tokenizer, data.train, temperature)
+        return StoreTeacher(store)
+    rows = [n for n, f in enumerate(data.train) if f.get("teacher_index") == i]
+    store.check_routes(f"teachers[{i}] ({entry.id})", entry.id, rows, len(data.train))
+    store.check_run(tokenizer, [data.train[n] for n in rows], temperature)
+    return StoreTeacher(RoutedRows(store, rows))
 
 
 def _check_tokenizer(i: int, entry: TeacherEntry, tokenizer) -> None:

@@ -107,6 +107,11 @@ class TeacherPart:
 
             self.store = TeacherStore.open(cfg.distill.teacher_store)
             self.store.check_temperature(cfg.distill.temperature)
+            if self.store.routed_for is not None:
+                raise UserError(
+                    f"distill.teacher_store {cfg.distill.teacher_store} holds only the rows routed to teacher "
+                    f"{self.store.routed_for!r}: train with the teachers: list and routing it was captured with"
+                )
         return self
 
     def source(self, cfg: RunConfig, tokenizer, data: RunData) -> TeacherSource | None:
