@@ -374,13 +374,11 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
     runs = []
     for index in jobs:
         seed, method = all_jobs[index]
-        kept = done / f"{index}.json"
+        kept = kept_file(done, dataclasses.asdict(method), seed)
         if kept.is_file():  # finished by an earlier, interrupted run of the same settings
-            row = json.loads(kept.read_text())
-            if (row["method"], row["seed"]) == (method.name, seed):
-                runs.append([index, row])
-                log(f"reusing run {index} ({method.name}, seed {seed}) from {kept}")
-                continue
+            runs.append([index, json.loads(kept.read_text())])
+            log(f"reusing run {index} ({method.name}, seed {seed}) from {kept}")
+            continue
         adaptive = method.on_policy.get("schedule") == "adaptive"
         student, seconds = train_student(
             method, start, teacher, tokenizer, vocab, train_f,
@@ -408,11 +406,18 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
 
 
 def done_folder(a, folder: Path) -> Path:
-    """Where each finished run's row is kept (one JSON per run index), per setup and run settings: an
-    interrupted benchmark started again with the same settings trains only the runs it lacks."""
-    settings = [a.ablation, a.steps, a.lr, a.seed_list, [dataclasses.asdict(m) for m in a.method_list]]
-    key = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:12]
+    """Where each finished run's row is kept, per setup and run settings (not the seeds: a run is kept
+    by its method and seed, so a benchmark interrupted, or started again with other seeds, trains only
+    the runs it lacks)."""
+    key = hashlib.sha256(json.dumps([a.ablation, a.steps, a.lr]).encode()).hexdigest()[:12]
     return folder / f"runs-{key}"
+
+
+def kept_file(done: Path, spec: dict, seed: int) -> Path:
+    """The file of one finished run: its method's full settings (`spec`, JSON-able) and its seed."""
+    return (
+        done / f"{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]}-seed{seed}.json"
+    )
 
 
 def worker_main(a) -> None:

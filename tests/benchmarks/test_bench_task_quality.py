@@ -75,8 +75,12 @@ def test_quick_runs_every_method_and_the_answers_recompute_the_table(
     assert len(kept) == len(results["runs"])
     row = json.loads(kept[0].read_text())
     kept[0].write_text(json.dumps({**row, "kl": 123.0}))
-    assert bench.main(argv)["runs"][int(kept[0].stem)]["kl"] == 123.0
+    again = bench.main(argv)["runs"]
+    assert [r["kl"] for r in again if (r["method"], r["seed"]) == (row["method"], row["seed"])] == [123.0]
     kept[0].write_text(json.dumps(row))
+    # another seed list reuses the runs it shares: seed 1 alone comes back from the kept files
+    only = bench.main([*argv, "--seeds", "1"])["runs"]
+    assert only == [r for r in results["runs"] if r["seed"] == 1]
 
 
 def _near_misses() -> list[tuple[str, str, bool]]:
