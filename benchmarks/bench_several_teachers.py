@@ -183,9 +183,15 @@ def run_part(a, jobs: list[int], log=print) -> dict:
     items = tq.heldout_items(a, TASKS)
     prompts = [t.prompt(e) for t, e in items]
     all_jobs = [(seed, choice) for seed in a.seed_list for choice in CHOICES]
+    done = folder / f"runs-{hashlib.sha256(json.dumps([a.steps, a.lr]).encode()).hexdigest()[:12]}"
     runs = []
     for index in jobs:
         seed, choice = all_jobs[index]
+        kept = tq.kept_file(done, {"teacher": choice}, seed)
+        if kept.is_file():  # finished by an earlier, interrupted run of the same settings
+            runs.append([index, json.loads(kept.read_text())])
+            log(f"reusing {choice}, seed {seed} from {kept}")
+            continue
         out = Path(a.output_dir) / "scratch" / f"{choice}-{seed}-{os.getpid()}"
         t0 = time.time()
         student_dir = run(run_config(a, folder, choice, seed, out), log=lambda *_: None)
@@ -200,6 +206,7 @@ def run_part(a, jobs: list[int], log=print) -> dict:
             "train_seconds": round(seconds, 1),
         }
         runs.append([index, {**row, "answers": answers}])
+        atomic_write_json(kept, runs[-1][1])  # kept at once: a later failure loses only the run it hit
         log(json.dumps(row))
     return {"data": {"heldout": len(items)}, "runs": runs}
 

@@ -39,6 +39,10 @@ def test_quick_trains_a_student_per_teacher_choice(tmp_path, tiny_model_dirs, on
     assert results["summary"]["routed"]["acc:mean"]["n"] == 2
     # the routed student was trained from both specialists, each on its own tasks' rows
     folder = next((tmp_path / "runs").glob("setup-*"))
+    kept = sorted(folder.glob("runs-*/*.json"))  # each run kept as it ended, for a restart to reuse
+    assert sorted(json.loads(p.read_text())["train_seconds"] for p in kept) == sorted(
+        r["train_seconds"] for r in results["runs"]
+    )
     routed = bench.run_config(bench.parse_args(argv), folder, "routed", 0, tmp_path / "x")
     assert [t.id for t in routed.teachers] == ["maths", "language"]
     assert routed.routing.rules == {
