@@ -299,3 +299,30 @@ def test_a_resumed_run_syncs_again_at_its_first_on_policy_step(server, student, 
     resumed = [h for h in state["log_history"] if "loss" in h and h["step"] > 2]
     assert [h["vllm_staleness"] for h in resumed] == [0, 1]
     assert resumed[0]["vllm_logprob_diff"] <= ATOL, resumed
+
+
+def test_sampler_teacher_and_trainer_apart(server, student, tmp_path, monkeypatch):
+    """docs/teacher_server.md's layout: the student samples on its vLLM (vllm_sampler.url), the teacher
+    scores on its own server (teacher.server; here `lmdistill serve` of the embedded SmolLM2, so that one
+    vLLM runs at a time on this machine), the trainer loads neither's weights besides the student."""
+    import lmdistill.training.parts.models as train_models
+    from lmdistill import load_config, run
+    from lmdistill.models import load_model, load_tokenizer
+    from lmdistill.serve import ServerThread, create_app
+    from lmdistill.teachers.local import LocalTeacher
+
+    _reset_base(server, student)
+    teacher = load_model("smollm2-135m").eval()
+    app = create_app(
+        LocalTeacher(teacher, load_tokenizer("smollm2-135m"), name="teacher"), model_name="teacher"
+    )
+    monkeypatch.setattr(train_models, "load_teacher", lambda *a, **k: pytest.fail("loaded the teacher"))
+    log = ServerLog(server)
+    with ServerThread(app) as teacher_server:
+        cfg = _run_config(tmp_path, server, student, steps=2, sync_every=1)
+        more = [f"teacher.server={teacher_server.url}", "teacher.server_k=8"]
+        run(load_config(str(cfg), more), log=lambda _: None)
+    assert log.reloads() == 2
+    steps = _history(tmp_path)
+    assert all(h["vllm_logprob_diff"] <= ATOL for h in steps), steps
+    assert all(h["on_policy_tokens"] > 0 and h["on_policy_kd"] == h["on_policy_kd"] for h in steps), steps

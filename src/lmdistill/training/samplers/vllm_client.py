@@ -121,8 +121,8 @@ class VllmClient:
         if tied:
             raise UserError(
                 f"{self.where} serves {root}, whose config ties the LM head to the embedding: vLLM's in-place "
-                "reload then keeps the head's old weights. Serve an untied copy of the student: python -m "
-                "lmdistill.training.samplers.weight_sync STUDENT OUT_FOLDER (docs/on_policy.md)"
+                "reload then keeps the head's old weights. Serve an untied copy of the student: lmdistill export "
+                "STUDENT OUT_FOLDER --untie-embeddings (docs/on_policy.md)"
             )
 
     def _check_vocab(self, tokenizer) -> None:
