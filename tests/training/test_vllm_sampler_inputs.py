@@ -21,8 +21,9 @@ ROW = {"messages": [{"role": "user", "content": "Hello there"}, {"role": "assist
 
 class FakeVllm:
     """/v1/models lists `name` (root `root`); /v1/completions answers the vocabulary probe with
-    `tokenizer`'s texts (shifted by 7 ids: another vocabulary); the sync routes exist when `lora` / `dev`
-    (400 on a bad body, as vLLM), else 404; `reload_status` is what a real reload_weights call gets."""
+    `tokenizer`'s texts (shifted by 7 ids: another vocabulary) and the log-prob mode probe with fixed raw
+    log-probs; no /server_info; the sync routes exist when `lora` / `dev` (400 on a bad body, as vLLM),
+    else 404; `reload_status` is what a real reload_weights call gets."""
 
     def __init__(
         self,
@@ -73,6 +74,9 @@ class FakeVllm:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def completion(self, body):
+        if body.get("logprobs"):  # the log-prob mode probe: raw log-probs, the same at any temperature
+            tops = {"a": -0.5, "b": -1.5, "c": -2.5, "d": -3.5, "e": -4.5}
+            return {"choices": [{"index": 0, "token_ids": [5], "logprobs": {"top_logprobs": [tops]}}]}
         ids = body["prompt"]
         entries = [None] + [
             {str(i): {"logprob": -1.0, "rank": 1, "decoded_token": self.tokenizer.decode([i + self.shift])}}

@@ -7,6 +7,11 @@
   VLLM_SERVER_DEV_MODE=1). A missing route answers 404; the probes send bodies vLLM refuses as invalid
   (400/422), so they change nothing on a server that has the route. For reload, a served folder
   readable here must be untied (`weight_sync` says why).
+  Its log-probs must be raw (`--logprobs-mode raw_logprobs`, vLLM's default): the sample check compares
+  vLLM's log-prob of each sampled token with the student's log_softmax at temperature 1. The mode is read
+  from the dev-mode `/server_info` where the server has it (reload servers do), else measured
+  (`_measured_logprobs_mode`): processed log-probs change with the temperature, logits are no
+  distribution.
 - `sample`: one /v1/completions request per prompt (token ids in, `return_token_ids`, `logprobs: 0`:
   the sampled token's own log-prob), sent concurrently so that vLLM batches them; each with its own seed.
 - `load_adapter` / `unload_adapter` (LoRA), `reload_weights` + `reset_prefix_cache` (full weights).
@@ -15,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +112,7 @@ class VllmClient:
             )
         self._check_vocab(tokenizer)
         self._check_route(sync)
+        self._check_logprobs_mode(tokenizer)
         if sync == "reload":
             self._check_untied(next(m for m in bases if m.get("id") == self.model).get("root"))
         return self
@@ -148,6 +155,71 @@ class VllmClient:
                 f"{self.where} ({self.model}) does not use the student's vocabulary: {len(wrong)} of {len(ids) - 1} "
                 f"probe tokens differ, e.g. {'; '.join(wrong[:2])}. Serve the student"
             )
+
+    def _check_logprobs_mode(self, tokenizer) -> None:
+        mode, how = self._server_logprobs_mode(), "its /server_info says"
+        if mode is None:
+            mode, how = self._measured_logprobs_mode(tokenizer), "measured"
+        if mode == "raw_logprobs":
+            return
+        if mode == "processed_logprobs":
+            what = "processed log-probs, which change with the sampling temperature"
+        else:
+            what = "logits, not log-probs"
+        flag = "raw_logits or processed_logits" if mode == "logits" else mode
+        raise UserError(
+            f"{self.where} returns {what} (--logprobs-mode {flag}; {how}): the run compares vLLM's log-prob of "
+            "each sampled token with the student's log_softmax at temperature 1. Start it with "
+            "--logprobs-mode raw_logprobs (vLLM's default)"
+        )
+
+    def _server_logprobs_mode(self) -> str | None:
+        """`model_config.logprobs_mode` from vLLM's dev-mode GET /server_info; None where it has none."""
+        try:
+            response = self._http.get(self.root + "/server_info", params={"config_format": "json"})
+            if response.status_code != 200:
+                return None
+            return response.json()["vllm_config"]["model_config"]["logprobs_mode"]
+        except (*self._errors, ValueError, KeyError, TypeError):
+            return None
+
+    def _measured_logprobs_mode(self, tokenizer) -> str:
+        """The top 5 log-probs after a fixed prompt, sampled at temperature 1 and at 0.5: raw log-probs are
+        the same numbers at both (the model's distribution); processed ones (`processed_logprobs`) are the
+        sharpened distribution at 0.5; logits (`raw_logits`, `processed_logits`) are no distribution (a
+        value above 0, a mass above 1, or a largest value below -log V). Returns "raw_logprobs",
+        "processed_logprobs" or "logits"."""
+        from lmdistill.models.vocab import real_vocab_size
+        from lmdistill.teachers.whitebox.server import probe_ids
+
+        vocab = real_vocab_size(tokenizer)
+        prompt = list(probe_ids(tokenizer, vocab))
+
+        def top(temperature: float) -> list[float]:
+            body = {
+                "model": self.model,
+                "prompt": prompt,
+                "max_tokens": 1,
+                "temperature": temperature,
+                "top_p": 1.0,
+                "top_k": -1,
+                "logprobs": 5,
+                "seed": 0,
+            }
+            choice = self._post("/completions", body, "the log-prob mode probe").json()["choices"][0]
+            tops = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+            values = sorted((float(v) for v in (tops[0] or {}).values()), reverse=True)[:5]
+            if not values:
+                raise UserError(f"{self.where}: the log-prob mode probe's reply has no top_logprobs")
+            return values
+
+        at_1, at_half = top(1.0), top(0.5)
+        mass = sum(math.exp(min(v, 50.0)) for v in at_1)
+        if at_1[0] > 1e-4 or mass > 1 + 1e-4 or at_1[0] < -math.log(vocab):
+            return "logits"
+        if len(at_1) != len(at_half) or max(abs(a - b) for a, b in zip(at_1, at_half, strict=True)) > 1e-3:
+            return "processed_logprobs"
+        return "raw_logprobs"
 
     def _check_route(self, sync: str) -> None:
         if sync == "lora":
