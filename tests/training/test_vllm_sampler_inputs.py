@@ -1,9 +1,10 @@
 """on_policy.sampler=vllm: bad settings and bad servers are one line (exit 2) before any model loads; a
 sync that fails mid-run stops the run naming the step. The servers here are small fakes that answer
-like vLLM 0.32 where it matters (routes, /v1/models, prompt_logprobs) and misbehave on purpose (a
-reload that answers 500, a vocabulary shifted by 7 ids, a tied served folder); none of them samples.
-Everything a working server does (syncs, samples, the check, `torchrun`, resume) runs against the real
-vLLM in tests/vllm/test_vllm_sampler.py."""
+like vLLM 0.32 where it matters (routes, /v1/models, prompt_logprobs) and misbehave on purpose where a
+real vLLM would need contrived setups: a reload that answers 500 mid-run, a tied served folder reached
+through `lmdistill train` (another real server on the tied folder). None of them samples. Everything a
+working server does (syncs, samples, the check, `torchrun`, resume) and the other refusals (sync route,
+model name, vocabulary, log-prob mode) run against real vLLM servers in tests/vllm/."""
 
 from __future__ import annotations
 
@@ -21,9 +22,8 @@ ROW = {"messages": [{"role": "user", "content": "Hello there"}, {"role": "assist
 
 class FakeVllm:
     """/v1/models lists `name` (root `root`); /v1/completions answers the vocabulary probe with
-    `tokenizer`'s texts (shifted by 7 ids: another vocabulary) and the log-prob mode probe with fixed raw
-    log-probs; no /server_info; the sync routes exist when `lora` / `dev` (400 on a bad body, as vLLM),
-    else 404; `reload_status` is what a real reload_weights call gets."""
+    `tokenizer`'s texts and the log-prob mode probe with fixed raw log-probs; no /server_info; both sync
+    routes (400 on a bad body, as vLLM); `reload_status` is what a reload_weights call gets."""
 
     def __init__(
         self,
@@ -31,13 +31,10 @@ class FakeVllm:
         *,
         name="student",
         root=None,
-        lora=True,
-        dev=True,
         reload_status=200,
-        other_vocab=False,
     ):
-        self.tokenizer, self.name, self.root, self.shift = tokenizer, name, root, 7 if other_vocab else 0
-        self.lora, self.dev, self.reload_status = lora, dev, reload_status
+        self.tokenizer, self.name, self.root = tokenizer, name, root
+        self.reload_status = reload_status
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,11 +58,11 @@ class FakeVllm:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])) or b"null")
                 if self.path == "/v1/completions":
                     return self._send(200, fake.completion(body))
-                if self.path == "/v1/load_lora_adapter" and fake.lora:
+                if self.path == "/v1/load_lora_adapter":
                     return self._send(400 if not body else 200)
-                if self.path == "/collective_rpc" and fake.dev:
+                if self.path == "/collective_rpc":
                     return self._send(400 if not isinstance(body, dict) else fake.reload_status)
-                if self.path == "/reset_prefix_cache" and fake.dev:
+                if self.path == "/reset_prefix_cache":
                     return self._send(200, {"success": True})
                 self._send(404)
 
@@ -79,7 +76,7 @@ class FakeVllm:
             return {"choices": [{"index": 0, "token_ids": [5], "logprobs": {"top_logprobs": [tops]}}]}
         ids = body["prompt"]
         entries = [None] + [
-            {str(i): {"logprob": -1.0, "rank": 1, "decoded_token": self.tokenizer.decode([i + self.shift])}}
+            {str(i): {"logprob": -1.0, "rank": 1, "decoded_token": self.tokenizer.decode([i])}}
             for i in ids[1:]
         ]
         return {"choices": [{"index": 0, "text": "", "token_ids": [], "prompt_logprobs": entries}]}
@@ -161,30 +158,22 @@ def test_an_unreachable_server_is_one_line_before_any_model_loads(
     cli_fails(["train", path], capsys, f"vllm_sampler.url {url} is not reachable", "start the student's vLLM")
 
 
-@pytest.mark.parametrize(
-    "server, settings, message",
-    [
-        ({"dev": False}, {}, "has no /collective_rpc route, which vllm_sampler.sync=reload needs"),
-        ({"dev": False}, {}, "VLLM_SERVER_DEV_MODE=1"),
-        ({"lora": False}, {"student": {"lora_r": 4}}, "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"),
-        ({"name": "teacher"}, {"vllm_sampler": {"model": "student"}}, "does not serve 'student'"),
-        ({"other_vocab": True}, {}, "does not use the student's vocabulary"),
-        ({"tied_root": True}, {}, "ties the LM head to the embedding"),
-    ],
-)
-def test_a_server_that_cannot_sample_for_the_student_is_one_line_before_any_model_loads(
-    tmp_path, tiny_model_dirs, tiny_tokenizer, capsys, no_model_loads, server, settings, message
+def test_a_tied_served_folder_is_one_line_before_any_model_loads(
+    tmp_path, tiny_model_dirs, tiny_tokenizer, capsys, no_model_loads
 ):
-    server = dict(server)
-    if server.pop("tied_root", False):
-        root = tmp_path / "served"
-        root.mkdir()
-        (root / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
-        server["root"] = str(root)
-    fake = FakeVllm(tiny_tokenizer, **server)
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
+    fake = FakeVllm(tiny_tokenizer, root=str(root))
     try:
-        vllm = {"url": fake.url, **settings.pop("vllm_sampler", {})}
-        cli_fails(["train", _yaml(tmp_path, tiny_model_dirs, vllm_sampler=vllm, **settings)], capsys, message)
+        path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": fake.url})
+        cli_fails(
+            ["train", path],
+            capsys,
+            "ties the LM head to the embedding",
+            "lmdistill export",
+            "--untie-embeddings",
+        )
     finally:
         fake.close()
 

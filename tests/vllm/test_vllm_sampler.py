@@ -330,10 +330,10 @@ def test_sampler_teacher_and_trainer_apart(server, student, tmp_path, monkeypatc
 
 def test_the_default_logprobs_mode_passes_both_ways(server, student):
     """The module's server runs vLLM's default --logprobs-mode raw_logprobs: /server_info (dev mode) says
-    so, and the measurement finds it too (tests/vllm/test_vllm_sampler_logprobs_mode.py: the others)."""
+    so, and the measurement finds it too (tests/vllm/test_vllm_sampler_connect.py: the others)."""
     from lmdistill.models import load_tokenizer
     from lmdistill.training.samplers.vllm_client import VllmClient
 
     client = VllmClient(server.url, NAME, 60)
     assert client._server_logprobs_mode() == "raw_logprobs"
-    assert client._measured_logprobs_mode(load_tokenizer(student[0])) == "raw_logprobs"
+    assert client._measured_logprobs_mode(load_tokenizer(student[0])) == "raw_logprobs", client.mode_probe

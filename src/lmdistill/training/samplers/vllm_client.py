@@ -69,6 +69,8 @@ class VllmClient:
         self.where = f"vllm_sampler.url {self.base}"
         self._http = httpx.Client(timeout=timeout)
         self._errors = (httpx.HTTPError,)
+        #: the log-prob mode probe's top log-probs (at temperature 1, at 0.5) once it was measured
+        self.mode_probe: tuple[list[float], list[float]] | None = None
 
     # -- plumbing
 
@@ -159,7 +161,9 @@ class VllmClient:
     def _check_logprobs_mode(self, tokenizer) -> None:
         mode, how = self._server_logprobs_mode(), "its /server_info says"
         if mode is None:
-            mode, how = self._measured_logprobs_mode(tokenizer), "measured"
+            mode = self._measured_logprobs_mode(tokenizer)
+            at_1, at_half = (", ".join(f"{v:.4g}" for v in vs) for vs in self.mode_probe)
+            how = f"measured: top log-probs {at_1} at temperature 1, {at_half} at 0.5"
         if mode == "raw_logprobs":
             return
         if mode == "processed_logprobs":
@@ -195,7 +199,7 @@ class VllmClient:
         vocab = real_vocab_size(tokenizer)
         prompt = list(probe_ids(tokenizer, vocab))
 
-        def top(temperature: float) -> list[float]:
+        def top(temperature: float) -> dict[str, float]:
             body = {
                 "model": self.model,
                 "prompt": prompt,
@@ -204,20 +208,26 @@ class VllmClient:
                 "top_p": 1.0,
                 "top_k": -1,
                 "logprobs": 5,
+                "return_tokens_as_token_ids": True,  # keys "token_id:N": two tokens never share one
                 "seed": 0,
             }
             choice = self._post("/completions", body, "the log-prob mode probe").json()["choices"][0]
             tops = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
-            values = sorted((float(v) for v in (tops[0] or {}).values()), reverse=True)[:5]
-            if not values:
-                raise UserError(f"{self.where}: the log-prob mode probe's reply has no top_logprobs")
-            return values
+            return {str(k): float(v) for k, v in (tops[0] or {}).items()}
 
-        at_1, at_half = top(1.0), top(0.5)
+        t1, half = top(1.0), top(0.5)
+        # the top 5 at both (each reply adds the sampled token when it is not among them)
+        common = sorted(set(t1) & set(half), key=lambda k: -t1[k])[:5]
+        if len(common) < 2:
+            raise UserError(
+                f"{self.where}: the log-prob mode probe's replies carry no comparable top_logprobs"
+            )
+        at_1, at_half = [t1[k] for k in common], [half[k] for k in common]
+        self.mode_probe = (at_1, at_half)
         mass = sum(math.exp(min(v, 50.0)) for v in at_1)
         if at_1[0] > 1e-4 or mass > 1 + 1e-4 or at_1[0] < -math.log(vocab):
             return "logits"
-        if len(at_1) != len(at_half) or max(abs(a - b) for a, b in zip(at_1, at_half, strict=True)) > 1e-3:
+        if max(abs(a - b) for a, b in zip(at_1, at_half, strict=True)) > 1e-3:
             return "processed_logprobs"
         return "raw_logprobs"
 
