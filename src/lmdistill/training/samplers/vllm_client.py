@@ -114,9 +114,9 @@ class VllmClient:
             )
         self._check_vocab(tokenizer)
         self._check_route(sync)
-        self._check_logprobs_mode(tokenizer)
         if sync == "reload":
             self._check_untied(next(m for m in bases if m.get("id") == self.model).get("root"))
+        self._check_logprobs_mode(tokenizer)
         return self
 
     def _check_untied(self, root: str | None) -> None:
