@@ -258,3 +258,49 @@ def test_quantize_keeps_named_layers_in_float(tiny_llama):
     assert isinstance(q.lm_head, DynamicLinear)
     everything = quantize_model(model, inplace=False)
     assert isinstance(everything.model.layers[0].mlp.down_proj, DynamicLinear)
+
+
+def test_untie_embeddings_for_a_vllm_server(tiny_tokenizer_dir, tmp_path):
+    """`lmdistill export SRC OUT --untie-embeddings`: the head written as its own tensor equal to the
+    embedding, tie_word_embeddings false, the same logits, the tokenizer beside it."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from lmdistill.cli import main
+    from tests.conftest import make_tiny_llama
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tied = make_tiny_llama(len(tok), tie=True, seed=3)
+    tied.save_pretrained(tmp_path / "tied")
+    tok.save_pretrained(tmp_path / "tied")
+    assert "lm_head.weight" not in load_file(str(tmp_path / "tied" / "model.safetensors"))
+
+    assert main(["export", str(tmp_path / "tied"), str(tmp_path / "served"), "--untie-embeddings"]) == 0
+    out = tmp_path / "served"
+    weights = load_file(str(out / "model.safetensors"))
+    torch.testing.assert_close(
+        weights["lm_head.weight"], weights["model.embed_tokens.weight"], rtol=0, atol=0
+    )
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is False
+    assert json.loads((out / "lmdistill_export.json").read_text())["untied"] is True
+    assert (out / "tokenizer_config.json").is_file()
+    served = reload(out)
+    assert served.lm_head.weight.data_ptr() != served.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(logits(served), logits(tied.eval()), rtol=0, atol=0)
+
+    again = export_model(out, tmp_path / "again", untie_embeddings=True, log=quiet)  # already untied: a copy
+    torch.testing.assert_close(logits(reload(again)), logits(served), rtol=0, atol=0)
+
+
+def test_untie_embeddings_with_quantize_is_one_line(tiny_model_dirs, tmp_path, capsys):
+    from tests.conftest import cli_fails
+
+    _, student = tiny_model_dirs
+    out = tmp_path / "out"
+    cli_fails(
+        ["export", student, out, "--untie-embeddings", "--quantize", "int8-dynamic"],
+        capsys,
+        "--untie-embeddings writes a folder for vLLM",
+        "drop one of them",
+    )
+    assert not out.exists()

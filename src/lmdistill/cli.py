@@ -84,7 +84,14 @@ def _eval(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from lmdistill.export import export_model
 
-    export_model(args.src, args.out, dtype=args.dtype, quantize=args.quantize, force=args.force)
+    export_model(
+        args.src,
+        args.out,
+        dtype=args.dtype,
+        quantize=args.quantize,
+        untie_embeddings=args.untie_embeddings,
+        force=args.force,
+    )
 
 
 def _config(args: argparse.Namespace) -> None:
@@ -259,6 +266,12 @@ def _add_export(sub) -> None:
         choices=["int8-dynamic"],
         default=None,
         help="int8 dynamic quantisation of Linear layers, applied on load (CPU)",
+    )
+    p.add_argument(
+        "--untie-embeddings",
+        action="store_true",
+        help="the LM head as its own tensor (tie_word_embeddings: false): the folder to start the student's "
+        "vLLM on for on_policy.sampler=vllm with reload syncs",
     )
     p.add_argument(
         "--force",

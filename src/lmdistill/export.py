@@ -8,6 +8,10 @@ Every export holds `lmdistill_export.json` (source, dtype, quantisation); `--for
 only when it holds that file, never the working directory, the source or any other folder. An output
 that is a symbolic link to a folder writes into that folder (the link stays); a link to nothing is refused.
 
+`--untie-embeddings` writes the LM head as its own tensor (equal to the embedding) with
+`tie_word_embeddings: false`: the folder to start the student's vLLM server on for on-policy sampling with
+weight reloads, whose in-place reload keeps a tied head's old weights (docs/on_policy.md).
+
 `--quantize int8-dynamic` keeps the float weights (Hugging Face cannot store dynamically quantised
 modules) and writes `lmdistill_quantization.json`; `load_exported` applies the quantisation on load.
 """
@@ -68,6 +72,7 @@ def export_model(
     *,
     dtype: str | None = None,
     quantize: str | None = None,
+    untie_embeddings: bool = False,
     force: bool = False,
     log=print,
 ) -> Path:
@@ -76,10 +81,16 @@ def export_model(
     `dtype` ("float32", "bfloat16", "float16"; None keeps the stored dtype) casts the weights.
     `quantize="int8-dynamic"` stores float32 weights plus `lmdistill_quantization.json`, and logs the
     speed/quality change of int8 against float on a fixed input (`quantization_report`).
+    `untie_embeddings` gives the LM head its own copy of a tied embedding (`untie_embeddings`).
     `force` replaces an existing non-empty OUT.
     """
     target_dtype = _check_dtype(dtype)
     method = _check_quantize(quantize)
+    if untie_embeddings and method is not None:
+        raise UserError(
+            f"--untie-embeddings writes a folder for vLLM, which does not apply lmdistill's --quantize {method}: "
+            "drop one of them"
+        )
     if method is not None:
         if target_dtype not in (None, torch.float32):
             raise UserError(
@@ -103,12 +114,17 @@ def export_model(
         tokenizer = _load_tokenizer_or_none(model_dir, log)
     model.eval()
     log(f"export: {kind} {model_dir} -> {out} ({_dtype_name(next(model.parameters()).dtype)} weights)")
+    if untie_embeddings:
+        was_tied = untie(model, str(src))
+        log("export: LM head untied from the embedding" if was_tied else "export: LM head already untied")
 
     what = f"export: output {out}"
     with hold_lock(out.parent / f".{out.name}.lock", what, "export"):
         _check_output(out, model_dir, run_dir, force=force)  # again, now that no other export can write
         dtype_name = _dtype_name(next(model.parameters()).dtype)
         marker = {"source": str(src), "kind": kind, "dtype": dtype_name, "quantize": method}
+        if untie_embeddings:
+            marker["untied"] = True
         with writing(what, "output folder", out):  # no space, read-only: one line; the temporary folder goes
             _write_export(out, model, tokenizer, model_dir, run_dir, method, marker, log)
     log(f"export: wrote {given}" + (f" (-> {out})" if out != given else ""))
@@ -144,6 +160,26 @@ def _write_export(
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def untie(model: torch.nn.Module, name: str) -> bool:
+    """The LM head its own parameter (a copy of the embedding when they were one tensor) and the config
+    `tie_word_embeddings: false`, so that save_pretrained writes both and a loader (vLLM) ties nothing.
+    True when they were tied. UserError for a model without an LM head."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or getattr(head, "weight", None) is None or embed is None:
+        raise UserError(
+            f"export --untie-embeddings: {name} has no LM head to untie (get_output_embeddings() is None); "
+            "it is not a causal language model"
+        )
+    tied = head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr()
+    if tied:
+        head.weight = torch.nn.Parameter(
+            embed.weight.detach().clone(), requires_grad=head.weight.requires_grad
+        )
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    return tied
 
 
 def resolve_source(src: str | os.PathLike) -> tuple[str, Path, Path | None]:

@@ -74,7 +74,7 @@ def test_two_processes_match_one(tmp_path, tiny_model_dirs, tiny_llama, tiny_tok
         assert abs(norm1 - norm2) <= 2e-3 * abs(norm1)
 
 
-def _train(tmp_path, name: str, procs: int, cfg: dict) -> subprocess.CompletedProcess:
+def _train(tmp_path, name: str, procs: int, cfg: dict, timeout: int = 240) -> subprocess.CompletedProcess:
     """`torchrun ... lmdistill train` in its own process group, killed whole if it hangs (a process
     left waiting in an all-reduce would otherwise outlive the test)."""
     path = tmp_path / f"{name}.yaml"
@@ -90,12 +90,12 @@ def _train(tmp_path, name: str, procs: int, cfg: dict) -> subprocess.CompletedPr
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=240)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(
-            f"training with {procs} processes hung (killed after 240 s): {err[-2000:]}"
+            f"training with {procs} processes hung (killed after {timeout} s): {err[-2000:]}"
         ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 

@@ -1,123 +1,18 @@
-"""on_policy.sampler=vllm: bad settings and bad servers are one line (exit 2) before any model loads; a
-sync that fails mid-run stops the run naming the step. The servers here are small fakes that answer
-like vLLM 0.32 where it matters (routes, /v1/models, prompt_logprobs); the real vLLM is in
-tests/vllm/test_vllm_sampler.py."""
+"""on_policy.sampler=vllm: bad settings, and a server that is not there, are one line (exit 2) before any
+model loads. Everything a server answers (syncs, samples, the check, `torchrun`, resume, a reload that
+fails mid-run) and its refusals (sync route, model name, vocabulary, log-prob mode, a tied folder, a
+broken engine) run against real vLLM servers in tests/vllm/ (test_vllm_sampler*.py): no fake vLLM."""
 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from tests.conftest import cli_fails
 
 ROW = {"messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi."}]}
-
-
-class FakeVllm:
-    """/v1/models lists `name` (root `root`); /v1/completions answers the vocabulary probe with
-    `tokenizer`'s texts (shifted by 7 ids: another vocabulary); the sync routes exist when `lora` / `dev`
-    (400 on a bad body, as vLLM), else 404; `reload_status` is what a real reload_weights call gets. With
-    a `model` it stands in for vLLM whole: sampling requests are answered by that model, and a reload
-    loads the folder's safetensors into it."""
-
-    def __init__(
-        self,
-        tokenizer,
-        *,
-        name="student",
-        root=None,
-        lora=True,
-        dev=True,
-        reload_status=200,
-        other_vocab=False,
-        model=None,
-    ):
-        self.tokenizer, self.name, self.root, self.shift = tokenizer, name, root, 7 if other_vocab else 0
-        self.model, self.lock = model, threading.Lock()
-        self.reloads, self.sampled_rows = [], 0
-        self.lora, self.dev, self.reload_status = lora, dev, reload_status
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, code, body=None):
-                data = json.dumps(body or {}).encode()
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    return self._send(200, {"data": [{"id": fake.name, "root": fake.root, "parent": None}]})
-                self._send(404)
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])) or b"null")
-                if self.path == "/v1/completions":
-                    return self._send(200, fake.completion(body))
-                if self.path == "/v1/load_lora_adapter" and fake.lora:
-                    return self._send(400 if not body else 200)
-                if self.path == "/collective_rpc" and fake.dev:
-                    if isinstance(body, dict) and fake.reload_status == 200:
-                        fake.reload(body["kwargs"]["weights_path"])
-                    return self._send(400 if not isinstance(body, dict) else fake.reload_status)
-                if self.path == "/reset_prefix_cache" and fake.dev:
-                    return self._send(200, {"success": True})
-                self._send(404)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def reload(self, folder):
-        from safetensors.torch import load_file
-
-        self.reloads.append(folder)
-        if self.model is not None:
-            with self.lock:
-                self.model.load_state_dict(load_file(f"{folder}/model.safetensors"))
-
-    def completion(self, body):
-        if body.get("max_tokens", 0) > 1 and self.model is not None:
-            return self.sample(body)
-        ids = body["prompt"]
-        entries = [None] + [
-            {str(i): {"logprob": -1.0, "rank": 1, "decoded_token": self.tokenizer.decode([i + self.shift])}}
-            for i in ids[1:]
-        ]
-        return {"choices": [{"index": 0, "text": "", "token_ids": [], "prompt_logprobs": entries}]}
-
-    @torch.no_grad()
-    def sample(self, body):
-        """vLLM's answer to a sampling request, from `model` (temperature and top_p 1 only): the sampled
-        ids and each one's log-prob at temperature 1."""
-        gen = torch.Generator().manual_seed(body["seed"])
-        ids, out, lps = list(body["prompt"]), [], []
-        with self.lock:
-            self.sampled_rows += 1
-            for _ in range(body["max_tokens"]):
-                logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, -1].float(), -1)
-                token = int(torch.multinomial(logp.exp(), 1, generator=gen))
-                ids.append(token)
-                out.append(token)
-                lps.append(float(logp[token]))
-                if token in body.get("stop_token_ids", []):
-                    break
-        return {"choices": [{"index": 0, "token_ids": out, "logprobs": {"token_logprobs": lps}}]}
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -190,94 +85,3 @@ def test_an_unreachable_server_is_one_line_before_any_model_loads(
     url = f"http://127.0.0.1:{free_port()}/v1"
     path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": url, "timeout": 5})
     cli_fails(["train", path], capsys, f"vllm_sampler.url {url} is not reachable", "start the student's vLLM")
-
-
-@pytest.mark.parametrize(
-    "server, settings, message",
-    [
-        ({"dev": False}, {}, "has no /collective_rpc route, which vllm_sampler.sync=reload needs"),
-        ({"dev": False}, {}, "VLLM_SERVER_DEV_MODE=1"),
-        ({"lora": False}, {"student": {"lora_r": 4}}, "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"),
-        ({"name": "teacher"}, {"vllm_sampler": {"model": "student"}}, "does not serve 'student'"),
-        ({"other_vocab": True}, {}, "does not use the student's vocabulary"),
-        ({"tied_root": True}, {}, "ties the LM head to the embedding"),
-    ],
-)
-def test_a_server_that_cannot_sample_for_the_student_is_one_line_before_any_model_loads(
-    tmp_path, tiny_model_dirs, tiny_tokenizer, capsys, no_model_loads, server, settings, message
-):
-    server = dict(server)
-    if server.pop("tied_root", False):
-        root = tmp_path / "served"
-        root.mkdir()
-        (root / "config.json").write_text(json.dumps({"tie_word_embeddings": True}))
-        server["root"] = str(root)
-    fake = FakeVllm(tiny_tokenizer, **server)
-    try:
-        vllm = {"url": fake.url, **settings.pop("vllm_sampler", {})}
-        cli_fails(["train", _yaml(tmp_path, tiny_model_dirs, vllm_sampler=vllm, **settings)], capsys, message)
-    finally:
-        fake.close()
-
-
-def test_a_reload_that_fails_mid_run_names_the_step(tmp_path, tiny_model_dirs, tiny_tokenizer, capsys):
-    fake = FakeVllm(tiny_tokenizer, reload_status=500)
-    try:
-        path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": fake.url})
-        cli_fails(
-            ["train", path],
-            capsys,
-            "on_policy step 0: sending the student's weights to the vLLM server failed",
-            "HTTP 500",
-            "resume",
-        )
-    finally:
-        fake.close()
-
-
-def test_two_processes_one_sync_each_their_own_samples(tmp_path, tiny_model_dirs, tiny_tokenizer):
-    """`torchrun` with 2 CPU processes against a vLLM stand-in that samples with the synced weights
-    (transformers, in this test's process): process 0 alone syncs (one reload per sync, not two),
-    both get samples for their own prompts, and every sync's check passes (the stand-in's log-probs
-    are the synced student's)."""
-    from transformers import AutoModelForCausalLM
-
-    from tests.training.test_multiprocess import _train
-
-    fake = FakeVllm(tiny_tokenizer, model=AutoModelForCausalLM.from_pretrained(tiny_model_dirs[1]).eval())
-    try:
-        data = tmp_path / "prompts.jsonl"
-        data.write_text("".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(8)))
-        path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": fake.url, "sync_every": 2})
-        cfg = yaml.safe_load(Path(path).read_text())
-        cfg["data"]["train"] = str(data)
-        cfg["on_policy"]["log_samples_every"] = 1
-        cfg["train"].update(max_steps=4, per_device_train_batch_size=2, logging_steps=1, save_steps=1000)
-        cfg["train"]["extra"]["dataloader_drop_last"] = True
-        done = _train(tmp_path, "two", 2, cfg)
-        assert done.returncode == 0, done.stderr[-3000:]
-    finally:
-        fake.close()
-    assert [Path(r).name for r in fake.reloads] == ["step-0", "step-2"]  # process 0 only, every 2 steps
-    assert fake.sampled_rows == 4 * 2 * 2  # 4 steps x 2 processes x 2 rows each
-    samples = (tmp_path / "out" / "on_policy_samples.jsonl").read_text().splitlines()
-    assert len(samples) == 4 * 2  # process 0 logs its own rows
-
-
-def test_a_resumed_run_syncs_again_at_its_first_on_policy_step(tmp_path, tiny_model_dirs, tiny_tokenizer):
-    """The server's weights are unknown after a restart: the resumed run syncs before its first sample
-    (and checks it), whatever the server held."""
-    from transformers import AutoModelForCausalLM
-
-    from lmdistill import load_config, run
-
-    fake = FakeVllm(tiny_tokenizer, model=AutoModelForCausalLM.from_pretrained(tiny_model_dirs[1]).eval())
-    try:
-        path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": fake.url, "sync_every": 3}, max_steps=2)
-        run(load_config(path), log=lambda _: None)
-        assert [Path(r).name for r in fake.reloads] == ["step-0"]
-        more = ["train.max_steps=4", "train.resume_from_checkpoint=latest"]
-        run(load_config(path, more), log=lambda _: None)
-        assert [Path(r).name for r in fake.reloads] == ["step-0", "step-2"]
-    finally:
-        fake.close()

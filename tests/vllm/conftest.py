@@ -58,3 +58,18 @@ def vllm_teacher(_vllm_servers) -> VllmServer:
 @pytest.fixture(scope="session")
 def vllm_logits(_vllm_servers) -> VllmServer:
     return _vllm_servers["logits"].wait()
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A 2-layer student for the sampler tests: (its folder, the untied copy a server serves): the embedded
+    SmolLM2-135M-Instruct shrunk to 2 layers (tied head), and `lmdistill export --untie-embeddings` of it
+    (vLLM 0.32's in-place reload keeps a tied head's old weights)."""
+    from lmdistill.models import load_teacher, load_tokenizer, shrink_model
+    from lmdistill.training.samplers.weight_sync import write_server_folder
+
+    root = tmp_path_factory.mktemp("vllm_student")
+    folder = root / "student"
+    shrink_model(load_teacher(MODEL), num_layers=2).save_pretrained(folder)
+    load_tokenizer(MODEL).save_pretrained(folder)
+    return folder, write_server_folder(folder, root / "served")

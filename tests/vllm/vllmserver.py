@@ -132,6 +132,12 @@ class VllmServer:
             time.sleep(2)
         raise AssertionError(f"vLLM did not serve within {timeout:.0f} s:\n{self.tail()}")
 
+    def restart(self) -> VllmServer:
+        """Stopped and started again on the same port (same url), waited for."""
+        self.stop()
+        self.ready_after = None
+        return self.start().wait()
+
     def tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

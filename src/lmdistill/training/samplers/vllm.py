@@ -102,7 +102,9 @@ class VllmSampler:
         if outcome[0] is not None:
             raise UserError(
                 f"on_policy step {step}: sending the student's weights to the vLLM server failed ({outcome[0]}); "
-                "the checkpoints written so far are whole: fix the server and resume (train.resume_from_checkpoint)"
+                "the checkpoints written so far are whole. A failed full reload leaves vLLM 0.32 without weights (its "
+                "next request kills its engine): restart the student's vLLM server, make vllm_sampler.sync_dir readable "
+                "by it, and resume (train.resume_from_checkpoint), which syncs again at its first on-policy step"
             )
         self.sync.served = outcome[1]
         self.synced_at = step

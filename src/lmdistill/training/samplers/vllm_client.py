@@ -7,6 +7,11 @@
   VLLM_SERVER_DEV_MODE=1). A missing route answers 404; the probes send bodies vLLM refuses as invalid
   (400/422), so they change nothing on a server that has the route. For reload, a served folder
   readable here must be untied (`weight_sync` says why).
+  Its log-probs must be raw (`--logprobs-mode raw_logprobs`, vLLM's default): the sample check compares
+  vLLM's log-prob of each sampled token with the student's log_softmax at temperature 1. The mode is read
+  from the dev-mode `/server_info` where the server has it (reload servers do), else measured
+  (`_measured_logprobs_mode`): processed log-probs change with the temperature, logits are no
+  distribution.
 - `sample`: one /v1/completions request per prompt (token ids in, `return_token_ids`, `logprobs: 0`:
   the sampled token's own log-prob), sent concurrently so that vLLM batches them; each with its own seed.
 - `load_adapter` / `unload_adapter` (LoRA), `reload_weights` + `reset_prefix_cache` (full weights).
@@ -15,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +69,8 @@ class VllmClient:
         self.where = f"vllm_sampler.url {self.base}"
         self._http = httpx.Client(timeout=timeout)
         self._errors = (httpx.HTTPError,)
+        #: the log-prob mode probe's top log-probs (at temperature 1, at 0.5) once it was measured
+        self.mode_probe: tuple[list[float], list[float]] | None = None
 
     # -- plumbing
 
@@ -108,6 +116,7 @@ class VllmClient:
         self._check_route(sync)
         if sync == "reload":
             self._check_untied(next(m for m in bases if m.get("id") == self.model).get("root"))
+        self._check_logprobs_mode(tokenizer)
         return self
 
     def _check_untied(self, root: str | None) -> None:
@@ -121,8 +130,8 @@ class VllmClient:
         if tied:
             raise UserError(
                 f"{self.where} serves {root}, whose config ties the LM head to the embedding: vLLM's in-place "
-                "reload then keeps the head's old weights. Serve an untied copy of the student: python -m "
-                "lmdistill.training.samplers.weight_sync STUDENT OUT_FOLDER (docs/on_policy.md)"
+                "reload then keeps the head's old weights. Serve an untied copy of the student: lmdistill export "
+                "STUDENT OUT_FOLDER --untie-embeddings (docs/on_policy.md)"
             )
 
     def _check_vocab(self, tokenizer) -> None:
@@ -132,6 +141,12 @@ class VllmClient:
         ids = probe_ids(tokenizer, real_vocab_size(tokenizer))
         body = {"model": self.model, "prompt": list(ids), "max_tokens": 1, "prompt_logprobs": 0}
         response = self._http.post(self.base + "/completions", json=body)
+        if response.status_code >= 500:
+            raise UserError(
+                f"{self.where} is broken: it answered the first completion request with HTTP {response.status_code}: "
+                f"{response.text[:200]}. Restart the student's vLLM server (a failed weight reload leaves vLLM 0.32's "
+                "engine dead)"
+            )
         if response.status_code != 200:
             raise UserError(
                 f"{self.where} refused the student's probe token ids (up to {max(ids)}): HTTP "
@@ -148,6 +163,79 @@ class VllmClient:
                 f"{self.where} ({self.model}) does not use the student's vocabulary: {len(wrong)} of {len(ids) - 1} "
                 f"probe tokens differ, e.g. {'; '.join(wrong[:2])}. Serve the student"
             )
+
+    def _check_logprobs_mode(self, tokenizer) -> None:
+        mode, how = self._server_logprobs_mode(), "its /server_info says"
+        if mode is None:
+            mode = self._measured_logprobs_mode(tokenizer)
+            at_1, at_half = (", ".join(f"{v:.4g}" for v in vs) for vs in self.mode_probe)
+            how = f"measured: top log-probs {at_1} at temperature 1, {at_half} at 0.5"
+        if mode == "raw_logprobs":
+            return
+        if mode == "processed_logprobs":
+            what = "processed log-probs, which change with the sampling temperature"
+        else:
+            what = "logits, not log-probs"
+        flag = "raw_logits or processed_logits" if mode == "logits" else mode
+        raise UserError(
+            f"{self.where} returns {what} (--logprobs-mode {flag}; {how}): the run compares vLLM's log-prob of "
+            "each sampled token with the student's log_softmax at temperature 1. Start it with "
+            "--logprobs-mode raw_logprobs (vLLM's default)"
+        )
+
+    def _server_logprobs_mode(self) -> str | None:
+        """`model_config.logprobs_mode` from vLLM's dev-mode GET /server_info; None where it has none."""
+        try:
+            response = self._http.get(self.root + "/server_info", params={"config_format": "json"})
+            if response.status_code != 200:
+                return None
+            return response.json()["vllm_config"]["model_config"]["logprobs_mode"]
+        except (*self._errors, ValueError, KeyError, TypeError):
+            return None
+
+    def _measured_logprobs_mode(self, tokenizer) -> str:
+        """The top 5 log-probs after a fixed prompt, sampled at temperature 1 and at 0.5: raw log-probs are
+        the same numbers at both (the model's distribution); processed ones (`processed_logprobs`) are the
+        sharpened distribution at 0.5; logits (`raw_logits`, `processed_logits`) are no distribution (a
+        value above 0, a mass above 1, or a largest value below -log V). Returns "raw_logprobs",
+        "processed_logprobs" or "logits"."""
+        from lmdistill.models.vocab import real_vocab_size
+        from lmdistill.teachers.whitebox.server import probe_ids
+
+        vocab = real_vocab_size(tokenizer)
+        prompt = list(probe_ids(tokenizer, vocab))
+
+        def top(temperature: float) -> dict[str, float]:
+            body = {
+                "model": self.model,
+                "prompt": prompt,
+                "max_tokens": 1,
+                "temperature": temperature,
+                "top_p": 1.0,
+                "top_k": -1,
+                "logprobs": 5,
+                "return_tokens_as_token_ids": True,  # keys "token_id:N": two tokens never share one
+                "seed": 0,
+            }
+            choice = self._post("/completions", body, "the log-prob mode probe").json()["choices"][0]
+            tops = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+            return {str(k): float(v) for k, v in (tops[0] or {}).items()}
+
+        t1, half = top(1.0), top(0.5)
+        # the top 5 at both (each reply adds the sampled token when it is not among them)
+        common = sorted(set(t1) & set(half), key=lambda k: -t1[k])[:5]
+        if len(common) < 2:
+            raise UserError(
+                f"{self.where}: the log-prob mode probe's replies carry no comparable top_logprobs"
+            )
+        at_1, at_half = [t1[k] for k in common], [half[k] for k in common]
+        self.mode_probe = (at_1, at_half)
+        mass = sum(math.exp(min(v, 50.0)) for v in at_1)
+        if at_1[0] > 1e-4 or mass > 1 + 1e-4 or at_1[0] < -math.log(vocab):
+            return "logits"
+        if max(abs(a - b) for a, b in zip(at_1, at_half, strict=True)) > 1e-3:
+            return "processed_logprobs"
+        return "raw_logprobs"
 
     def _check_route(self, sync: str) -> None:
         if sync == "lora":

@@ -9,9 +9,8 @@
   back ("ParallelLMHead: Failed to load weights" in its log), so a server started on a tied student
   samples with a stale head after the first change (found here: the log-prob check failed by 0.27
   nats/token). The server must therefore serve an untied copy of the student (`tie_word_embeddings:
-  false`, `lm_head.weight` its own tensor, equal to the embedding): `write_server_folder` (or
-  `python -m lmdistill.training.samplers.weight_sync STUDENT OUT`) writes one, and every sync writes
-  both tensors.
+  false`, `lm_head.weight` its own tensor, equal to the embedding): `lmdistill export STUDENT OUT
+  --untie-embeddings` (`write_server_folder` here) writes one, and every sync writes both tensors.
 - `LoraSync` (LoRA students): the peft adapter alone into `sync_dir/step-N`, loaded under a new name
   (`<model>-<run token>-step-N`) through `/v1/load_lora_adapter`, the previous adapter unloaded; requests then name
   the new adapter. A new name per sync gives the adapter a new LoRA id, so no prefix-cache block computed
@@ -69,17 +68,12 @@ def _save_adapter(model: torch.nn.Module, folder: Path) -> None:
 
 
 def write_server_folder(student: str | Path, out: str | Path) -> Path:
-    """A folder to start the student's vLLM server on: the student (a model folder or an embedded name)
-    untied (`write_untied`), with its tokenizer and generation config."""
-    from lmdistill.models import load_model, load_tokenizer
+    """A folder to start the student's vLLM server on: `lmdistill export STUDENT OUT --untie-embeddings`
+    (the student, a model folder, train output or embedded name, untied, with its tokenizer and
+    generation config)."""
+    from lmdistill.export import export_model
 
-    out = Path(out)
-    model = load_model(str(student), dtype="float32")
-    write_untied(model, out)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out)
-    load_tokenizer(str(student)).save_pretrained(out)
-    return out
+    return Path(export_model(student, out, untie_embeddings=True, log=lambda _: None))
 
 
 class ReloadSync:
@@ -122,11 +116,3 @@ class LoraSync(ReloadSync):
         if previous != self.client.model:
             self.client.unload_adapter(previous)
         self._drop_previous(folder)
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m lmdistill.training.samplers.weight_sync STUDENT OUT_FOLDER")
-    print(write_server_folder(sys.argv[1], sys.argv[2]))
