@@ -57,7 +57,7 @@ ROOT = HERE.parent
 TASKS = ("arithmetic:1", "sentiment", "format_json")
 SPECIALISTS = {"maths": ("arithmetic:1",), "language": ("sentiment", "format_json")}
 CHOICES = ("base", "maths", "language", "routed")  # the teacher of each student; "base" is the baseline
-FULL = dict(train_per_task=200, heldout_per_task=40, spec_steps=30, steps=40, batch_size=8, seeds="0,1,2")
+FULL = dict(train_per_task=200, heldout_per_task=40, spec_steps=30, steps=24, batch_size=8, seeds="0,1,2")
 FULL.update(max_new_tokens=40, student_layers=None)
 QUICK = dict(train_per_task=6, heldout_per_task=3, spec_steps=2, steps=2, batch_size=2, seeds="0,1")
 QUICK.update(max_new_tokens=8, student_layers=2)

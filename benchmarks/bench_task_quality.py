@@ -128,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of every continuation")
     ap.add_argument("--warm-lr", type=float, default=5e-4, help="peak learning rate of the SFT warm start")
     ap.add_argument("--seeds", help="comma-separated seeds")
-    ap.add_argument("--methods", help="comma-separated method names (default: all; the first must be SFT)")
+    ap.add_argument("--methods", help="method names separated by ; (default: all; the first must be SFT)")
     ap.add_argument(
         "--ablation",
         action="store_true",
@@ -153,7 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.json = a.json or str(ROOT / "benchmarks" / "results" / f"{stem}.json")
     table = ABLATION if a.ablation else METHODS
     names = [m.name for m in table]
-    wanted = a.methods.split(",") if a.methods else names
+    wanted = a.methods.split(";") if a.methods else names
     if set(wanted) - set(names) or wanted[0] != BASELINE:
         ap.error(f"--methods: known names are {'; '.join(names)}; {BASELINE!r} first")
     a.method_list = [

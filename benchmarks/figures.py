@@ -135,12 +135,20 @@ FIGURES: list[Figure] = [
     _f("xtok_quality_smollm2", f"bench_xtok_quality.py --methods ce byte_aligned {SMOLLM2_STUDENT} --json {{json}}", 30, kind="quality"),
     _f("xtok_quality_smollm2_seqkd", f"bench_xtok_quality.py --methods ce seqkd {SMOLLM2_STUDENT} --json {{json}}", 30, kind="quality"),
     _f("xtok_quality_smollm2_uld", f"bench_xtok_quality.py --methods ce uld {SMOLLM2_STUDENT} --json {{json}}", 30, kind="quality"),
-    _f("task_quality", "bench_task_quality.py --workers 2 --json {json}", 90, kind="quality", pending="measuring: started this session (issue 25)"),
+    _f(
+        "task_quality",
+        "bench_task_quality.py --workers 2 --methods \"SFT (CE on the teacher's answers);supervised KD (forward KL);"
+        "sequence-level KD (fresh teacher samples);GKD JSD(0.5), lmbda 0.5;GKD reverse KL, lmbda 1;"
+        "DistiLLM (skew reverse KL 0.1, adaptive, replay)\" --json {json}",
+        90,
+        kind="quality",
+        pending="measuring: started this session (issue 25)",
+    ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 40, kind="quality", pending="measuring: started this session (issue 25)"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 25, kind="quality", pending="measuring: started this session (issue 25)"),
     _f(
         "several_teachers",
-        "bench_several_teachers.py --json {json}",
+        "bench_several_teachers.py --steps 24 --json {json}",
         60,
         kind="quality",
         pending="measuring: started this session (issue 24)",
