@@ -145,7 +145,7 @@ FIGURES: list[Figure] = [
         pending="measuring: started this session (issue 25)",
     ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 40, kind="quality", pending="measuring: started this session (issue 25)"),
-    _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 25, kind="quality", pending="measuring: started this session (issue 25)"),
+    _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
     _f(
         "several_teachers",
         "bench_several_teachers.py --steps 24 --json {json}",
