@@ -144,15 +144,9 @@ FIGURES: list[Figure] = [
         kind="quality",
         pending="measuring: started this session (issue 25)",
     ),
-    _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 40, kind="quality", pending="measuring: started this session (issue 25)"),
+    _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
-    _f(
-        "several_teachers",
-        "bench_several_teachers.py --steps 24 --json {json}",
-        60,
-        kind="quality",
-        pending="measuring: started this session (issue 24)",
-    ),
+    _f("several_teachers", "bench_several_teachers.py --steps 24 --json {json}", 60, kind="quality"),
     _f(
         "how_far",
         "lmdistill recipe configs/recipes/how_far.yaml train.overwrite_output_dir=true",
