@@ -142,7 +142,7 @@ FIGURES: list[Figure] = [
         "DistiLLM (skew reverse KL 0.1, adaptive, replay)\" --json {json}",
         90,
         kind="quality",
-        pending="measuring: started this session (issue 25)",
+        
     ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
