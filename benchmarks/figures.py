@@ -112,7 +112,6 @@ FIGURES: list[Figure] = [
         "bench_vllm_sampler.py --json {json}",
         15,
         threads=None,
-        pending="needs an idle machine: only its --quick smoke run was made, on a loaded one (issue 23)",
     ),
     _f("teacher_on_tasks", "teacher_on_tasks.py --json {json}", 20, kind="quality"),
     _f("student_layers", "student_layers.py", 2, kind="quality", note="writes its own results file"),
@@ -142,7 +141,7 @@ FIGURES: list[Figure] = [
         "DistiLLM (skew reverse KL 0.1, adaptive, replay)\" --json {json}",
         90,
         kind="quality",
-        
+
     ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
