@@ -124,6 +124,22 @@ def tiny_llama():
 
 
 @pytest.fixture
+def two_tiny_teachers(tiny_model_dirs, tiny_llama, tmp_path):
+    """(teacher a, teacher b, student) folders: b another tiny model whose head is scaled x30, so its
+    distributions are far from a's (a row scored by the wrong teacher changes the loss a lot)."""
+    from lmdistill.models import load_tokenizer
+
+    a, student = tiny_model_dirs
+    tok = load_tokenizer(a)
+    b = tmp_path / "b_teacher"
+    model = tiny_llama(len(tok), hidden=48, seed=7)
+    model.lm_head.weight.data.mul_(30)
+    model.save_pretrained(b)
+    tok.save_pretrained(b)
+    return a, b, student
+
+
+@pytest.fixture
 def tiny_model_dirs(tmp_path, tiny_tokenizer_dir):
     """A saved teacher (4 layers) and student (2 layers) sharing the tiny tokenizer; returns (teacher, student)."""
     from transformers import AutoTokenizer

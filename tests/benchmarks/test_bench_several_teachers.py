@@ -8,7 +8,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from lmdistill.tasks.registry import get_task
+from tests.benchmarks.test_bench_task_quality import assert_accuracies_recompute
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,15 +27,8 @@ def test_quick_trains_a_student_per_teacher_choice(tmp_path, tiny_model_dirs, on
         (c, s) for s in (0, 1) for c in bench.CHOICES
     ]
     assert set(results["setup"]["scores"]) == {"base", "maths", "language"}
-    items = [(get_task(n), ex) for n in bench.TASKS for ex in get_task(n).examples("heldout", 3)]
     for run in results["runs"]:
-        for name in bench.TASKS:
-            marks = []
-            for (task, ex), answer in zip(items, run["answers"], strict=True):
-                if task.name == name:
-                    g = task.grade(answer, ex)
-                    marks.append(g["correct"] if g["correct"] is not None else g["passed"])
-            assert run[f"acc:{name}"] == sum(marks) / 3
+        assert_accuracies_recompute(run, bench.TASKS, per_task=3)
     assert results["summary"]["routed"]["acc:mean"]["n"] == 2
     # the routed student was trained from both specialists, each on its own tasks' rows
     folder = next((tmp_path / "runs").glob("setup-*"))

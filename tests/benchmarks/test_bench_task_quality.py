@@ -16,6 +16,20 @@ from lmdistill.tasks.registry import get_task
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def assert_accuracies_recompute(run: dict, tasks, per_task: int) -> None:
+    """Each "acc:<task>" of a results row equals the share of its saved answers that the task's own
+    checker passes, on held-out questions rebuilt here from the task registry, not by the benchmark."""
+    items = [(get_task(n), ex) for n in tasks for ex in get_task(n).examples("heldout", per_task)]
+    assert len(run["answers"]) == len(items)
+    for name in tasks:
+        marks = []
+        for (task, ex), answer in zip(items, run["answers"], strict=True):
+            if task.name == name:
+                g = task.grade(answer, ex)
+                marks.append(g["correct"] if g["correct"] is not None else g["passed"])
+        assert run[f"acc:{name}"] == sum(marks) / per_task
+
+
 def _bench():
     spec = importlib.util.spec_from_file_location(
         "bench_task_quality", ROOT / "benchmarks" / "bench_task_quality.py"
@@ -39,20 +53,8 @@ def test_quick_runs_every_method_and_the_answers_recompute_the_table(
     names = [m.name for m in bench.METHODS]
     assert [(r["method"], r["seed"]) for r in results["runs"]] == [(m, s) for s in (0, 1) for m in names]
     assert list(results["summary"]) == names
-    # The held-out questions, rebuilt here from the task registry, not from the benchmark.
-    items = []
-    for name in ("arithmetic:1", "format_json"):
-        task = get_task(name)
-        items += [(task, ex) for ex in task.examples("heldout", 3)]
     for run in results["runs"]:
-        assert len(run["answers"]) == len(items)
-        for name in ("arithmetic:1", "format_json"):
-            marks = []
-            for (task, ex), answer in zip(items, run["answers"], strict=True):
-                if task.name == name:
-                    g = task.grade(answer, ex)
-                    marks.append(g["correct"] if g["correct"] is not None else g["passed"])
-            assert run[f"acc:{name}"] == sum(marks) / 3
+        assert_accuracies_recompute(run, ("arithmetic:1", "format_json"), per_task=3)
         assert run["kl"] > 0  # a 2-layer student of a different 4-layer model: never the teacher
     # Each method's cell is the mean of its seeds' runs.
     for name in names:

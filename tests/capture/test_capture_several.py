@@ -22,18 +22,9 @@ TEACHERS_CAPTURE = {"k": 8, "shard_size": 4, "batch_size": 3, "codec": "raw", "d
 
 
 @pytest.fixture
-def two_teachers(tiny_model_dirs, tiny_llama, tmp_path):
+def two_teachers(two_tiny_teachers):
     """(teacher a, teacher b, student): b far from a (a misrouted row changes the loss a lot)."""
-    from lmdistill.models import load_tokenizer
-
-    a, student = tiny_model_dirs
-    tok = load_tokenizer(a)
-    b = tmp_path / "b_teacher"
-    model = tiny_llama(len(tok), hidden=48, seed=7)
-    model.lm_head.weight.data.mul_(30)
-    model.save_pretrained(b)
-    tok.save_pretrained(b)
-    return a, b, student
+    return two_tiny_teachers
 
 
 def _data(tmp_path, rows=ROWS):

@@ -20,18 +20,9 @@ ROWS = [
 
 
 @pytest.fixture
-def models(tiny_model_dirs, tiny_llama, tmp_path):
+def models(two_tiny_teachers):
     """(teacher a, teacher b far from a, student)."""
-    from lmdistill.models import load_tokenizer
-
-    a, student = tiny_model_dirs
-    tok = load_tokenizer(a)
-    b = tmp_path / "b_teacher"
-    model = tiny_llama(len(tok), hidden=48, seed=7)
-    model.lm_head.weight.data.mul_(30)
-    model.save_pretrained(b)
-    tok.save_pretrained(b)
-    return a, b, student
+    return two_tiny_teachers
 
 
 def _config(tmp_path, name, teachers, rows, **routing):
