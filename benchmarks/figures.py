@@ -136,12 +136,9 @@ FIGURES: list[Figure] = [
     _f("xtok_quality_smollm2_uld", f"bench_xtok_quality.py --methods ce uld {SMOLLM2_STUDENT} --json {{json}}", 30, kind="quality"),
     _f(
         "task_quality",
-        "bench_task_quality.py --workers 2 --methods \"SFT (CE on the teacher's answers);supervised KD (forward KL);"
-        "sequence-level KD (fresh teacher samples);GKD JSD(0.5), lmbda 0.5;GKD reverse KL, lmbda 1;"
-        "DistiLLM (skew reverse KL 0.1, adaptive, replay)\" --json {json}",
+        "bench_task_quality.py --workers 2 --json {json}",
         90,
         kind="quality",
-
     ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
