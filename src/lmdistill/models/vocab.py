@@ -128,5 +128,5 @@ def check_same_tokenizer(what: str, name: str, tokenizer: PreTrainedTokenizerBas
     if own != run:
         raise UserError(
             f"{what} tokenizes differently from teachers[0]: {describe_vocab_difference(own, run)}; several "
-            "teachers need one tokenizer"
+            "teachers need one tokenizer (distill.cross_tokenizer with several teachers is not supported yet)"
         )

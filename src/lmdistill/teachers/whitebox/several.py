@@ -46,8 +46,11 @@ class SeveralTeachers:
             raise ValueError(f"unknown mode {mode!r}")
         self.members, self.mode = members, mode
         self.temperature, self.vocab, self.chunk_size = temperature, vocab, chunk_size
-        loaded = [m.id for m in members if m.source is not None]
-        self.name = f"teachers {', '.join(loaded)} ({mode})"
+
+    @property
+    def name(self) -> str:
+        """The loaded members (in-process ones load after construction) and the mode."""
+        return f"teachers {', '.join(m.id for m in self.members if m.source is not None)} ({self.mode})"
 
     def to(self, device) -> SeveralTeachers:
         for m in self.members:

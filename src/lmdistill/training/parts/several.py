@@ -18,8 +18,8 @@ import torch
 
 from lmdistill.config import RunConfig, TeacherEntry
 from lmdistill.errors import UserError
-from lmdistill.models import check_vocab, count_parameters, head_rows, load_teacher, load_tokenizer
-from lmdistill.models.vocab import describe_vocab_difference, real_vocab_size
+from lmdistill.models import check_vocab, count_parameters, head_rows, load_teacher
+from lmdistill.models.vocab import check_same_tokenizer, real_vocab_size
 from lmdistill.teachers.routing import route_rows, routed
 from lmdistill.teachers.whitebox import InProcessTeacher, Member, SeveralTeachers
 from lmdistill.training.parts.data import RunData
@@ -69,7 +69,7 @@ class SeveralTeachersPart:
             t = self.temperature(cfg, e)
             source = None
             if i in self.needed and e.kind == "in_process":
-                _check_tokenizer(i, e, tokenizer)
+                check_same_tokenizer(f"teachers[{i}] ({e.id}, {e.name})", e.name, tokenizer)
             elif i in self.needed and e.kind == "store":
                 source = _store(i, e, t, tokenizer, data)
             elif i in self.needed:
@@ -108,19 +108,6 @@ def _store(i: int, entry: TeacherEntry, temperature: float, tokenizer, data: Run
     store.check_routes(f"teachers[{i}] ({entry.id})", entry.id, rows, len(data.train))
     store.check_run(tokenizer, [data.train[n] for n in rows], temperature)
     return StoreTeacher(RoutedRows(store, rows))
-
-
-def _check_tokenizer(i: int, entry: TeacherEntry, tokenizer) -> None:
-    """One tokenizer for every teacher (the run's, teachers[0]'s): several teachers with other
-    vocabularies would need distill.cross_tokenizer, which several teachers do not support yet."""
-    own = load_tokenizer(entry.name).get_vocab()
-    run = tokenizer.get_vocab()
-    if own != run:
-        raise UserError(
-            f"teachers[{i}] ({entry.id}, {entry.name}) tokenizes differently from the run's tokenizer: "
-            f"{describe_vocab_difference(own, run)}; several teachers need one tokenizer "
-            "(distill.cross_tokenizer with several teachers is not supported yet)"
-        )
 
 
 def build_models(cfg: RunConfig, source: SeveralTeachers, tokenizer, log=print):
@@ -162,9 +149,6 @@ def build_models(cfg: RunConfig, source: SeveralTeachers, tokenizer, log=print):
         )
     log(f"student: {count_parameters(student):,} parameters; {describe_budget(entries, source, loaded)}")
     source.vocab = vocab
-    source.name = (
-        f"teachers {', '.join(m.id for m in source.members if m.source is not None)} ({source.mode})"
-    )
     return Models(None, student, tokenizer, vocab, source)
 
 
