@@ -140,6 +140,13 @@ FIGURES: list[Figure] = [
         90,
         kind="quality",
     ),
+    _f(
+        "task_quality_warm150",
+        "bench_task_quality.py --warm-steps 150 --methods \"SFT (CE on the teacher's answers);supervised KD (forward KL);"
+        "GKD JSD(0.5), lmbda 0.5\" --json {json}",
+        60,
+        kind="quality",
+    ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
     _f("several_teachers", "bench_several_teachers.py --steps 24 --json {json}", 60, kind="quality"),
