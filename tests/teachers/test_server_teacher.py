@@ -15,7 +15,7 @@ from lmdistill.config import TeacherConfig
 from lmdistill.errors import UserError
 from lmdistill.models.vocab import real_vocab_size as real_vocab
 from lmdistill.teachers.whitebox import InProcessTeacher, ServerTeacher, TeacherQuery, tail_from_topk
-from lmdistill.teachers.whitebox.server import ECHO, PROMPT_LOGPROBS
+from lmdistill.teachers.whitebox.server_reply import ECHO, PROMPT_LOGPROBS
 from tests.teachers.scoringserver import ScoringServer
 from tests.teachers.test_whitebox import write_data
 

@@ -82,7 +82,7 @@ def scored(vllm_teacher):
 
 
 def test_the_probe_finds_prompt_logprobs_and_log_probs(scored):
-    from lmdistill.teachers.whitebox.server import PROMPT_LOGPROBS
+    from lmdistill.teachers.whitebox.server_reply import PROMPT_LOGPROBS
 
     source = scored["source"]
     assert source.mode == PROMPT_LOGPROBS

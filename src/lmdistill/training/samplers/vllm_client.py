@@ -136,7 +136,7 @@ class VllmClient:
 
     def _check_vocab(self, tokenizer) -> None:
         from lmdistill.models.vocab import real_vocab_size
-        from lmdistill.teachers.whitebox.server import _same_token, probe_ids
+        from lmdistill.teachers.whitebox.server_probe import probe_ids, same_token
 
         ids = probe_ids(tokenizer, real_vocab_size(tokenizer))
         body = {"model": self.model, "prompt": list(ids), "max_tokens": 1, "prompt_logprobs": 0}
@@ -156,7 +156,7 @@ class VllmClient:
         wrong = []
         for i, entry in zip(ids[1:], entries[1:], strict=False):
             text = (entry or {}).get(str(i), {}).get("decoded_token")
-            if text is not None and not _same_token(tokenizer, i, text):
+            if text is not None and not same_token(tokenizer, i, text):
                 wrong.append(f"id {i} is {text!r} there but {tokenizer.decode([i])!r} here")
         if wrong:
             raise UserError(
@@ -200,7 +200,7 @@ class VllmClient:
         value above 0, a mass above 1, or a largest value below -log V). Returns "raw_logprobs",
         "processed_logprobs" or "logits"."""
         from lmdistill.models.vocab import real_vocab_size
-        from lmdistill.teachers.whitebox.server import probe_ids
+        from lmdistill.teachers.whitebox.server_probe import probe_ids
 
         vocab = real_vocab_size(tokenizer)
         prompt = list(probe_ids(tokenizer, vocab))
