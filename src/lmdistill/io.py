@@ -35,11 +35,14 @@ def public_mode(path: str | os.PathLike) -> None:
 
 def public_tree(folder: str | os.PathLike) -> None:
     """`public_mode` on a folder and everything in it (some writers, e.g. safetensors through
-    transformers, also leave 0600 files)."""
-    for path in Path(folder).rglob("*"):
-        if not path.is_symlink():
-            public_mode(path)
-    public_mode(folder)
+    transformers, also leave 0600 files). Another process may still be writing its own files there (a
+    checkpoint's RNG state): one that comes or goes meanwhile is left alone."""
+    for path in [*Path(folder).rglob("*"), Path(folder)]:
+        try:
+            if not path.is_symlink():
+                public_mode(path)
+        except FileNotFoundError:
+            pass
 
 
 def make_temp_dir(out: Path) -> Path:

@@ -53,6 +53,11 @@ def _is_fsdp2(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def is_peft(model: torch.nn.Module) -> bool:
+    """A peft model (adapters around a base model that `get_base_model()` returns)."""
+    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The Hugging Face model inside DDP/FSDP (`.module`) and peft (`get_base_model()`) wrappers."""
     while hasattr(model, "module"):

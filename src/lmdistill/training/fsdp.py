@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lmdistill.errors import UserError
+from lmdistill.models.forward import is_peft
 from lmdistill.models.sharding import full_state_dict, load_full_state_dict, shard_from_rank0
 from lmdistill.training.optimizer_checkpoint import (
     OPTIMIZER_DIR,
@@ -105,7 +106,7 @@ def prepare_student(student: torch.nn.Module, args) -> torch.nn.Module:
     # LoRA: the model inside peft's wrapper is the FSDP2 root; each unit holds its frozen base weights
     # and its trainable adapters, and FSDP2 reduce-scatters only the adapters' gradients. Process 0's
     # weights (adapters included) fill every process's shards; the others built the student on meta.
-    base = student.get_base_model() if _is_peft(student) else student
+    base = student.get_base_model() if is_peft(student) else student
     shard_from_rank0(base, device)
     # What `from_pretrained(distributed_config=DistributedConfig(fsdp_size=N))` sets on a model it shards
     # (peft's wrapper forwards these attributes to it).
@@ -113,10 +114,6 @@ def prepare_student(student: torch.nn.Module, args) -> torch.nn.Module:
     base._is_distributed_loading_by_transformers = True
     base._is_fsdp_managed_module = True
     return student
-
-
-def _is_peft(model: torch.nn.Module) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
 
 def prepare_teacher(teacher: torch.nn.Module, args) -> torch.nn.Module:
@@ -183,7 +180,7 @@ class ShardedDistillTrainer(DistillTrainer):
         from safetensors.torch import load_file
 
         state = {}
-        peft = _is_peft(self.model)
+        peft = is_peft(self.model)
         if self.args.process_index == 0:
             name = "adapter_model.safetensors" if peft else "model.safetensors"
             saved = load_file(str(Path(resume_from_checkpoint) / name))
@@ -193,7 +190,7 @@ class ShardedDistillTrainer(DistillTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """LoRA: the adapters gathered and saved by process 0 (peft cannot save sharded tensors)."""
-        if not _is_peft(self.model):
+        if not is_peft(self.model):
             return super()._save(output_dir, state_dict)
         state = full_state_dict(self.model)  # a collective: every process gathers
         if self.args.should_save:
@@ -264,7 +261,7 @@ def gather_student(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     state = full_state_dict(model)
     model.config.distributed_config = None
-    if _is_peft(model) and state:  # merged into plain weights on process 0 (the others hold nothing)
+    if is_peft(model) and state:  # merged into plain weights on process 0 (the others hold nothing)
         state, model = _merged_lora(model, state), model.get_base_model()
     # The gather copies a tied weight once per name; one tensor under both names lets save_pretrained
     # see the tie and store it once, as it does for an unsharded model.
@@ -277,4 +274,4 @@ def gather_student(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def saveable(model: torch.nn.Module) -> torch.nn.Module:
     """The model `gather_student`'s weights are saved through: the base model inside peft's wrapper."""
-    return model.get_base_model() if _is_peft(model) else model
+    return model.get_base_model() if is_peft(model) else model

@@ -29,6 +29,7 @@ from lmdistill.config import RunConfig
 from lmdistill.data import validate_records
 from lmdistill.errors import UserError
 from lmdistill.models import check_vocab
+from lmdistill.models.forward import is_peft
 from lmdistill.teachers.whitebox import InProcessTeacher
 from lmdistill.training.assemble import make_trainer
 from lmdistill.training.parts.data import tokenize_run_data
@@ -76,7 +77,7 @@ def distillation_trainer(
     )
     part = TeacherPart.choose(cfg) if teacher_module is None and teacher_model is not None else None
     source = part.source(cfg, processing_class, data) if part is not None else None
-    student = model.requires_grad_(True).train() if not _is_peft(model) else model.train()
+    student = model.requires_grad_(True).train() if not is_peft(model) else model.train()
     if source is not None:
         models = Models(None, student, processing_class, source.vocab, source)
     elif teacher_module is not None:
@@ -115,7 +116,3 @@ def _rows(dataset: Iterable[dict], name: str, validate: bool = True) -> list[dic
     if validate:
         validate_records(rows, name)
     return rows
-
-
-def _is_peft(model) -> bool:
-    return hasattr(model, "peft_config")

@@ -28,9 +28,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from lmdistill.chunked import Head, LossSpec
 from lmdistill.errors import TrainingDiverged, UserError
-from lmdistill.io import public_mode
+from lmdistill.io import public_tree
 from lmdistill.models.forward import final_hidden, forward_states, unwrap
-from lmdistill.outputs import failure_hint, write_failure
+from lmdistill.outputs import write_failure, write_failure_message
 from lmdistill.teachers.whitebox import InProcessTeacher, TeacherQuery, TeacherSource, teacher_loss
 from lmdistill.training.optimizer_checkpoint import has_sharded_optimizer, load_sharded_optimizer
 
@@ -255,8 +255,8 @@ class DistillTrainer(Trainer):
         except Exception as exc:
             self._checkpoint_failed(exc, folder)
             raise
-        if self.args.should_save:
-            _public_checkpoint(folder)
+        if self.args.should_save:  # safetensors writes 0600: others could not resume from it or serve it
+            public_tree(folder)
 
     def _checkpoint_failed(self, exc: Exception, folder: Path) -> None:
         """A checkpoint the file system refused (no space, read-only, permission denied): the unfinished
@@ -271,8 +271,7 @@ class DistillTrainer(Trainer):
             shutil.rmtree(folder, ignore_errors=True)  # on a read-only file system it stays, skipped
             removed = "" if folder.exists() else f" (the unfinished {folder.name} was removed)"
         raise UserError(
-            f"train: writing checkpoint {getattr(exc, 'filename', None) or folder} failed: {cause}; "
-            f"{failure_hint('train.output_dir', cause)}{removed}"
+            write_failure_message("train", "train.output_dir", exc, folder, cause) + removed
         ) from None
 
     def _optimized(self) -> torch.nn.Module:
@@ -307,18 +306,6 @@ class DistillTrainer(Trainer):
         if self.nonfinite_skipped:
             logs["nonfinite_skipped"] = self.nonfinite_skipped
         super().log(logs, *args, **kwargs)
-
-
-def _public_checkpoint(folder: Path) -> None:
-    """Give a checkpoint's files and folders the umask's mode, as every other output has (safetensors
-    writes its files 0600: another user could not resume from the checkpoint or serve it). Another
-    process may still be writing its own files (its RNG state): one that comes or goes is left alone."""
-    for path in [*folder.rglob("*"), folder]:
-        try:
-            if not path.is_symlink():
-                public_mode(path)
-        except FileNotFoundError:
-            pass
 
 
 def _world_size() -> int:
