@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from lmdistill import yamlconfig
 from lmdistill.config_teachers import (  # noqa: F401 (re-exported: the teacher sections live there)
+    CROSS_TOKENIZER_METHODS,
     ROUTING_MODES,
     RoutingConfig,
     TeacherConfig,
@@ -101,7 +102,8 @@ class DistillConfig:
         "tokenize the same text, spans ending on the same byte are matched; `loss` on the tokens both "
         "vocabularies share, sorted-L1 on the rest) or uld (sorted-L1 only). The term replaces D: "
         "(1 - kd_ratio) * CE + kd_ratio * T^2 * term, summed over aligned spans and divided by target tokens "
-        "like CE. Needs text or prompt/completion records and the teacher in this process. See "
+        "like CE. Needs text or prompt/completion records and the teacher in this process. With several "
+        "`teachers:`, the method of every entry that sets no cross_tokenizer of its own. See "
         "docs/cross_tokenizer.md.",
     )
     xtok_matched_weight: float = setting(
@@ -542,16 +544,14 @@ def check_report_to(report_to: str) -> None:
             )
 
 
-CROSS_TOKENIZER_METHODS = ("byte_aligned", "uld")
-
-
 def check_cross_tokenizer(cfg: RunConfig) -> None:
     """distill.cross_tokenizer and what it needs: the teacher model in this process, the KD term on, no
-    hint terms (UserError naming the key)."""
+    hint terms (UserError naming the key); the distill.xtok_* numbers for teachers[i].cross_tokenizer too
+    (whose own needs `lmdistill.config_teachers` checks with the list)."""
     d = cfg.distill
-    if d.cross_tokenizer is None:
+    if d.cross_tokenizer is None and not any(e.cross_tokenizer for e in cfg.teachers):
         return
-    if d.cross_tokenizer not in CROSS_TOKENIZER_METHODS:
+    if d.cross_tokenizer is not None and d.cross_tokenizer not in CROSS_TOKENIZER_METHODS:
         raise UserError(
             f"distill.cross_tokenizer: unknown method {d.cross_tokenizer!r}; choose "
             f"{' or '.join(CROSS_TOKENIZER_METHODS)} (or null when the tokenizers match)"
@@ -562,6 +562,8 @@ def check_cross_tokenizer(cfg: RunConfig) -> None:
             raise UserError(f"distill.{key} must be a finite number >= 0, got {value}")
     if d.xtok_chunk_size <= 0:
         raise UserError(f"distill.xtok_chunk_size must be positive, got {d.xtok_chunk_size}")
+    if d.cross_tokenizer is None:  # only teachers[i].cross_tokenizer: checked with the list
+        return
     elsewhere = "distill.teacher_store" if d.teacher_store else "teacher.server" if cfg.teacher.server else ""
     if elsewhere:
         raise UserError(

@@ -74,6 +74,14 @@ class TeacherEntry(TeacherConfig):
         "T_i^2); mix / select: its distribution softmax(z_i / T_i) enters the target, the student at "
         "distill.temperature. A store must have been captured at it; a server needs 1.",
     )
+    cross_tokenizer: str | None = setting(
+        None,
+        "This teacher tokenizes differently from the student: byte_aligned or uld, the method of its rows' "
+        "cross-tokenizer term (as distill.cross_tokenizer for one teacher; the distill.xtok_* settings apply); "
+        "null: distill.cross_tokenizer, else its tokenizer must be the student's. Its rows are tokenized by "
+        "both; it needs routing.mode route, the model in this process and no on-policy steps. See "
+        "docs/teachers.md.",
+    )
 
     @property
     def kind(self) -> str:
@@ -83,6 +91,17 @@ class TeacherEntry(TeacherConfig):
 
 #: routing.mode values.
 ROUTING_MODES = ("route", "mix", "select")
+#: distill.cross_tokenizer and teachers[i].cross_tokenizer values.
+CROSS_TOKENIZER_METHODS = ("byte_aligned", "uld")
+
+
+def cross_tokenizer_members(cfg: RunConfig) -> dict[int, str]:
+    """{index in `teachers:`: method} of the listed teachers that tokenize differently from the student
+    (teachers[i].cross_tokenizer, else distill.cross_tokenizer); empty without several teachers."""
+    if len(cfg.teachers) < 2:
+        return {}
+    methods = {i: e.cross_tokenizer or cfg.distill.cross_tokenizer for i, e in enumerate(cfg.teachers)}
+    return {i: m for i, m in methods.items() if m}
 
 
 @dataclass
@@ -143,6 +162,11 @@ def check_teacher_list(entries: list[TeacherEntry], r: RoutingConfig) -> None:
             raise UserError(f"{key}.weight must be a finite number >= 0, got {e.weight}")
         if e.temperature is not None and not (math.isfinite(e.temperature) and e.temperature > 0):
             raise UserError(f"{key}.temperature must be a finite number > 0 (or null), got {e.temperature}")
+        if e.cross_tokenizer is not None and e.cross_tokenizer not in CROSS_TOKENIZER_METHODS:
+            raise UserError(
+                f"{key}.cross_tokenizer: unknown method {e.cross_tokenizer!r}; choose "
+                f"{' or '.join(CROSS_TOKENIZER_METHODS)} (or null when it tokenizes as the student does)"
+            )
     total = sum(e.weight for e in entries)
     if not total > 0:
         raise UserError(
@@ -172,7 +196,6 @@ def _check_several(cfg: RunConfig) -> None:
             "routing.mode=route or load it by name"
         )
     refused = (
-        (cfg.distill.cross_tokenizer, "distill.cross_tokenizer (a teacher with another tokenizer)"),
         (cfg.hints.enabled, "hint terms (hints.*_weight > 0), which read one teacher's internal states"),
         (cfg.train.fsdp_teacher, "train.fsdp_teacher"),
         (cfg.on_policy.seq_kd, "on_policy.seq_kd (which teacher would sample?)"),
@@ -182,6 +205,42 @@ def _check_several(cfg: RunConfig) -> None:
             raise UserError(
                 f"several teachers with {what} are not supported yet: list one teacher or drop it"
             )
+    _check_cross_tokenizer_members(cfg)
+
+
+def _check_cross_tokenizer_members(cfg: RunConfig) -> None:
+    """What a teacher with another tokenizer among several needs: routing by row (its distributions live
+    over another vocabulary), the model in this process, the KD term on, no on-policy steps."""
+    members = cross_tokenizer_members(cfg)
+    if not members:
+        return
+    i, method = next(iter(members.items()))
+    e = cfg.teachers[i]
+    what = f"teachers[{i}] ({e.id}) is a cross-tokenizer teacher (cross_tokenizer: {method}"
+    what += ")" if e.cross_tokenizer else ", from distill.cross_tokenizer)"
+    if cfg.routing.mode != "route":
+        raise UserError(
+            f"routing.mode={cfg.routing.mode} with a cross-tokenizer teacher: {what}, and its distributions "
+            "live over another vocabulary, so they cannot be mixed or compared per token with the others' "
+            "(only routing.mode=route takes it: its rows are scored by it alone)"
+        )
+    apart = next(((j, cfg.teachers[j]) for j in members if cfg.teachers[j].kind != "in_process"), None)
+    if apart is not None:
+        j, a = apart
+        raise UserError(
+            f"teachers[{j}] ({a.id}) is a cross-tokenizer teacher with a {a.kind}: the cross-tokenizer term "
+            f"needs the teacher model in this process (its hidden states on its own tokens); drop its {a.kind}"
+        )
+    if cfg.on_policy.enabled:
+        raise UserError(
+            f"on_policy with a cross-tokenizer teacher is not supported yet: {what}, and it would have to "
+            "score the student's samples in its own tokenization; drop on_policy or that teacher"
+        )
+    if cfg.distill.kd_ratio == 0:
+        raise UserError(
+            f"{what} but distill.kd_ratio is 0, so no teacher is read: set distill.kd_ratio > 0 or drop "
+            "cross_tokenizer"
+        )
 
 
 def resolve_teachers(cfg: RunConfig) -> RunConfig:
@@ -199,6 +258,7 @@ def resolve_teachers(cfg: RunConfig) -> RunConfig:
             cfg.distill,
             teacher_store=first.store,
             temperature=first.temperature or cfg.distill.temperature,
+            cross_tokenizer=first.cross_tokenizer or cfg.distill.cross_tokenizer,
         )
         one = dataclasses.replace(
             cfg, teacher=TeacherConfig(**own), distill=distill, teachers=[], routing=RoutingConfig()
