@@ -266,3 +266,22 @@ def served(tiny_model_dirs):
     app = create_app(LocalTeacher(model, load_tokenizer(tiny_model_dirs[0]), name="tiny"), model_name="tiny")
     with ServerThread(app) as server:
         yield server.url, model
+
+
+@pytest.fixture(scope="session")
+def cross_tokenizer_teachers(tmp_path_factory):
+    """(student, plain teacher, cross teacher) folders: a byte-level BPE student; a teacher of the same
+    tokenizer whose head is scaled x30 (far from the others); a teacher with another, SentencePiece-style
+    tokenizer that adds <bos> (a teacher for `teachers[i].cross_tokenizer`)."""
+    base = tmp_path_factory.mktemp("cross_tokenizer_teachers")
+    tok = build_tiny_tokenizer(base / "student", vocab_size=320)
+    make_tiny_llama(len(tok), num_layers=2, seed=1).save_pretrained(base / "student")
+    tok.save_pretrained(base / "plain")
+    plain = make_tiny_llama(len(tok), hidden=48, seed=3)
+    plain.lm_head.weight.data.mul_(30)
+    plain.save_pretrained(base / "plain")
+    t_tok = build_sentencepiece_tokenizer(base / "cross", lowercase=False)
+    make_tiny_llama(len(t_tok), num_layers=3, hidden=48, heads=4, kv_heads=2, seed=2).save_pretrained(
+        base / "cross"
+    )
+    return base / "student", base / "plain", base / "cross"

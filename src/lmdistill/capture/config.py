@@ -92,6 +92,12 @@ def _check_teachers(cfg: CaptureConfig) -> None:
             raise UserError(
                 f"teachers[{i}] ({e.id}) is a store: capture needs the model (name) or a server to score with"
             )
+        if e.cross_tokenizer:
+            raise UserError(
+                f"teachers[{i}] ({e.id}) is a cross-tokenizer teacher (cross_tokenizer: {e.cross_tokenizer}): "
+                "a store holds top-k over the student's vocabulary, and its rows need its hidden states on its "
+                "own tokens; train with it in this process (lmdistill train) instead of capturing it"
+            )
     if cfg.teacher.server:
         raise UserError("give teachers: or teacher.server, not both: put the server in its teachers entry")
 

@@ -63,6 +63,15 @@ def prepare_routed(path: str) -> RoutedHeldout:
         raise UserError(
             f"--teachers {path}: data.eval is empty: eval scores the held-out rows, routed like training"
         )
+    crossing = [
+        (i, e) for i, e in enumerate(cfg.teachers) if e.cross_tokenizer or cfg.distill.cross_tokenizer
+    ]
+    if crossing:
+        i, e = crossing[0]
+        raise UserError(
+            f"--teachers {path}: teachers[{i}] ({e.id}) is a cross-tokenizer teacher: eval --teachers compares "
+            "per-token distributions over one vocabulary; score it with --text (bits per byte, span agreement)"
+        )
     records = load_records(cfg.data.eval)
     ids = [e.id for e in cfg.teachers]
     routes = route_rows(records, ids, cfg.routing, cfg.data.eval)

@@ -118,15 +118,27 @@ def _label(role: str, name: str) -> str:
     return role if not name or name == role else f"{role} {name}"
 
 
-def check_same_tokenizer(what: str, name: str, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Refuse `what` (e.g. "teachers[1] (b, NAME)") when the tokenizer of `name` is not `tokenizer` (the
-    first teacher's): several teachers need one tokenizer (a list of cross-tokenizer teachers is not
-    supported). Only the tokenizer is loaded."""
+#: Why `lmdistill capture` and `lmdistill eval --teachers` refuse teachers of different tokenizers.
+ONE_TOKENIZER = (
+    "several teachers need one tokenizer here (a cross-tokenizer teacher among several, "
+    "teachers[i].cross_tokenizer, is for lmdistill train only)"
+)
+
+
+def check_same_tokenizer(
+    what: str,
+    name: str,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    against: str = "teachers[0]",
+    hint: str = ONE_TOKENIZER,
+) -> None:
+    """Refuse `what` (e.g. "teachers[1] (b, NAME)") when the tokenizer of `name` is not `tokenizer` (that
+    of `against`), with `hint` saying what to do. Only the tokenizer is loaded."""
     from lmdistill.models import load_tokenizer
 
     own, run = load_tokenizer(name).get_vocab(), tokenizer.get_vocab()
     if own != run:
         raise UserError(
-            f"{what} tokenizes differently from teachers[0]: {describe_vocab_difference(own, run)}; several "
-            "teachers need one tokenizer (distill.cross_tokenizer with several teachers is not supported yet)"
+            f"{what} tokenizes differently from {against}: {describe_vocab_difference(own, run)}; {hint}"
         )

@@ -43,7 +43,8 @@ class DistillTrainer(Trainer):
             CE only. A source that answers None for a batch (a store asked about held-out examples)
             gives CE only for that batch.
         spec: what to compute per token (`LossSpec.from_config(distill_config, vocab)`).
-        xtok: a `CrossTokenizerStep` when the teacher has another tokenizer (batches from its collator).
+        xtok: a `CrossTokenizerStep` when the teacher has another tokenizer, or a
+            `RoutedCrossTokenizerStep` when some of several routed teachers have (batches from its collator).
         hints: resolved hint terms (`HintTerms`), or None for logits KD only. They read the teacher's
             internal states, so they need an `InProcessTeacher`. Their projections are optimised with
             the student and saved in each checkpoint as `hint_projections.safetensors`.
@@ -64,7 +65,7 @@ class DistillTrainer(Trainer):
         self.spec = spec
         self.hints = hints
         self.max_nonfinite = max_nonfinite
-        self.xtok = xtok  # lmdistill.training.xtok_step.CrossTokenizerStep, or None
+        self.xtok = xtok  # CrossTokenizerStep or RoutedCrossTokenizerStep (another tokenizer), or None
         if isinstance(teacher, torch.nn.Module):
             teacher = InProcessTeacher(teacher)
         self.teacher: TeacherSource | None = teacher
@@ -86,6 +87,14 @@ class DistillTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.xtok is not None:  # a teacher with another tokenizer: its own step, same normalisation
             return self.xtok.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        total, parts, tokens = self.loss_sums(model, inputs)
+        loss = self.finish_loss(model, total, parts, tokens, num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def loss_sums(self, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """(loss sum carrying the gradient, detached sums to log, target tokens) of one `DistillCollator`
+        batch against `self.teacher`: CE + KD (+ hint terms), not yet normalised. A step routed across
+        tokenizers asks it for its rows of the run's tokenizer (`lmdistill.training.xtok_routed_step`)."""
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
         targets = inputs["labels"][:, 1:]
         mask = targets != -100  # [B, S-1]: position t predicts token t+1
@@ -125,9 +134,7 @@ class DistillTrainer(Trainer):
             for name, value in extra.items():
                 total = total + weights[name] * value
                 parts[name] = value.detach()
-
-        loss = self.finish_loss(model, total, parts, sums.tokens, num_items_in_batch)
-        return (loss, None) if return_outputs else loss
+        return total, parts, sums.tokens
 
     def finish_loss(
         self,

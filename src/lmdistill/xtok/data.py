@@ -12,6 +12,10 @@ A group is kept when both sides can predict its first token (start >= 1) and at 
 student tokens is a training target (so prompt groups of prompt/completion records are left out).
 `XtokCollator` batches such features; the groups become indices into the batch's real tokens,
 flattened row by row (what `lmdistill.training.xtok_step` reads).
+
+Several teachers routed by row, some with another tokenizer (`teachers[i].cross_tokenizer`): only the
+rows routed to such a teacher are tokenized by both (`routed_pair_features`, with that teacher's
+tokenizer), and `RoutedXtokCollator` batches each teacher's rows apart.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 
 from lmdistill.data.collator import DistillCollator
 from lmdistill.data.records import detect_format, validate_record
-from lmdistill.data.tokenize import IGNORE_INDEX, check_weight, tokenize_record
+from lmdistill.data.tokenize import IGNORE_INDEX, ROUTE_KEY, check_weight, tokenize_record
 from lmdistill.errors import UserError
 from lmdistill.xtok.align import align_token_offsets, tokenize_with_offsets
 
@@ -152,4 +156,64 @@ class XtokCollator(DistillCollator):
         batch["xtok_student_groups"] = torch.tensor(s_groups, dtype=torch.long).reshape(-1, 2)
         batch["xtok_teacher_groups"] = torch.tensor(t_groups, dtype=torch.long).reshape(-1, 2)
         batch["xtok_group_rows"] = torch.tensor(rows, dtype=torch.long)
+        return batch
+
+
+def routed_pair_features(
+    records: list[dict[str, Any]],
+    student_tokenizer: Any,
+    teacher_tokenizers: dict[int, Any],
+    max_length: int,
+    source: str = "<records>",
+) -> list[dict[str, Any]]:
+    """Rows routed among several teachers (each carrying its teacher index, `lmdistill.teachers.routing`):
+    a row routed to a teacher of `teacher_tokenizers` ({index: its tokenizer}, the cross-tokenizer ones)
+    gets `pair_feature` with that tokenizer, any other row the student's usual feature (`tokenize_record`,
+    the same ids). Order kept; rows with no target (or no aligned group) left out; errors name
+    ``source:index+1``; UserError when nothing is kept."""
+    features = []
+    for i, record in enumerate(records):
+        where = f"{source}:{i + 1}"
+        validate_record(record, where)
+        check_weight(record, where)
+        teacher = teacher_tokenizers.get(record.get(ROUTE_KEY))
+        if teacher is None:
+            feature = tokenize_record(record, student_tokenizer, max_length)
+        else:
+            feature = pair_feature(record, student_tokenizer, teacher, max_length, where)
+        if feature is not None:
+            features.append(feature)
+    if not features:
+        raise UserError(
+            f"no examples left after tokenization/truncation/alignment ({len(records)} read from {source}; "
+            f"max_length={max_length}); raise max_length or shorten the prompts"
+        )
+    return features
+
+
+@dataclass
+class RoutedXtokCollator(DistillCollator):
+    """`DistillCollator` over every row (what Trainer counts target tokens by), plus ``routed_parts``:
+    each teacher's rows batched apart, as if they were the whole batch.
+
+    ``routed_parts["plain"]``: the `DistillCollator` batch of the rows routed to teachers of the student's
+    tokenizer (absent when there are none); ``routed_parts[str(i)]``: the `XtokCollator` batch of the rows
+    routed to cross-tokenizer teacher i, padded with its `teacher_pad_token_ids[i]`. Rows keep their
+    order inside each part.
+    """
+
+    teacher_pad_token_ids: dict[int, int] | None = None
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(features)
+        pads = self.teacher_pad_token_ids or {}
+        parts: dict[str, dict[str, torch.Tensor]] = {}
+        plain = [f for f in features if f.get("teacher_index") not in pads]
+        if plain:
+            parts["plain"] = DistillCollator(self.pad_token_id, self.pad_to_multiple_of)(plain)
+        for i, pad in sorted(pads.items()):
+            mine = [f for f in features if f.get("teacher_index") == i]
+            if mine:
+                parts[str(i)] = XtokCollator(self.pad_token_id, self.pad_to_multiple_of, pad)(mine)
+        batch["routed_parts"] = parts
         return batch

@@ -21,13 +21,16 @@ from lmdistill.teachers.whitebox.source import RoutedPart, TeacherQuery, Teacher
 @dataclass
 class Member:
     """One listed teacher: its id, its source (None until loaded; never loaded when no row or term needs
-    it), its temperature T_i, its weight w_i (mix), and whether a row or term needs it."""
+    it), its temperature T_i, its weight w_i (mix), whether a row or term needs it, and its
+    cross-tokenizer method (None: it tokenizes as the student does; else its rows are scored by the
+    cross-tokenizer step in its own tokenization, `lmdistill.training.xtok_routed_step`, never here)."""
 
     id: str
     source: TeacherSource | None
     temperature: float
     weight: float = 1.0
     needed: bool = True
+    cross_tokenizer: str | None = None
 
 
 class SeveralTeachers:
@@ -78,6 +81,11 @@ class SeveralTeachers:
                 continue
             if member.source is None:
                 raise ValueError(f"rows routed to teacher {member.id!r}, which was not loaded")
+            if member.cross_tokenizer:  # its distributions are over another vocabulary
+                raise ValueError(
+                    f"rows routed to cross-tokenizer teacher {member.id!r} reached the routed loss; they "
+                    "belong to its cross-tokenizer step"
+                )
             tokens = (route[row_of] == i).nonzero().flatten()  # its rows' positions, in row-major order
             scores = member.source.score(query.rows(rows))
             parts.append(RoutedPart(tokens, scores, member.temperature))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmdistill.config import RunConfig
+from lmdistill.config_teachers import cross_tokenizer_members
 from lmdistill.data import load_records, tokenize_records
 from lmdistill.data.fingerprint import features_fingerprint
 from lmdistill.models import load_tokenizer
@@ -48,13 +49,19 @@ def tokenize_run_data(
 ) -> RunData:
     """Tokenize rows exactly as `lmdistill train` does: completion-only labels at data.max_length; with
     on-policy steps each feature carries its prompt; with distill.cross_tokenizer each text in both
-    tokenizations, aligned (the teacher's tokenizer loaded from teacher.name).
+    tokenizations, aligned (the teacher's tokenizer loaded from teacher.name); with several teachers
+    routed by row, the rows routed to a cross-tokenizer teacher in both (its tokenizer and the student's).
 
     *_source: the name errors cite (default: the config's data.train / data.eval)."""
     train_rows, eval_rows = list(train_rows), list(eval_rows) if eval_rows is not None else None
     train_source = train_source or cfg.data.train or "<train rows>"
     eval_source = eval_source or cfg.data.eval or "<eval rows>"
     n = cfg.data.max_length
+    crossing = cross_tokenizer_members(cfg)
+    if crossing:  # several teachers: the rows routed to one of another tokenizer are tokenized by both
+        return _routed_across_tokenizers(
+            cfg, crossing, train_rows, eval_rows, tokenizer, train_source, eval_source
+        )
     if cfg.distill.cross_tokenizer:
         from lmdistill.xtok.data import pair_features
 
@@ -66,6 +73,25 @@ def tokenize_run_data(
     else:
         train = tokenize_train(cfg, train_rows, tokenizer, train_source)
         evalf = tokenize_records(eval_rows, tokenizer, n, source=eval_source)[0] if eval_rows else None
+    return RunData(train, evalf, features_fingerprint(train))
+
+
+def _routed_across_tokenizers(
+    cfg: RunConfig, crossing: dict[int, str], train_rows, eval_rows, tokenizer, train_source, eval_source
+) -> RunData:
+    """Routed rows (each carrying its teacher): a row routed to a cross-tokenizer teacher -> both
+    tokenizations aligned, with that teacher's tokenizer (loaded only for teachers some row routes to);
+    any other row -> the student's usual feature."""
+    from lmdistill.data.tokenize import ROUTE_KEY
+    from lmdistill.xtok.data import routed_pair_features
+
+    routes = {r.get(ROUTE_KEY) for r in [*train_rows, *(eval_rows or [])]}
+    tokenizers = {i: load_tokenizer(cfg.teachers[i].name) for i in crossing if i in routes}
+    n = cfg.data.max_length
+    train = routed_pair_features(train_rows, tokenizer, tokenizers, n, source=train_source)
+    evalf = (
+        routed_pair_features(eval_rows, tokenizer, tokenizers, n, source=eval_source) if eval_rows else None
+    )
     return RunData(train, evalf, features_fingerprint(train))
 
 

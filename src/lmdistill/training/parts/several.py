@@ -4,21 +4,25 @@ In the order `lmdistill.training.run` asks, every check before any model loads:
 1. `route`: each row's teacher (routing.mode route; `lmdistill.teachers.routing`), which the row then
    carries through tokenization and on-policy sampling; a teacher no row and no term needs is never
    opened, connected or loaded (mix: weight 0);
-2. `source`: in-process teachers' tokenizers checked against the run's (one tokenizer for all); stores
-   opened and checked against the tokenized data, servers connected and probed;
+2. `source`: in-process teachers' tokenizers checked against the run's (the student's), except a
+   cross-tokenizer teacher's (`teachers[i].cross_tokenizer`, whose rows the data part tokenized by both);
+   stores opened and checked against the tokenized data, servers connected and probed;
 3. `build_models`: the needed in-process teachers loaded, side by side on one device (their weights
-   add up: printed), the student built, every head checked against the shared vocabulary.
+   add up: printed), the student built, every head checked against the shared vocabulary; for each
+   cross-tokenizer teacher its `CrossTokenizerStep` (`lmdistill.training.xtok_routed_step`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
 from lmdistill.config import RunConfig, TeacherEntry
+from lmdistill.config_teachers import cross_tokenizer_members
 from lmdistill.errors import UserError
-from lmdistill.models import check_vocab, count_parameters, head_rows, load_teacher
+from lmdistill.models import check_vocab, count_parameters, head_rows, load_teacher, load_tokenizer
 from lmdistill.models.vocab import check_same_tokenizer, real_vocab_size
 from lmdistill.teachers.routing import route_rows, routed
 from lmdistill.teachers.whitebox import InProcessTeacher, Member, SeveralTeachers
@@ -64,12 +68,25 @@ class SeveralTeachersPart:
     def source(self, cfg: RunConfig, tokenizer, data: RunData) -> SeveralTeachers:
         """The composite source: stores and servers ready, in-process members loaded by `build_models`."""
         vocab = real_vocab_size(tokenizer)
+        crossing = cross_tokenizer_members(cfg)
         members = []
         for i, e in enumerate(self.entries):
             t = self.temperature(cfg, e)
             source = None
-            if i in self.needed and e.kind == "in_process":
-                check_same_tokenizer(f"teachers[{i}] ({e.id}, {e.name})", e.name, tokenizer)
+            if i in self.needed and e.kind == "in_process" and i in crossing:
+                pass  # its own tokenizer: its rows were tokenized by both (loaded by build_models)
+            elif i in self.needed and e.kind == "in_process":
+                check_same_tokenizer(
+                    f"teachers[{i}] ({e.id}, {e.name})",
+                    e.name,
+                    tokenizer,
+                    against="the student",
+                    hint=(
+                        f"several teachers need one tokenizer unless one is declared: set teachers[{i}]."
+                        "cross_tokenizer (byte_aligned or uld) to train it as a cross-tokenizer teacher, "
+                        "routed by row"
+                    ),
+                )
             elif i in self.needed and e.kind == "store":
                 source = _store(i, e, t, tokenizer, data)
             elif i in self.needed:
@@ -78,7 +95,9 @@ class SeveralTeachersPart:
                 source = ServerTeacher.connect(
                     e, tokenizer, k=e.server_k, vocab=vocab, k_key=f"teachers[{i}].server_k"
                 )
-            members.append(Member(e.id, source, t, e.weight, needed=i in self.needed))
+            members.append(
+                Member(e.id, source, t, e.weight, needed=i in self.needed, cross_tokenizer=crossing.get(i))
+            )
         if any(e.kind != "in_process" for e in self.entries):
             for n, feature in enumerate(data.train):
                 feature["example_index"] = n  # a store looks its rows up by it; a server names bad rows by it
@@ -134,7 +153,11 @@ def build_models(cfg: RunConfig, source: SeveralTeachers, tokenizer, log=print):
         student = _student_only(cfg)
     student = _trainable(student, cfg)
     vocab = real_vocab_size(tokenizer)
+    steps = {}
     for i, model in loaded.items():
+        if source.members[i].cross_tokenizer:  # its own vocabulary, checked against its own head
+            steps[i] = _cross_step(cfg, i, source.members[i], tokenizer, student, model, log)
+            continue
         vocab = check_vocab(
             tokenizer,
             tokenizer,
@@ -149,7 +172,30 @@ def build_models(cfg: RunConfig, source: SeveralTeachers, tokenizer, log=print):
         )
     log(f"student: {count_parameters(student):,} parameters; {describe_budget(entries, source, loaded)}")
     source.vocab = vocab
-    return Models(None, student, tokenizer, vocab, source)
+    xtok = None
+    if steps:
+        from lmdistill.training.xtok_routed_step import RoutedCrossTokenizerStep
+
+        xtok = RoutedCrossTokenizerStep(steps)
+    return Models(None, student, tokenizer, vocab, source, xtok)
+
+
+def _cross_step(cfg: RunConfig, i: int, member: Member, tokenizer, student, model, log):
+    """teachers[i]'s `CrossTokenizerStep`: the one-teacher step at its method and its T_i."""
+    from lmdistill.training.xtok_step import build_step
+
+    distill = dataclasses.replace(
+        cfg.distill, cross_tokenizer=member.cross_tokenizer, temperature=member.temperature
+    )
+    name = cfg.teachers[i].name
+    return build_step(
+        distill,
+        tokenizer,
+        load_tokenizer(name),
+        student,
+        model,
+        log=lambda m: log(f"teachers[{i}] {member.id}: {m}"),
+    )
 
 
 def describe_budget(entries, source: SeveralTeachers, loaded: dict[int, torch.nn.Module]) -> str:
