@@ -17,7 +17,8 @@ teacher and current student on whatever sequences it is given (as for the replay
 are older still), so older samples shift which sequences are trained on, not what the loss is on them;
 the `sampled` estimator's importance weight assumes the current student sampled, so the config refuses
 it with sync_every > 1. Logged: `vllm_staleness` (steps, last window), `time_sync_s`, and after each
-sync `vllm_logprob_diff` (mean |difference|, nats/token).
+sync `vllm_logprob_diff` (mean |difference|, nats/token) and `time_check_s` (the check's student forwards).
+Both times are part of the trainer's `time_sampling_s`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ class VllmSampler:
         reported = [row.logprobs[: len(c)] for row, c in zip(rows, completions, strict=True)]
         self._stats["vllm_staleness"] = float(r.step - self.synced_at)
         if fresh:
+            start = time.perf_counter()
             self.check(model, r.prompts, completions, reported, r.step)
+            self._stats["time_check_s"] = self._stats.get("time_check_s", 0.0) + time.perf_counter() - start
         return completions
 
     def stats(self) -> dict[str, float]:
