@@ -161,7 +161,7 @@ ON_POLICY_SCHEDULES = ("constant", "linear", "adaptive")
 ON_POLICY_ESTIMATORS = ("divergence", "sampled")
 #: on_policy.sampler values, and vllm_sampler.sync values.
 ON_POLICY_SAMPLERS = ("generate", "vllm")
-VLLM_SYNCS = ("auto", "reload", "lora")
+VLLM_SYNCS = ("auto", "reload", "lora", "transfer")
 
 
 @dataclass
@@ -238,7 +238,9 @@ class VllmSamplerConfig:
         "auto",
         "How the student's weights reach the server: lora (peft adapter via /v1/load_lora_adapter; server with "
         "--enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), reload (full weights from a folder via the "
-        "dev-mode /collective_rpc reload_weights; VLLM_SERVER_DEV_MODE=1), auto (lora for a LoRA student).",
+        "dev-mode /collective_rpc reload_weights; VLLM_SERVER_DEV_MODE=1), transfer (full weights over NCCL through "
+        "vLLM's RL weight-transfer API; GPU only, untested here; VLLM_SERVER_DEV_MODE=1 and --weight-transfer-config "
+        '\'{"backend": "nccl"}\'), auto (lora for a LoRA student, reload otherwise).',
     )
     sync_every: int = setting(
         1,
@@ -256,6 +258,11 @@ class VllmSamplerConfig:
         "to this mean absolute difference, in nats per token; a larger one stops the run.",
     )
     timeout: float = setting(600.0, "Seconds per request to the server (sampling, sync) before giving up.")
+    transfer_host: str = setting(
+        "127.0.0.1",
+        "sync=transfer: this trainer's address as the server's workers reach it (they join an NCCL group whose "
+        "TCP store the trainer hosts there, on a free port).",
+    )
 
 
 @dataclass
@@ -477,10 +484,19 @@ class RunConfig:
             raise UserError(
                 "vllm_sampler.sync=lora needs a LoRA student (student.lora_r > 0); a full student syncs with reload"
             )
-        if v.sync == "reload" and self.student.lora_r:
+        if v.sync in ("reload", "transfer") and self.student.lora_r:
             raise UserError(
-                "vllm_sampler.sync=reload with a LoRA student (student.lora_r > 0): its adapter syncs with lora"
+                f"vllm_sampler.sync={v.sync} with a LoRA student (student.lora_r > 0): its adapter syncs with lora"
             )
+        if v.sync == "transfer":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(
+                    "vllm_sampler.sync=transfer broadcasts the student's weights over NCCL from a GPU, and this "
+                    "trainer has no CUDA (torch.cuda.is_available() is false): on CPU use sync=reload (full "
+                    "student) or sync=lora (LoRA student)"
+                )
         if v.sync_every < 1:
             raise UserError(f"vllm_sampler.sync_every must be at least 1, got {v.sync_every}")
         if not (math.isfinite(v.check_atol) and v.check_atol > 0):

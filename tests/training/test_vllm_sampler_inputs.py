@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import cli_fails
@@ -56,6 +57,10 @@ def _yaml(tmp_path, tiny_model_dirs, *, student=None, on_policy=None, vllm_sampl
             "sync=reload with a LoRA student",
         ),
         (
+            {"vllm_sampler": {"url": "http://127.0.0.1:9/v1", "sync": "transfer"}, "student": {"lora_r": 4}},
+            "sync=transfer with a LoRA student",
+        ),
+        (
             {"vllm_sampler": {"url": "http://127.0.0.1:9/v1", "sync": "nccl"}},
             "vllm_sampler.sync: unknown sync",
         ),
@@ -75,6 +80,19 @@ def _yaml(tmp_path, tiny_model_dirs, *, student=None, on_policy=None, vllm_sampl
 )
 def test_bad_settings_are_one_line(tmp_path, tiny_model_dirs, capsys, no_model_loads, settings, message):
     cli_fails(["train", _yaml(tmp_path, tiny_model_dirs, **settings)], capsys, message)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for trainers without CUDA")
+def test_transfer_on_a_trainer_without_cuda_is_one_line(tmp_path, tiny_model_dirs, capsys, no_model_loads):
+    """Checked with the config, before any server is asked or model loaded (the url is not even reachable)."""
+    path = _yaml(tmp_path, tiny_model_dirs, vllm_sampler={"url": "http://127.0.0.1:9/v1", "sync": "transfer"})
+    cli_fails(
+        ["train", path],
+        capsys,
+        "vllm_sampler.sync=transfer broadcasts the student's weights over NCCL from a GPU",
+        "torch.cuda.is_available() is false",
+        "on CPU use sync=reload (full student) or sync=lora (LoRA student)",
+    )
 
 
 def test_an_unreachable_server_is_one_line_before_any_model_loads(

@@ -8,7 +8,11 @@ one at a time):
 - `--logprobs-mode raw_logits` with runtime LoRA loading and no dev mode (a LoRA server, no
   /server_info): the mode measured (the top log-probs are no distribution); and `sync: reload` refused
   for want of /collective_rpc;
-- on either: a model name it does not serve, a tokenizer with another vocabulary.
+- on either: a model name it does not serve, a tokenizer with another vocabulary;
+- `sync: transfer` (the RL weight-transfer API): refused on the first for want of an nccl engine
+  (started without --weight-transfer-config; /init_weight_transfer_engine answers HTTP 500 "Weight
+  transfer not configured"), on the second for want of the routes (404 without dev mode). A server with
+  the flag: test_weight_transfer_server.py.
 
 The measurement alone is also checked on both (processed log-probs change with the temperature). The
 raw default passes both ways: tests/vllm/test_vllm_sampler.py::test_the_default_logprobs_mode_passes_both_ways.
@@ -31,9 +35,12 @@ REFUSED = {
     "processed_logprobs": {
         "lora": ROUTE.format("/load_lora_adapter", "lora") + r".*VLLM_ALLOW_RUNTIME_LORA_UPDATING=True",
         "reload": r"ties the LM head to the embedding.*lmdistill export STUDENT OUT_FOLDER --untie-embeddings",
+        "transfer": r"has no nccl weight-transfer engine \(none\).*start it with --weight-transfer-config",
     },
     "raw_logits": {
         "reload": ROUTE.format("/collective_rpc", "reload") + r".*VLLM_SERVER_DEV_MODE=1",
+        "transfer": r"has no /init_weight_transfer_engine route, which vllm_sampler.sync=transfer needs: start it "
+        r"with VLLM_SERVER_DEV_MODE=1 and --weight-transfer-config",
         "lora": r"returns logits, not log-probs \(--logprobs-mode raw_logits or processed_logits; measured: top",
     },
 }
@@ -58,13 +65,28 @@ def server(request, smollm2_dir, tmp_path_factory):
         s.stop()
 
 
-@pytest.mark.parametrize("sync", ["reload", "lora"])
+@pytest.mark.parametrize("sync", ["reload", "lora", "transfer"])
 def test_connect_refuses_what_the_server_lacks(server, sync):
     from lmdistill.models import load_tokenizer
     from lmdistill.training.samplers.vllm_client import VllmClient
 
     with pytest.raises(UserError, match=REFUSED[server.mode][sync]):
         VllmClient(server.url, MODEL, 60).connect(load_tokenizer(MODEL), sync)
+
+
+def test_joining_a_weight_transfer_group_names_what_the_server_lacks(server):
+    """What each answers to the trainer's /init_weight_transfer_engine: dev mode without the flag, HTTP 500
+    "Weight transfer not configured"; no dev mode, 404."""
+    from lmdistill.training.samplers.vllm_client import VllmClient
+    from lmdistill.training.samplers.weight_transfer import TransferRoutes, init_info
+
+    routes = TransferRoutes(VllmClient(server.url, MODEL, 60))
+    if server.mode == "processed_logprobs":
+        match = r"HTTP 500: .*Weight transfer not configured.*\(the server was started without --weight-transfer-config"
+    else:
+        match = r"has no /init_weight_transfer_engine route.*VLLM_SERVER_DEV_MODE=1"
+    with pytest.raises(UserError, match=match):
+        routes.init_engine(init_info("127.0.0.1", 9, 1))
 
 
 def test_the_logprobs_mode_is_read_or_measured_and_refused(server):

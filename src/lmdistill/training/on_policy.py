@@ -192,7 +192,8 @@ class OnPolicyTrainer(DistillTrainer):
     sampled estimator `on_policy_reverse_kl`: the mean of log q - log p over sampled tokens) and
     `on_policy_tokens`; wall seconds spent sampling, in the teacher's scoring, and in the student's
     forward and backward (`time_sampling_s`, `time_teacher_s`, `time_student_s`); and what the sampler
-    reports (vLLM: `vllm_staleness`, `time_sync_s`, `vllm_logprob_diff`).
+    reports (vLLM: `vllm_staleness`, `time_sync_s`, `vllm_logprob_diff`, `time_check_s`; both times within
+    `time_sampling_s`).
     """
 
     def __init__(

@@ -2,7 +2,8 @@
 
 Per on-policy window at optimizer step `step` (the student has taken `step` updates):
 1. sync, when the server has never had this run's weights or they are `sync_every` or more steps old:
-   process 0 writes the student to a folder and tells the server to load it (`weight_sync`); every
+   process 0 writes the student to a folder and tells the server to load it (`weight_sync`), or
+   broadcasts it over NCCL (`weight_transfer`, GPU only); every
    process waits for the outcome (one broadcast), so a failed sync stops all of them with one message;
 2. every process sends its own prompts (one request per row, concurrently; vLLM batches them) and gets
    its completions with vLLM's log-prob of each sampled token;
@@ -16,7 +17,8 @@ teacher and current student on whatever sequences it is given (as for the replay
 are older still), so older samples shift which sequences are trained on, not what the loss is on them;
 the `sampled` estimator's importance weight assumes the current student sampled, so the config refuses
 it with sync_every > 1. Logged: `vllm_staleness` (steps, last window), `time_sync_s`, and after each
-sync `vllm_logprob_diff` (mean |difference|, nats/token).
+sync `vllm_logprob_diff` (mean |difference|, nats/token) and `time_check_s` (the check's student forwards).
+Both times are part of the trainer's `time_sampling_s`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ from lmdistill.training.samplers.logprob_check import agreement, student_token_l
 from lmdistill.training.samplers.vllm_client import SamplingSettings, VllmClient
 from lmdistill.training.samplers.weight_sync import LoraSync, ReloadSync
 
+#: vllm_sampler.sync -> how the weights reach the server (`weight_transfer` imports torch.cuda bits lazily)
+SYNCS = {"reload": ReloadSync, "lora": LoraSync}
+
+
+def _sync_class(sync: str):
+    if sync == "transfer":
+        from lmdistill.training.samplers.weight_transfer import TransferSync
+
+        return TransferSync
+    return SYNCS[sync]
+
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -43,14 +56,14 @@ def _rank() -> int:
 
 
 class VllmSampler:
-    """Args: client (connected: `VllmClient.connect`), sync ("reload" or "lora"), sync_dir (a folder the
-    server reads too), sync_every (steps), check_atol (nats/token)."""
+    """Args: client (connected: `VllmClient.connect`), sync ("reload", "lora" or "transfer"), sync_dir (a
+    folder the server reads too; not used by transfer), sync_every (steps), check_atol (nats/token)."""
 
     def __init__(
         self, client: VllmClient, *, sync: str, sync_dir: str | Path, sync_every: int, check_atol: float
     ):
         self.client = client
-        self.sync = (LoraSync if sync == "lora" else ReloadSync)(client, Path(sync_dir))
+        self.sync = _sync_class(sync)(client, Path(sync_dir))
         self.sync_every, self.check_atol = sync_every, check_atol
         self.synced_at: int | None = None
         self._stats: dict[str, float] = {}
@@ -61,9 +74,12 @@ class VllmSampler:
         v = cfg.vllm_sampler
         client = VllmClient(v.url, v.model, v.timeout).connect(tokenizer, cfg.vllm_sync)
         sync_dir = v.sync_dir or str(Path(cfg.train.output_dir) / "vllm_sync")
-        return cls(
+        sampler = cls(
             client, sync=cfg.vllm_sync, sync_dir=sync_dir, sync_every=v.sync_every, check_atol=v.check_atol
         )
+        if cfg.vllm_sync == "transfer":
+            sampler.sync.open(v.transfer_host)  # the NCCL group, once (process 0)
+        return sampler
 
     # -- the interface
 
@@ -79,7 +95,9 @@ class VllmSampler:
         reported = [row.logprobs[: len(c)] for row, c in zip(rows, completions, strict=True)]
         self._stats["vllm_staleness"] = float(r.step - self.synced_at)
         if fresh:
+            start = time.perf_counter()
             self.check(model, r.prompts, completions, reported, r.step)
+            self._stats["time_check_s"] = self._stats.get("time_check_s", 0.0) + time.perf_counter() - start
         return completions
 
     def stats(self) -> dict[str, float]:
@@ -102,9 +120,7 @@ class VllmSampler:
         if outcome[0] is not None:
             raise UserError(
                 f"on_policy step {step}: sending the student's weights to the vLLM server failed ({outcome[0]}); "
-                "the checkpoints written so far are whole. A failed full reload leaves vLLM 0.32 without weights (its "
-                "next request kills its engine): restart the student's vLLM server, make vllm_sampler.sync_dir readable "
-                "by it, and resume (train.resume_from_checkpoint), which syncs again at its first on-policy step"
+                f"the checkpoints written so far are whole. {self.sync.failure_hint}"
             )
         self.sync.served = outcome[1]
         self.synced_at = step

@@ -3,10 +3,11 @@
 - `connect`: GET /v1/models (reachable; the served model), then the checks a run needs before any
   weights load: the server's vocabulary is the student's (probe token ids out, vLLM's `prompt_logprobs`
   texts back, compared with the local tokenizer), and the sync route is there: `/v1/load_lora_adapter`
-  (registered only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) or `/collective_rpc` (registered only with
-  VLLM_SERVER_DEV_MODE=1). A missing route answers 404; the probes send bodies vLLM refuses as invalid
-  (400/422), so they change nothing on a server that has the route. For reload, a served folder
-  readable here must be untied (`weight_sync` says why).
+  (registered only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), `/collective_rpc` (registered only with
+  VLLM_SERVER_DEV_MODE=1) or the RL weight-transfer routes (`weight_transfer.TransferRoutes.check`). A
+  missing route answers 404; the probes send bodies vLLM refuses as invalid (400/422), so they change
+  nothing on a server that has the route. For reload and transfer, a served folder readable here must be
+  untied (`weight_sync` says why).
   Its log-probs must be raw (`--logprobs-mode raw_logprobs`, vLLM's default): the sample check compares
   vLLM's log-prob of each sampled token with the student's log_softmax at temperature 1. The mode is read
   from the dev-mode `/server_info` where the server has it (reload servers do), else measured
@@ -65,7 +66,7 @@ class VllmClient:
         httpx = _httpx()
         self.base = url.rstrip("/")
         self.root = self.base[: -len("/v1")] if self.base.endswith("/v1") else self.base
-        self.model = model
+        self.model, self.timeout = model, timeout
         self.where = f"vllm_sampler.url {self.base}"
         self._http = httpx.Client(timeout=timeout)
         self._errors = (httpx.HTTPError,)
@@ -114,7 +115,7 @@ class VllmClient:
             )
         self._check_vocab(tokenizer)
         self._check_route(sync)
-        if sync == "reload":
+        if sync in ("reload", "transfer"):
             self._check_untied(next(m for m in bases if m.get("id") == self.model).get("root"))
         self._check_logprobs_mode(tokenizer)
         return self
@@ -238,6 +239,10 @@ class VllmClient:
         return "raw_logprobs"
 
     def _check_route(self, sync: str) -> None:
+        if sync == "transfer":
+            from lmdistill.training.samplers.weight_transfer import TransferRoutes
+
+            return TransferRoutes(self).check()
         if sync == "lora":
             path, need = (
                 "/load_lora_adapter",

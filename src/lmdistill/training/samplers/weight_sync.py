@@ -17,8 +17,8 @@
   with the previous adapter is reused (vLLM warns that reloading one name in place reuses them).
 
 Each keeps only the folder the server holds now: the previous one is removed after a sync succeeded.
-The RL weight-transfer API of vLLM (`/init_weight_transfer`, `/update_weights`: NCCL or CUDA IPC) is
-GPU only and not used here (docs/on_policy.md).
+Full weights without a folder, over NCCL through vLLM's RL weight-transfer API (GPU only):
+`weight_transfer.TransferSync`.
 """
 
 from __future__ import annotations
@@ -80,6 +80,11 @@ class ReloadSync:
     """Full weights, reloaded in place. `served` is the model name requests use (never changes)."""
 
     kind = "reload"
+    failure_hint = (
+        "A failed full reload leaves vLLM 0.32 without weights (its next request kills its engine): restart the "
+        "student's vLLM server, make vllm_sampler.sync_dir readable by it, and resume "
+        "(train.resume_from_checkpoint), which syncs again at its first on-policy step"
+    )
 
     def __init__(self, client: VllmClient, sync_dir: Path):
         self.client, self.sync_dir = client, Path(sync_dir)
