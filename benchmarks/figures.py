@@ -153,6 +153,7 @@ FIGURES: list[Figure] = [
         "GKD JSD(0.5), lmbda 0.5\" --json {json}",
         60,
         kind="quality",
+        pending="running (issue 25's warm-start remedy)",
     ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
     _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
