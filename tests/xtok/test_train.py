@@ -199,7 +199,7 @@ def test_chat_records_stop_before_any_model_loads(tmp_path, pair, capsys, monkey
     cli_fails(
         ["train", str(config)],
         capsys,
-        "train.jsonl:5: distill.cross_tokenizer needs text or prompt/completion",
+        "train.jsonl:5: a teacher of another tokenizer (distill.cross_tokenizer, teachers[i].cross_tokenizer) needs text or prompt/completion",
     )
 
 

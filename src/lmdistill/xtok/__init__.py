@@ -1,4 +1,7 @@
-"""Cross-tokenizer distillation components: alignment of two tokenizations, shared vocabulary, loss terms.
+"""Cross-tokenizer distillation components: alignment of two tokenizations, shared vocabulary, loss terms,
+and the paired features of a record read by both tokenizers.
 
-Not wired into training yet (see docs/cross_tokenizer.md).
+Training uses them through `lmdistill.training.xtok_step` (one teacher of another tokenizer,
+`distill.cross_tokenizer`) and `lmdistill.training.xtok_routed_step` (several routed teachers, some of another
+tokenizer); see docs/cross_tokenizer.md.
 """

@@ -40,7 +40,8 @@ def record_text(record: dict[str, Any], where: str) -> str:
     if fmt == "prompt_completion":
         return record["prompt"] + record["completion"]
     raise UserError(
-        f"{where}: distill.cross_tokenizer needs text or prompt/completion records (both models must read the "
+        f"{where}: a teacher of another tokenizer (distill.cross_tokenizer, teachers[i].cross_tokenizer) needs "
+        "text or prompt/completion records (both models must read the "
         "same text), but this is a 'messages' record that each model's chat template would render differently; "
         "render the conversations to text first"
     )
