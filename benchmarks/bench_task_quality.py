@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench_quality: the worker machinery and the machine record
@@ -146,6 +147,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="the how-far ablation: CE alone vs KD + hints from the shrunk (not warmed) student for "
         "--warm-steps; writes task_quality_ablation.json by default",
+    )
+    ap.add_argument(
+        "--curve-every",
+        type=int,
+        help="also score each run's held-out answers every N optimizer steps (and at step 0): accuracy, "
+        "repeats, length and KL against steps, in each run's 'curve' (costs one held-out pass per point)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (per worker)")
     ap.add_argument("--workers", type=int, default=1, help="processes the (method, seed) runs are split over")
@@ -392,11 +399,17 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
             log(f"reusing run {index} ({method.name}, seed {seed}) from {kept}")
             continue
         adaptive = method.on_policy.get("schedule") == "adaptive"
+        curve = (
+            AnswerCurve(a.curve_every, items, prompts, tokenizer, scorer, a.max_new_tokens)
+            if a.curve_every
+            else None
+        )
         student, seconds = train_student(
             method, start, teacher, tokenizer, vocab, train_f,
             steps=steps, batch_size=a.batch_size, lr=lr, seed=seed,
             output_dir=str(Path(a.output_dir) / f"scratch-{os.getpid()}"), precomputed=precomputed,
             eval_features=val_f if adaptive else None, eval_every=max(1, a.steps // 6) if adaptive else None,
+            curve=curve,
         )  # fmt: skip
         e0 = time.time()
         answers = greedy_answers(student, tokenizer, prompts, max_new_tokens=a.max_new_tokens)
@@ -410,6 +423,8 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
             "eval_seconds": round(time.time() - e0, 1),
             "answers": answers,
         }
+        if curve is not None:
+            row["curve"] = curve.points
         atomic_write_json(kept, row)  # kept at once: a later failure loses only the run it hit
         runs.append([index, row])
         log(json.dumps({k: v for k, v in row.items() if k != "answers"}))
@@ -417,11 +432,38 @@ def run_part(a, jobs: list[int], *, teacher_figures: bool = True, log=print) -> 
     return {"setup": {"folder": str(folder)}, "data": data, "runs": runs, "teacher": None}
 
 
+class AnswerCurve(TrainerCallback):
+    """--curve-every: the student's greedy held-out answers every `every` optimizer steps (and at step 0),
+    scored as the final ones are (accuracy per task, answer stats, KL), into `points`. The student is put
+    in eval mode for the pass and back in train mode after."""
+
+    def __init__(self, every: int, items, prompts, tokenizer, scorer, max_new_tokens: int):
+        self.every, self.items, self.prompts, self.tokenizer = every, items, prompts, tokenizer
+        self.scorer, self.max_new_tokens = scorer, max_new_tokens
+        self.points: list[dict] = []
+
+    def _add(self, step: int, model) -> None:
+        model.eval()
+        answers = greedy_answers(model, self.tokenizer, self.prompts, max_new_tokens=self.max_new_tokens)
+        point = {"step": step, **accuracies(self.items, answers), **answer_stats(self.items, answers)}
+        point["kl"] = self.scorer.score(model).kl
+        self.points.append(point)
+        model.train()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._add(0, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._add(state.global_step, model)
+
+
 def done_folder(a, folder: Path) -> Path:
     """Where each finished run's row is kept, per setup and run settings (not the seeds: a run is kept
     by its method and seed, so a benchmark interrupted, or started again with other seeds, trains only
     the runs it lacks)."""
-    key = hashlib.sha256(json.dumps([a.ablation, a.steps, a.lr]).encode()).hexdigest()[:12]
+    settings = [a.ablation, a.steps, a.lr] + ([a.curve_every] if a.curve_every else [])
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
     return folder / f"runs-{key}"
 
 
@@ -465,6 +507,28 @@ def markdown(results: dict) -> str:
             else:
                 cells.append(f"{x['mean']:.3f} ± {x['sd']:.3f}{mark[x['verdict']]}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curves_markdown(results: dict) -> str:
+    """Held-out arithmetic accuracy / answers repeating / KL at each curve point: one row per step, one
+    column per method, means over seeds."""
+    runs = results["runs"]
+    names = list(dict.fromkeys(r["method"] for r in runs))
+    steps = sorted({p["step"] for r in runs for p in r.get("curve", [])})
+    lines = ["| step | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for step in steps:
+        cells = []
+        for name in names:
+            pts = [p for r in runs if r["method"] == name for p in r.get("curve", []) if p["step"] == step]
+            if not pts:
+                cells.append("")
+                continue
+            mean = {k: sum(p[k] for p in pts) / len(pts) for k in ("acc:arithmetic:1", "repeats", "kl")}
+            cells.append(
+                f"{100 * mean['acc:arithmetic:1']:.0f}% / {100 * mean['repeats']:.0f}% / {mean['kl']:.2f}"
+            )
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -516,6 +580,8 @@ def main(argv=None) -> dict | None:
         "wall_seconds": round(time.time() - started, 1),
     }
     results["table"] = markdown(results)
+    if a.curve_every:
+        results["curves"] = curves_markdown(results)
     atomic_write_json(a.json, results)
     print("\n" + results["table"])
     print(f"\nwall {results['wall_seconds']} s; results {a.json}")

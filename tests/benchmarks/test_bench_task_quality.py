@@ -125,3 +125,25 @@ def test_ablation_starts_from_the_shrunk_student(tmp_path, tiny_model_dirs, one_
     assert results["settings"]["start"] == "the shrunk student (--ablation)"
     assert results["runs"][0]["answers"] == results["setup"]["warm_student_answers"]
     assert "warm student" not in results["table"]
+
+
+def test_curve_points_score_the_student_at_those_steps(tmp_path, tiny_model_dirs, one_torch_thread):
+    """--curve-every 1: a point at step 0 and after each optimizer step; the step-0 point scores the
+    warm student (its answers are the setup's), the last point the finished student (the run's own
+    accuracy and KL)."""
+    teacher, _ = tiny_model_dirs
+    bench = _bench()
+    out = tmp_path / "curves.json"
+    argv = ["--quick", "--teacher", str(teacher), "--keep", "any", "--seeds", "0", "--curve-every", "1"]
+    argv += ["--methods", "SFT (CE on the teacher's answers);GKD JSD(0.5), lmbda 1"]
+    argv += ["--json", str(out), "--output-dir", str(tmp_path / "runs")]
+    bench.main(argv)
+    results = json.loads(out.read_text())
+    warm = results["setup"]["warm_student"]
+    for run in results["runs"]:
+        steps = [p["step"] for p in run["curve"]]
+        assert steps == [0, 1, 2]  # --quick: 2 steps
+        first, last = run["curve"][0], run["curve"][-1]
+        assert first["acc:mean"] == warm["acc:mean"]
+        assert last["acc:mean"] == run["acc:mean"] and last["kl"] == pytest.approx(run["kl"], rel=1e-6)
+    assert results["curves"].count("\n") == 2 + 3 - 1  # header, rule, one row per step
