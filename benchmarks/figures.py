@@ -155,6 +155,14 @@ FIGURES: list[Figure] = [
         kind="quality",
         pending="running (issue 25's warm-start remedy)",
     ),
+    _f(
+        "task_quality_curves",
+        "bench_task_quality.py --curve-every 6 --seeds 0 --methods \"SFT (CE on the teacher's answers);"
+        "GKD JSD(0.5), lmbda 0.5;GKD JSD(0.5), lmbda 1\" --json {json}",
+        40,
+        kind="quality",
+        pending="running (issue 25's curves)",
+    ),
     _f("task_quality_why", "why_task_quality.py benchmarks/results/task_quality.json --json {json}", 20, kind="quality"),
     _f(
         "task_quality_warm150_why",
