@@ -163,7 +163,13 @@ FIGURES: list[Figure] = [
         kind="quality",
         pending="running (issue 25's curves)",
     ),
-    _f("task_quality_why", "why_task_quality.py benchmarks/results/task_quality.json --json {json}", 20, kind="quality"),
+    _f(
+        "task_quality_why",
+        "why_task_quality.py benchmarks/results/task_quality.json --json {json}",
+        20,
+        kind="quality",
+        pending="running",
+    ),
     _f(
         "task_quality_warm150_why",
         "why_task_quality.py benchmarks/results/task_quality_warm150.json --json {json}",
