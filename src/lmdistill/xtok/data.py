@@ -20,6 +20,7 @@ tokenizer), and `RoutedXtokCollator` batches each teacher's rows apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,19 +100,7 @@ def pair_features(
     Returns (features, stats) like `lmdistill.data.tokenize_records`, stats also counting "groups"
     and "teacher_tokens". Raises UserError when nothing is kept.
     """
-    features = []
-    for i, record in enumerate(records):
-        where = f"{source}:{i + 1}"
-        validate_record(record, where)
-        check_weight(record, where)
-        feature = pair_feature(record, student_tokenizer, teacher_tokenizer, max_length, where)
-        if feature is not None:
-            features.append(feature)
-    if not features:
-        raise UserError(
-            f"no examples left after tokenization/truncation/alignment ({len(records)} read from {source}; "
-            f"max_length={max_length}); raise max_length or shorten the prompts"
-        )
+    features = _features(records, student_tokenizer, lambda _: teacher_tokenizer, max_length, source)
     stats = {
         "examples": len(records),
         "kept": len(features),
@@ -172,12 +161,26 @@ def routed_pair_features(
     gets `pair_feature` with that tokenizer, any other row the student's usual feature (`tokenize_record`,
     the same ids). Order kept; rows with no target (or no aligned group) left out; errors name
     ``source:index+1``; UserError when nothing is kept."""
+    return _features(
+        records, student_tokenizer, lambda r: teacher_tokenizers.get(r.get(ROUTE_KEY)), max_length, source
+    )
+
+
+def _features(
+    records: list[dict[str, Any]],
+    student_tokenizer: Any,
+    teacher_of: Callable[[dict[str, Any]], Any],
+    max_length: int,
+    source: str,
+) -> list[dict[str, Any]]:
+    """Each record validated, then `pair_feature` with `teacher_of(record)`'s tokenizer, or the student's
+    usual feature where that is None; records with no target left out; UserError when none is left."""
     features = []
     for i, record in enumerate(records):
         where = f"{source}:{i + 1}"
         validate_record(record, where)
         check_weight(record, where)
-        teacher = teacher_tokenizers.get(record.get(ROUTE_KEY))
+        teacher = teacher_of(record)
         if teacher is None:
             feature = tokenize_record(record, student_tokenizer, max_length)
         else:
