@@ -42,9 +42,21 @@ DATA = ROOT / "data" / "smollm2_chatterbot" / "train.jsonl"
 PARTS = ("sampling", "sync", "check", "teacher", "student")
 
 
-def config(a, out: Path, data: Path, student: Path, sampler: str, url: str | None) -> dict:
-    return {
-        "teacher": {"name": "smollm2-135m"},
+def config(
+    a,
+    out: Path,
+    data: Path,
+    student: Path,
+    sampler: str,
+    url: str | None,
+    *,
+    teacher: str = "smollm2-135m",
+    overrides: dict | None = None,
+) -> dict:
+    """The run's config; `overrides` (section -> keys) replace keys of a section (the GPU benchmark's
+    teacher folder, CUDA and bf16 settings: benchmarks/gpu/bench_gpu.py, group `sampler`)."""
+    cfg = {
+        "teacher": {"name": teacher},
         "student": {"name": str(student)},
         "data": {"train": str(data), "max_length": a.max_new_tokens + 96},
         "on_policy": {"lmbda": 1.0, "max_new_tokens": a.max_new_tokens, "sampler": sampler},
@@ -61,6 +73,16 @@ def config(a, out: Path, data: Path, student: Path, sampler: str, url: str | Non
             "extra": {"use_cpu": True, "disable_tqdm": True},
         },
     }
+    for section, values in (overrides or {}).items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def write_prompts(path: Path, n: int) -> Path:
+    """The first `n` rows of DATA cut to their user turn (prompts only), as a JSONL file at `path`."""
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()[:n]]
+    path.write_text("".join(json.dumps({"messages": r["messages"][:1]}) + "\n" for r in rows))
+    return path
 
 
 def split(history: list[dict]) -> list[dict]:
@@ -89,17 +111,24 @@ def summary(steps: list[dict]) -> dict:
     return med
 
 
-def run_once(a, tmp: Path, name: str, student: Path, data: Path, url: str | None) -> dict:
+def run_once(
+    a, tmp: Path, name: str, student: Path, data: Path, url: str | None, *, log_rows=None, **config_kw
+) -> dict:
+    """One real run with sampler `name`; its per-step split and medians. `log_rows`, a list, gets the
+    trainer's raw per-step log rows; `config_kw` goes to `config`."""
     from lmdistill import load_config, run
 
     folder = tmp / name
     folder.mkdir()
     path = folder / "run.yaml"
-    path.write_text(json.dumps(config(a, folder / "out", data, student, name, url)))
+    path.write_text(json.dumps(config(a, folder / "out", data, student, name, url, **config_kw)))
     run(load_config(str(path)), log=lambda _: None)
     state = next((folder / "out").glob("checkpoint-*")) / "trainer_state.json"
     log = json.loads(state.read_text())["log_history"]
-    steps = split([h for h in log if "time_sampling_s" in h])
+    rows = [h for h in log if "time_sampling_s" in h]
+    if log_rows is not None:
+        log_rows.extend(rows)
+    steps = split(rows)
     runtime = next((h["train_runtime"] for h in log if "train_runtime" in h), None)
     out = {"steps": steps, "median_after_step_0": summary(steps), "train_runtime_s": runtime}
     print(name, out["median_after_step_0"], flush=True)
@@ -136,9 +165,7 @@ def main() -> None:
         shrink_model(load_teacher("smollm2-135m"), num_layers=a.layers).float().save_pretrained(student)
         load_tokenizer("smollm2-135m").save_pretrained(student)
         served = write_server_folder(student, tmp / "served")
-        rows = [json.loads(line) for line in DATA.read_text().splitlines()[: a.batch * a.steps]]
-        data = tmp / "prompts.jsonl"
-        data.write_text("".join(json.dumps({"messages": r["messages"][:1]}) + "\n" for r in rows))
+        data = write_prompts(tmp / "prompts.jsonl", a.batch * a.steps)
         server = VllmServer(
             served,
             "student",

@@ -35,6 +35,73 @@ sys.path.insert(0, str(ROOT))  # tests.vllm.vllmserver: how the tests start vLLM
 OUT = ROOT / "benchmarks" / "results" / "vllm_sampler.json"
 
 
+def tokens_per_s(student, tok, prompts, eos, client, batches, max_new_tokens, repeats) -> dict:
+    """Per batch size: `generate` and vLLM (`client`, already connected) on the first `batch` prompts, taking
+    turns `repeats` times after one warm-up each; every run's wall time and real tokens, and the median
+    tokens/s. Temperature 1, top_p 1, top_k off, cut after the first EOS. Also used by the GPU benchmark
+    (benchmarks/gpu/bench_gpu.py, group `sampler`)."""
+    from lmdistill.data import pad_id
+    from lmdistill.training.samplers.vllm_client import SamplingSettings
+    from lmdistill.training.sampling import sample_completions
+
+    settings = SamplingSettings(max_new_tokens, 1.0, 1.0, tuple(sorted(eos)))
+
+    def run_generate(batch, seed):
+        return sample_completions(
+            student,
+            prompts[:batch],
+            pad_id=pad_id(tok),
+            eos=eos,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+        )
+
+    def run_vllm(batch, seed):
+        rows = client.sample(prompts[:batch], [seed * 1000 + i for i in range(batch)], settings)
+        return [
+            r.token_ids[: next((t + 1 for t, x in enumerate(r.token_ids) if x in eos), None)] for r in rows
+        ]
+
+    results = {}
+    for batch in batches:
+        runs = {"generate": [], "vllm": []}
+        for fn in (run_generate, run_vllm):
+            fn(batch, 999)  # warm-up
+        for r in range(repeats):
+            for name, fn in (("generate", run_generate), ("vllm", run_vllm)):
+                start = time.perf_counter()
+                out = fn(batch, r)
+                wall = time.perf_counter() - start
+                tokens = sum(len(c) for c in out)
+                runs[name].append(
+                    {
+                        "wall_s": round(wall, 3),
+                        "tokens": tokens,
+                        "tokens_per_s": round(tokens / wall, 1),
+                    }
+                )
+        results[str(batch)] = {
+            name: {
+                "runs": rs,
+                "tokens_per_s_median": statistics.median(x["tokens_per_s"] for x in rs),
+            }
+            for name, rs in runs.items()
+        }
+        print(batch, {n: v["tokens_per_s_median"] for n, v in results[str(batch)].items()}, flush=True)
+    return results
+
+
+def time_sync(client, student, sync_dir: Path) -> float:
+    """Seconds of one full-weight sync through `ReloadSync.push`: write the student's safetensors under
+    `sync_dir`, then vLLM's in-place `reload_weights` and prefix-cache reset."""
+    from lmdistill.training.samplers.weight_sync import ReloadSync
+
+    sync = ReloadSync(client, sync_dir)
+    start = time.perf_counter()
+    sync.push(student, 0)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--layers", type=int, default=10)
@@ -54,12 +121,12 @@ def main() -> None:
     import torch
     import transformers
 
-    from lmdistill.data import load_records, pad_id
+    from lmdistill.data import load_records
     from lmdistill.io import atomic_write_json
     from lmdistill.models import load_teacher, load_tokenizer, shrink_model
-    from lmdistill.training.samplers.vllm_client import SamplingSettings, VllmClient
-    from lmdistill.training.samplers.weight_sync import ReloadSync, write_server_folder
-    from lmdistill.training.sampling import eos_ids, prompt_features, sample_completions
+    from lmdistill.training.samplers.vllm_client import VllmClient
+    from lmdistill.training.samplers.weight_sync import write_server_folder
+    from lmdistill.training.sampling import eos_ids, prompt_features
     from tests.vllm.vllmserver import VllmServer
 
     torch.set_num_threads(a.threads)
@@ -69,7 +136,6 @@ def main() -> None:
     rows = load_records(ROOT / "data/smollm2_chatterbot/train.jsonl")[: max(batches)]
     prompts = [f["prompt_ids"] for f in prompt_features(rows, tok, 256, a.max_new_tokens, need_answers=False)]
     eos = eos_ids(tok, student)
-    settings = SamplingSettings(a.max_new_tokens, 1.0, 1.0, tuple(sorted(eos)))
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "student"
@@ -82,56 +148,8 @@ def main() -> None:
         try:
             server.wait()
             client = VllmClient(server.url, "student", 600).connect(tok, "reload")
-
-            def run_generate(batch, seed):
-                return sample_completions(
-                    student,
-                    prompts[:batch],
-                    pad_id=pad_id(tok),
-                    eos=eos,
-                    max_new_tokens=a.max_new_tokens,
-                    seed=seed,
-                )
-
-            def run_vllm(batch, seed):
-                rows = client.sample(prompts[:batch], [seed * 1000 + i for i in range(batch)], settings)
-                return [
-                    r.token_ids[: next((t + 1 for t, x in enumerate(r.token_ids) if x in eos), None)]
-                    for r in rows
-                ]
-
-            results = {}
-            for batch in batches:
-                runs = {"generate": [], "vllm": []}
-                for fn in (run_generate, run_vllm):
-                    fn(batch, 999)  # warm-up
-                for r in range(a.repeats):
-                    for name, fn in (("generate", run_generate), ("vllm", run_vllm)):
-                        start = time.perf_counter()
-                        out = fn(batch, r)
-                        wall = time.perf_counter() - start
-                        tokens = sum(len(c) for c in out)
-                        runs[name].append(
-                            {
-                                "wall_s": round(wall, 3),
-                                "tokens": tokens,
-                                "tokens_per_s": round(tokens / wall, 1),
-                            }
-                        )
-                results[str(batch)] = {
-                    name: {
-                        "runs": rs,
-                        "tokens_per_s_median": statistics.median(x["tokens_per_s"] for x in rs),
-                    }
-                    for name, rs in runs.items()
-                }
-                print(
-                    batch, {n: v["tokens_per_s_median"] for n, v in results[str(batch)].items()}, flush=True
-                )
-            sync = ReloadSync(client, Path(tmp) / "sync")
-            start = time.perf_counter()
-            sync.push(student, 0)
-            sync_s = time.perf_counter() - start
+            results = tokens_per_s(student, tok, prompts, eos, client, batches, a.max_new_tokens, a.repeats)
+            sync_s = time_sync(client, student, Path(tmp) / "sync")
         finally:
             server.stop()
     result = {

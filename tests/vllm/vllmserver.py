@@ -8,6 +8,10 @@ The server runs `python -m vllm.entrypoints.openai.api_server` (the wheel's `vll
 not work) with --enforce-eager: vLLM's CPU build otherwise compiles the model with inductor at start,
 which took over 3 minutes on this 2-core machine under load, against about 1.5 with eager mode; the
 log-probs are the same model's either way.
+
+The GPU benchmark (benchmarks/gpu/bench_gpu.py, group `sampler`) starts the same class on a CUDA
+machine: `python` names the interpreter that has vLLM there, `cpu=False` keeps CUDA_VISIBLE_DEVICES,
+`dtype` and `enforce_eager` take the GPU's settings. The defaults are the tests' CPU server.
 """
 
 from __future__ import annotations
@@ -57,8 +61,13 @@ class VllmServer:
         kv_gib: int = 2,
         max_model_len: int = 2048,
         env: dict[str, str] | None = None,
+        python: Path | None = None,
+        cpu: bool = True,
+        dtype: str = "float32",
+        enforce_eager: bool = True,
     ):
         self.extra_env = dict(env or {})
+        self.python, self.cpu, self.dtype, self.enforce_eager = python, cpu, dtype, enforce_eager
         self.model_dir, self.name, self.log_path = Path(model_dir), name, Path(log_path)
         self.args, self.kv_gib, self.max_model_len = tuple(args), kv_gib, max_model_len
         self.port = free_port()
@@ -68,17 +77,18 @@ class VllmServer:
         self.ready_after: float | None = None
 
     def start(self) -> VllmServer:
-        python = vllm_python()
+        python = self.python or vllm_python()
         env = {
             **os.environ,
-            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_gib),
+            **({"VLLM_CPU_KVCACHE_SPACE": str(self.kv_gib)} if self.cpu else {}),
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             **self.extra_env,
         }
-        env.pop("CUDA_VISIBLE_DEVICES", None)
+        if self.cpu:
+            env.pop("CUDA_VISIBLE_DEVICES", None)
         cmd = [
             str(python),
             "-m",
@@ -92,10 +102,10 @@ class VllmServer:
             "--port",
             str(self.port),
             "--dtype",
-            "float32",
+            self.dtype,
             "--max-model-len",
             str(self.max_model_len),
-            "--enforce-eager",
+            *(["--enforce-eager"] if self.enforce_eager else []),
             *self.args,
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
