@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,15 +123,22 @@ def run_once(
     folder.mkdir()
     path = folder / "run.yaml"
     path.write_text(json.dumps(config(a, folder / "out", data, student, name, url, **config_kw)))
+    t0 = time.perf_counter()
     run(load_config(str(path)), log=lambda _: None)
+    wall = time.perf_counter() - t0
     state = next((folder / "out").glob("checkpoint-*")) / "trainer_state.json"
     log = json.loads(state.read_text())["log_history"]
     rows = [h for h in log if "time_sampling_s" in h]
     if log_rows is not None:
         log_rows.extend(rows)
     steps = split(rows)
-    runtime = next((h["train_runtime"] for h in log if "train_runtime" in h), None)
-    out = {"steps": steps, "median_after_step_0": summary(steps), "train_runtime_s": runtime}
+    out = {
+        "steps": steps,
+        "median_after_step_0": summary(steps),
+        # the whole `lmdistill.run` call (loading, tokenizing, the steps, the checkpoint), and the steps alone
+        "run_wall_s": round(wall, 2),
+        "steps_total_s": round(sum(st["total"] for st in steps), 3),
+    }
     print(name, out["median_after_step_0"], flush=True)
     return out
 
@@ -206,6 +214,7 @@ def main() -> None:
             if g["sampling"]
             else None,
             "step_total": round(v["total"] / g["total"], 3) if g["total"] else None,
+            "run_wall": round(results["vllm"]["run_wall_s"] / results["generate"]["run_wall_s"], 3),
         },
     }
     atomic_write_json(Path(a.json), result)

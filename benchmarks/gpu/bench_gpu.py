@@ -834,7 +834,6 @@ def _sampler_on_policy(ctx: Ctx, state: dict) -> dict:
     out, logs = {}, {"generate": [], "vllm": []}
     for name, url in (("generate", None), ("vllm", state["server"].url)):
         more = {**overrides, **check} if url else overrides  # `config` merges them into its sections
-        t0 = time.perf_counter()
         out[name] = run_once(
             a,
             tmp,
@@ -846,10 +845,6 @@ def _sampler_on_policy(ctx: Ctx, state: dict) -> dict:
             teacher=str(state["teacher_dir"]),
             overrides=more,
         )
-        # Wall time: the whole `lmdistill.run` call (loading, tokenizing, the steps, the checkpoint), and the
-        # steps' parts summed (train_runtime_s is read from the last checkpoint's state, which has none).
-        out[name]["run_wall_s"] = round(time.perf_counter() - t0, 2)
-        out[name]["steps_total_s"] = round(sum(st["total"] for st in out[name]["steps"]), 3)
     g, v = (out[k]["median_after_step_0"] for k in ("generate", "vllm"))
     return {
         "samplers": out,
