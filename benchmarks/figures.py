@@ -153,7 +153,6 @@ FIGURES: list[Figure] = [
         "GKD JSD(0.5), lmbda 0.5\" --json {json}",
         60,
         kind="quality",
-        pending="running (issue 25's warm-start remedy)",
     ),
     _f(
         "task_quality_curves",
