@@ -160,7 +160,6 @@ FIGURES: list[Figure] = [
         "GKD JSD(0.5), lmbda 0.5;GKD JSD(0.5), lmbda 1\" --json {json}",
         40,
         kind="quality",
-        pending="running (issue 25's curves)",
     ),
     _f(
         "task_quality_why",
