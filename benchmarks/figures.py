@@ -118,7 +118,6 @@ FIGURES: list[Figure] = [
         "bench_on_policy_samplers.py --json {json}",
         15,
         threads=None,
-        pending="a speed figure waiting for an idle machine (a --quick run only proved the script works)",
     ),
     _f("teacher_on_tasks", "teacher_on_tasks.py --json {json}", 20, kind="quality"),
     _f("student_layers", "student_layers.py", 2, kind="quality", note="writes its own results file"),
