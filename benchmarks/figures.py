@@ -173,7 +173,15 @@ FIGURES: list[Figure] = [
         kind="quality",
     ),
     _f("task_quality_ablation", "bench_task_quality.py --ablation --json {json}", 65, kind="quality"),
-    _f("draft_on_policy", "bench_draft_on_policy.py --json {json}", 55, kind="quality"),
+    _f("draft_on_policy", "bench_draft_on_policy.py --methods \"off-policy TVD (configs/draft.yaml);on-policy TVD (DistillSpec, lmbda 1)\" --json {json}", 55, kind="quality"),
+    _f(
+        "draft_on_policy_mixed",
+        "bench_draft_on_policy.py --threads 2 --methods \"off-policy TVD (configs/draft.yaml);"
+        "on-policy TVD, lmbda 0.5 (mixed)\" --json {json}",
+        30,
+        kind="quality",
+        pending="running (issue 25's draft remedy)",
+    ),
     _f("several_teachers", "bench_several_teachers.py --steps 24 --json {json}", 60, kind="quality"),
     _f(
         "how_far",
