@@ -52,8 +52,15 @@ GAMMA = 4  # draft length of the tokens-per-call column
 METHODS = [
     Method("off-policy TVD (configs/draft.yaml)", "tvd", KD),
     Method("on-policy TVD (DistillSpec, lmbda 1)", "tvd", KD, on_policy={"lmbda": 1.0}),
-    # The remedy tried because on-policy lost (issue 25): half the steps on the draft's own samples.
+    # Remedies tried because on-policy lost (issue 25): half the steps on the draft's own samples ...
     Method("on-policy TVD, lmbda 0.5 (mixed)", "tvd", KD, on_policy={"lmbda": 0.5}),
+    # ... and on-policy only after off-policy steps: lmbda rises linearly from 0 to 1 over the 40 steps.
+    Method(
+        "on-policy TVD, lmbda 0 -> 1 (linear)",
+        "tvd",
+        KD,
+        on_policy={"lmbda": 1.0, "schedule": "linear", "ramp_steps": 40},
+    ),
 ]
 METRICS = ["alpha_own", "greedy_accept_own", "tokens_per_call", "alpha_heldout"]
 HIGHER = dict.fromkeys(METRICS, True)

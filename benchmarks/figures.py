@@ -180,7 +180,14 @@ FIGURES: list[Figure] = [
         "on-policy TVD, lmbda 0.5 (mixed)\" --json {json}",
         30,
         kind="quality",
-        pending="running (issue 25's draft remedy)",
+    ),
+    _f(
+        "draft_on_policy_ramp",
+        "bench_draft_on_policy.py --threads 2 --methods \"off-policy TVD (configs/draft.yaml);"
+        "on-policy TVD, lmbda 0 -> 1 (linear)\" --json {json}",
+        15,
+        kind="quality",
+        pending="running (issue 25's second draft remedy)",
     ),
     _f("several_teachers", "bench_several_teachers.py --steps 24 --json {json}", 60, kind="quality"),
     _f(
