@@ -187,7 +187,6 @@ FIGURES: list[Figure] = [
         "on-policy TVD, lmbda 0 -> 1 (linear)\" --json {json}",
         15,
         kind="quality",
-        pending="running (issue 25's second draft remedy)",
     ),
     _f("several_teachers", "bench_several_teachers.py --steps 24 --json {json}", 60, kind="quality"),
     _f(
