@@ -89,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.argv = list(sys.argv[1:] if argv is None else argv)
     if a.quick:
         a.steps, a.batch_size, a.seeds, a.prompts, a.heldout, a.max_new_tokens = 2, 2, "0,1", 2, 2, 8
+    names = [m.name for m in METHODS]
+    wanted = a.methods.split(";") if a.methods else names
+    if set(wanted) - set(names) or wanted[0] != names[0]:
+        ap.error(f"--methods: known names are {'; '.join(names)}; {names[0]!r} first (the baseline)")
     a.seed_list = [int(s) for s in a.seeds.split(",")]
     return a
 
@@ -120,8 +124,6 @@ def main(argv=None) -> dict:
         for m in METHODS
         if m.name in (a.methods.split(";") if a.methods else [m.name for m in METHODS])
     ]
-    if methods[0].name != METHODS[0].name:
-        raise SystemExit(f"--methods: {METHODS[0].name!r} first (the baseline)")
     runs = []
     for seed in a.seed_list:
         for method in methods:

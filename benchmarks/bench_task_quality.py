@@ -185,6 +185,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.seed_list = [int(s) for s in a.seeds.split(",")]
     if a.workers < 1 or a.threads < 1:
         ap.error("--workers and --threads must be at least 1")
+    if a.curve_every is not None and a.curve_every < 1:
+        ap.error("--curve-every must be at least 1")
     a.workers = min(a.workers, len(a.seed_list) * len(a.method_list))
     return a
 
