@@ -55,8 +55,7 @@ def config(
     overrides: dict | None = None,
 ) -> dict:
     """The run's config; `overrides` (section -> keys) replace keys of a section (the GPU benchmark's
-    teacher folder, CUDA and bf16 settings: benchmarks/gpu/cases_sampler.py, bench_gpu.py's group
-    `sampler`)."""
+    teacher folder, CUDA and bf16 settings: benchmarks/gpu/bench_gpu.py, group `sampler`)."""
     cfg = {
         "teacher": {"name": teacher},
         "student": {"name": str(student)},

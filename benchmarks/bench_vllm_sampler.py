@@ -39,7 +39,7 @@ def tokens_per_s(student, tok, prompts, eos, client, batches, max_new_tokens, re
     """Per batch size: `generate` and vLLM (`client`, already connected) on the first `batch` prompts, taking
     turns `repeats` times after one warm-up each; every run's wall time and real tokens, and the median
     tokens/s. Temperature 1, top_p 1, top_k off, cut after the first EOS. Also used by the GPU benchmark
-    (benchmarks/gpu/cases_sampler.py, bench_gpu.py's group `sampler`)."""
+    (benchmarks/gpu/bench_gpu.py, group `sampler`)."""
     from lmdistill.data import pad_id
     from lmdistill.training.samplers.vllm_client import SamplingSettings
     from lmdistill.training.sampling import sample_completions
