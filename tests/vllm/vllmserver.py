@@ -9,9 +9,10 @@ not work) with --enforce-eager: vLLM's CPU build otherwise compiles the model wi
 which took over 3 minutes on this 2-core machine under load, against about 1.5 with eager mode; the
 log-probs are the same model's either way.
 
-The GPU benchmark (benchmarks/gpu/bench_gpu.py, group `sampler`) starts the same class on a CUDA
-machine: `python` names the interpreter that has vLLM there, `cpu=False` keeps CUDA_VISIBLE_DEVICES,
-`dtype` and `enforce_eager` take the GPU's settings. The defaults are the tests' CPU server.
+The GPU benchmark (benchmarks/gpu/bench_gpu.py, group `sampler`, in benchmarks/gpu/cases_sampler.py)
+starts the same class on a CUDA machine: `python` names the interpreter that has vLLM there, `cpu=False`
+keeps CUDA_VISIBLE_DEVICES, `dtype` and `enforce_eager` take the GPU's settings. The defaults are the
+tests' CPU server.
 """
 
 from __future__ import annotations
