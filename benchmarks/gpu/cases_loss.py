@@ -62,6 +62,20 @@ def _lmdistill_loss(ctx: Ctx, kind: str, loss: str, chunk: int, ce: float = 0.5,
     return out
 
 
+def _timed_module(ctx: Ctx, mod, s_h, s_w, t_h, t_w, labels) -> tuple[dict, object]:
+    """`_timed` on forward + backward of a Liger loss module called as mod(s_h, s_w, t_h, t_w, labels);
+    the timing dict and the last call's loss (a scalar tensor)."""
+    box = {}
+
+    def step():
+        s_h.grad = s_w.grad = None
+        loss = mod(s_h, s_w, t_h, t_w, labels)
+        loss.backward()
+        box["loss"] = loss
+
+    return _timed(ctx, step), box["loss"]
+
+
 def _liger_chunked(ctx: Ctx, chunk: int) -> dict:
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
@@ -73,18 +87,10 @@ def _liger_chunked(ctx: Ctx, chunk: int) -> dict:
     mod = LigerFusedLinearJSDLoss(
         weight_hard_loss=0.5, weight_soft_loss=0.5, beta=0.5, chunk_size=chunk, compiled=ctx.cuda
     )
-    box = {}
-
-    def step():
-        s_h.grad = s_w.grad = None
-        loss = mod(s_h, s_w, t_h, t_w, labels)
-        loss.backward()
-        box["loss"] = loss
-
     t0 = time.perf_counter()
-    out = _timed(ctx, step)
+    out, loss = _timed_module(ctx, mod, s_h, s_w, t_h, t_w, labels)
     out.update(
-        loss_per_token=float(box["loss"].detach()),
+        loss_per_token=float(loss.detach()),
         grad_h_norm_per_token=_grad_norm(s_h),
         grad_w_norm_per_token=_grad_norm(s_w),
         chunk=chunk,
@@ -107,17 +113,9 @@ def _liger_triton(ctx: Ctx) -> dict:
 
     s_h, s_w, t_h, t_w, labels = _loss_inputs(ctx)
     mod = LigerFusedLinearJSD(jsd_beta=0.5, temperature=1.0)  # JSD only, mean over tokens
-    box = {}
-
-    def step():
-        s_h.grad = s_w.grad = None
-        loss = mod(s_h, s_w, t_h, t_w, labels)
-        loss.backward()
-        box["loss"] = loss
-
-    out = _timed(ctx, step)
+    out, loss = _timed_module(ctx, mod, s_h, s_w, t_h, t_w, labels)
     out.update(
-        loss_per_token=float(box["loss"].detach()),
+        loss_per_token=float(loss.detach()),
         grad_h_norm_per_token=_grad_norm(s_h),
         grad_w_norm_per_token=_grad_norm(s_w),
         loss="jsd",
